@@ -1,0 +1,1 @@
+"""Sandbox method handlers, one module per area; importing this package registers them all."""
