@@ -1,0 +1,497 @@
+"""``b24`` / ``bitrix24_client.py``: one guarded Bitrix24 REST call, a batch file or an export.
+
+This module parses flags and prints; every call goes through ``b24agent.pipeline`` so the guard
+rails cannot be skipped. Agents drive it from a shell, so its contract is strict: stdout carries
+only the result, a failure is one JSON line on stderr plus a documented exit code, it never
+prompts and never shows a traceback. Heavy imports (requests, jsonschema, the catalog data) are
+made inside functions so ``--help`` and the argument checks start in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    from ..client import CallResult
+    from ..errors import B24Error
+    from ..pipeline import CallOutcome, CallRequest, Outcome
+    from ..settings import Settings
+    from .output import Printer
+
+__all__ = ["build_parser", "main"]
+
+EXIT_CODES = """\
+exit codes:
+  0    ok
+  1    the portal refused the call (API error: Not found, ACCESS_DENIED, ERROR_ARGUMENT...)
+  2    usage or validation error (unknown flag, malformed JSON, bad batch-file line)
+  3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist)
+  4    auth or configuration (missing B24_DOMAIN, rejected credentials, corrupt state file)
+  5    conflict (idempotency key in use or reused with other params; stale or spent plan)
+  6    transient error, gave up after retries (QUERY_LIMIT_EXCEEDED, 5xx on a read): retry later
+  7    outcome unknown: a write may or may not have happened; check before repeating it
+  130  interrupted (Ctrl-C, or stdout closed early, e.g. by `| head`)
+On failure stderr carries one line: {"error": {"code", "message", "hint", "retryable"}}.
+"""
+
+EXAMPLES = """\
+examples:
+  b24 crm.lead.list --params '{"select": ["ID", "TITLE"], "filter": {">ID": 100}}'
+  b24 crm.lead.get --params @lead.json --output result
+  echo '{"id": 5}' | b24 crm.lead.get --params -
+  b24 crm.lead.list --all --output jsonl > leads.jsonl
+  b24 crm.lead.add --params '{"fields": {"TITLE": "Web form"}}' --confirm-write
+  b24 --batch-file calls.jsonl --confirm-write      # lines: {"method": ..., "params": {...}}
+  b24 batch --params '{"cmd": {"me": "user.current", "lead": "crm.lead.get?id=1"}}'
+  b24 --explain crm.lead.delete tasks.task.add
+"""
+
+OUTPUTS = ("json", "result", "jsonl")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors through the one-JSON-line contract (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        from ..errors import UsageError
+
+        raise UsageError(
+            message, code="USAGE", hint=f"run {self.prog} --help for flags and examples"
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The full flag set; every help line carries an example."""
+    parser = _Parser(
+        prog=prog,
+        description="Call the Bitrix24 REST API with guard rails: one call, a batch file or an "
+        "export. The portal comes from B24_WEBHOOK_URL or B24_DOMAIN + credentials (env or .env).",
+        epilog=EXAMPLES + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("method", nargs="?", metavar="METHOD", help="REST method, e.g. crm.lead.list or batch")
+
+    call = parser.add_argument_group("call")
+    call.add_argument(
+        "--params",
+        metavar="JSON",
+        help="""params as JSON, @file.json or - for stdin, e.g. --params '{"id": 7}'""",
+    )
+    call.add_argument(
+        "--rest-v3", action="store_true", help="use REST 3.0 (/rest/api/), e.g. main.eventlog.list"
+    )
+    call.add_argument(
+        "--auto-refresh",
+        action="store_true",
+        help="no-op kept for old scripts: OAuth tokens refresh whenever B24_CLIENT_ID/_SECRET "
+        "are set, e.g. b24 --auto-refresh user.current",
+    )
+    call.add_argument(
+        "--all", action="store_true", help="export every row of a list method, e.g. crm.deal.list"
+    )
+    call.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="export at most N rows, e.g. --limit 500"
+    )
+    call.add_argument(
+        "--batch-file",
+        metavar="FILE",
+        help="JSONL file of calls (- for stdin), sent 50 per request; prints one JSON line per "
+        "call, e.g. --batch-file calls.jsonl",
+    )
+    call.add_argument("--env-file", metavar="PATH", help="read settings from PATH, e.g. prod.env")
+
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="json",
+        help="json: whole response (default); result: only `result`; jsonl: one item per line, "
+        "e.g. --all --output jsonl",
+    )
+    out.add_argument("--compact", action="store_true", help="no indentation, e.g. for logs")
+    out.add_argument(
+        "--mask-secrets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mask secrets in stdout (errors are always masked), e.g. --no-mask-secrets",
+    )
+
+    guard = parser.add_argument_group("guard rails")
+    guard.add_argument(
+        "--packs", metavar="LIST", help="allowed method packs, e.g. --packs core,comms (B24_PACKS)"
+    )
+    guard.add_argument(
+        "--list-packs",
+        action="store_true",
+        help="print the packs, e.g. b24 --list-packs --output jsonl",
+    )
+    guard.add_argument(
+        "--method-allowlist",
+        metavar="LIST",
+        help="extra allowed patterns, e.g. --method-allowlist 'crm.lead.*,user.get'",
+    )
+    guard.add_argument(
+        "--allow-unlisted",
+        action="store_true",
+        help="run a method outside the packs/allowlist once, e.g. a new method.get-checked one",
+    )
+    guard.add_argument(
+        "--confirm-write", action="store_true", help="allow writes, e.g. crm.lead.add"
+    )
+    guard.add_argument(
+        "--confirm-destructive",
+        action="store_true",
+        help="allow destructive calls, e.g. crm.lead.delete",
+    )
+    guard.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="store the call as a plan, print its ID, e.g. crm.lead.delete ... --plan-only",
+    )
+    guard.add_argument("--execute-plan", metavar="ID", help="run a stored plan, e.g. p-3f9a")
+    guard.add_argument(
+        "--require-plan",
+        action="store_true",
+        default=None,
+        help="writes must run from a plan, e.g. in cron (env: B24_REQUIRE_PLAN=1)",
+    )
+    guard.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="dedupe a write across retries, e.g. --idempotency-key form-123",
+    )
+    guard.add_argument(
+        "--no-idempotency",
+        action="store_true",
+        help="do not dedupe this write, e.g. to add a second identical task",
+    )
+    guard.add_argument(
+        "--idempotency-resolve",
+        choices=("done", "failed"),
+        help="after checking the portal, settle a write that ended in exit 7: done (it "
+        "happened) or failed (send it again), e.g. --idempotency-key form-1 "
+        "--idempotency-resolve done",
+    )
+    guard.add_argument(
+        "--audit-file", metavar="PATH", help="audit log path, e.g. --audit-file audit.jsonl"
+    )
+    guard.add_argument(
+        "--no-audit", action="store_true", help="skip the audit record, e.g. for a dry read loop"
+    )
+    guard.add_argument(
+        "--verify-audit",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="check the audit log's hash chain, e.g. --verify-audit audit.jsonl",
+    )
+    guard.add_argument(
+        "--explain",
+        nargs="+",
+        metavar="METHOD",
+        help="risk, pack, scope, docs of methods, one JSON line each, e.g. --explain crm.lead.add",
+    )
+    return parser
+
+
+class _Cli:
+    """One invocation: the streams, the mask in force and the error reporting."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.mask: Callable[[str], str] | None = None
+
+    # --- failure -------------------------------------------------------------------------------
+    def fail(self, exc: BaseException) -> int:
+        """Print ``exc`` as the one error line (always masked) and return its exit code."""
+        from .output import dump_line
+
+        error = _as_b24_error(exc)
+        if isinstance(exc, BrokenPipeError):
+            _silence(self.stdout)
+        text = dump_line(error.to_json())
+        mask = self.mask or _default_mask()
+        try:
+            self.stderr.write(mask(text) + "\n")
+            self.stderr.flush()
+        except OSError:
+            pass
+        return error.exit_code
+
+    # --- commands ------------------------------------------------------------------------------
+    def run(self, args: argparse.Namespace) -> int:
+        if args.list_packs:
+            from .. import catalog
+
+            return self._print_list(catalog.packs(), args)
+        if args.explain:
+            from .. import catalog
+
+            return self._print_list((catalog.explain(m) for m in args.explain), args, lines=True)
+        if args.verify_audit is not None:
+            from ..pipeline import verify_audit
+
+            settings = _load_settings(args, require_credentials=False)
+            self.mask = _default_mask(settings.secrets())
+            report = verify_audit(settings, args.verify_audit or None)
+            self._printer(args).document(report)
+            return 0
+        request = _build_request(args, self.stdin)
+        return self._call(request, _load_settings(args), args)
+
+    def _printer(self, args: argparse.Namespace) -> Printer:
+        from .output import Printer
+
+        mask = self.mask if args.mask_secrets else None
+        return Printer(self.stdout, mask=mask, compact=args.compact)
+
+    def _print_list(self, items: Any, args: argparse.Namespace, *, lines: bool = False) -> int:
+        printer = self._printer(args)
+        if lines or args.output == "jsonl":
+            printer.lines(items)
+        else:
+            printer.document(list(items))
+        return 0
+
+    def _call(self, request: CallRequest, settings: Settings, args: argparse.Namespace) -> int:
+        from ..pipeline import Pipeline
+        from .output import Progress
+
+        verb, noun = ("sent", "calls") if request.mode == "batch_file" else ("exported", "rows")
+        progress = Progress(self.stderr, verb, noun)
+        with Pipeline(settings, progress=progress if progress.enabled else None) as pipeline:
+            self.mask = pipeline.mask
+            outcome = pipeline.run(request)
+            try:
+                return self._render(outcome, args)
+            finally:
+                progress.finish()
+
+    def _render(self, outcome: Outcome, args: argparse.Namespace) -> int:
+        """Print the outcome on stdout, then its notes on stderr; a batch failure comes last."""
+        printer = self._printer(args)
+        failure = None
+        if outcome.kind == "document":
+            printer.document(outcome.document)
+        elif outcome.kind == "response":
+            assert outcome.response is not None
+            _print_response(printer, outcome.response, args.output)
+        elif outcome.kind == "items":
+            assert outcome.stream is not None
+            if args.output == "jsonl":
+                printer.lines(outcome.stream)
+            else:
+                printer.array(outcome.stream, key="result" if args.output == "json" else None)
+        else:
+            assert outcome.stream is not None
+            failure = _print_calls(printer, outcome.stream, bare=args.output == "result")
+        self.note(outcome.notes)
+        return self.fail(failure) if failure else 0
+
+    def note(self, notes: list[str]) -> None:
+        """Human-readable remarks about a success (a replay, a reconciliation), on stderr."""
+        from .output import dump_line
+
+        mask = self.mask or _default_mask()
+        for text in notes:
+            self.stderr.write(mask(dump_line({"note": text})) + "\n")
+        self.stderr.flush()
+
+
+def _print_response(printer: Printer, response: CallResult, output: str) -> None:
+    if output == "json":
+        printer.document(response.body)
+    elif output == "result":
+        printer.document(response.result)
+    else:
+        result = response.result
+        printer.lines(result if isinstance(result, list) else [result])
+
+
+def _print_calls(printer: Printer, stream: Iterable[CallOutcome], *, bare: bool) -> B24Error | None:
+    """One line per batch-file call, in file order; returns the error that sums up failures."""
+    failures: list[CallOutcome] = []
+    total = 0
+    for item in stream:
+        total += 1
+        where = {"line": item.call.line, "method": item.call.method}
+        if item.error is not None:
+            failures.append(item)
+            printer.line({**where, **item.error.to_json()})
+        else:
+            printer.line(item.result if bare else {**where, "result": item.result})
+    return _batch_failure(failures, total) if failures else None
+
+
+def _batch_failure(failures: list[CallOutcome], total: int) -> B24Error:
+    """The error that sums up a batch file: an unknown write outcome outranks everything."""
+    unknown = [f for f in failures if f.error is not None and f.error.exit_code == 7]
+    chosen = (unknown or failures)[0]
+    error = chosen.error
+    assert error is not None
+    error.message = (
+        f"{len(failures)} of {total} calls failed; first: {chosen.call.label}: {error.message}"
+    )
+    error.hint = "see the per-line results on stdout; " + error.hint
+    return error
+
+
+def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
+    """Turn flags and inputs into a CallRequest; every usage mistake is caught here."""
+    from ..errors import UsageError
+    from ..pipeline import Call, CallRequest, Guards
+    from .inputs import read_batch_file, read_params
+
+    guards = Guards(
+        confirm_write=args.confirm_write,
+        confirm_destructive=args.confirm_destructive,
+        allow_unlisted=args.allow_unlisted,
+        plan_only=args.plan_only,
+        execute_plan=args.execute_plan,
+        idempotency_key=args.idempotency_key,
+        idempotency=not args.no_idempotency,
+        idempotency_resolve=args.idempotency_resolve,
+        audit=not args.no_audit,
+    )
+    api = "v3" if args.rest_v3 else "v2"
+    exporting = args.all or args.limit is not None
+    if args.batch_file is not None:
+        clash = [flag for flag, on in _batch_clashes(args) if on]
+        if clash:
+            raise UsageError(
+                f"--batch-file cannot be combined with {', '.join(clash)}", code="USAGE"
+            )
+        lines = read_batch_file(args.batch_file, stdin=stdin)
+        calls = tuple(Call(line.method, line.params, line.line) for line in lines)
+        return CallRequest("batch_file", calls, guards=guards)
+    if not args.method and not args.execute_plan:
+        raise UsageError(
+            "a METHOD is required, e.g. b24 crm.lead.list",
+            code="USAGE",
+            hint="or use --batch-file, --explain, --list-packs or --execute-plan",
+        )
+    if exporting and args.rest_v3:
+        raise UsageError(
+            "--all/--limit work with REST v2 list methods only; drop --rest-v3", code="USAGE"
+        )
+    call = Call(args.method or "", read_params(args.params, stdin=stdin))
+    mode = "export" if exporting else "call"
+    return CallRequest(mode, (call,), api=api, limit=args.limit, guards=guards)
+
+
+def _batch_clashes(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    return [
+        ("METHOD", bool(args.method)),
+        ("--params", args.params is not None),
+        ("--all/--limit", args.all or args.limit is not None),
+        ("--rest-v3", args.rest_v3),
+        ("--execute-plan", args.execute_plan is not None),
+    ]
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True) -> Settings:
+    """Settings from env/.env with the flags that override them (flags win)."""
+    from ..settings import load_settings
+
+    overrides = {
+        "packs": _split(args.packs),
+        "method_allowlist": _split(args.method_allowlist),
+        "require_plan": args.require_plan,
+        "audit_file": args.audit_file,
+    }
+    return load_settings(
+        env_file=args.env_file,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        require_credentials=require_credentials,
+    )
+
+
+def _default_mask(secrets: Iterable[str] = ()) -> Callable[[str], str]:
+    """A mask for output made outside a pipeline; before settings load there are no secret
+    values to know yet, only secret-shaped positions (``/rest/1/CODE/``, ``access_token=``)."""
+    from ..redact import Redactor
+
+    return Redactor(secrets).mask
+
+
+def _as_b24_error(exc: BaseException) -> B24Error:
+    """Map anything that ends a run to the error taxonomy, so it prints as one JSON line."""
+    from .. import errors
+
+    # state.py pulls in jsonschema; if it was never imported, exc cannot be one of its errors.
+    state = sys.modules.get("b24agent.state")
+    if isinstance(exc, errors.B24Error):
+        return exc
+    if isinstance(exc, BrokenPipeError):
+        return errors.Interrupted(
+            "stdout was closed before the output was complete",
+            code="OUTPUT_CLOSED",
+            hint="the reader stopped early (e.g. `| head`); rows not read were not written",
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return errors.Interrupted(
+            "interrupted",
+            code="INTERRUPTED",
+            hint="if a write was in flight it may or may not have run; check before repeating it",
+        )
+    if state is not None and isinstance(exc, state.CorruptStateError):
+        # Only the paths: the parse reason may quote the file's content, tokens included.
+        moved = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
+        return errors.ConfigError(
+            f"state file {exc.path} is corrupt{moved}",
+            code="STATE_CORRUPT",
+            hint="restore the file or delete it to start that state afresh",
+        )
+    # A bug of ours: if it struck while a write was in flight, the write may have run, so
+    # the fail-safe answer is "outcome unknown" (harmless for reads, honest for writes).
+    return errors.OutcomeUnknownError(
+        f"unexpected {type(exc).__name__}: {exc}",
+        code="INTERNAL_ERROR",
+        hint="a bug in bitrix24-agent (please report it); if the call was a write, check the "
+        "portal before repeating it",
+    )
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a closed stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see EXIT_CODES) instead of raising."""
+    cli = _Cli(sys.stdin, sys.stdout, sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        return cli.run(args)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except (Exception, KeyboardInterrupt) as exc:
+        return cli.fail(exc)

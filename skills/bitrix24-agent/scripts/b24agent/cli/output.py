@@ -1,0 +1,125 @@
+"""Everything the CLI prints: results on stdout, one-line errors and progress on stderr.
+
+Scripts and agents parse stdout, so it must carry the result and nothing else, and every byte
+printed must pass the redactor first. Keeping all printing in this module makes both rules
+checkable in one place. Streams are written item by item so a 100,000-row export runs in
+constant memory and a reader such as ``head`` sees rows as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+__all__ = ["Printer", "Progress", "dump_line"]
+
+Mask = Callable[[str], str]
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def dump_line(obj: Any) -> str:
+    """``obj`` as one compact JSON line (no newline): the form of every stream and error line."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class Printer:
+    """Writes JSON to one stream, masked, either indented or compact."""
+
+    def __init__(self, stream: TextIO, *, mask: Mask | None = None, compact: bool = False):
+        self._stream = stream
+        self._mask = mask or _identity
+        self._compact = compact
+
+    def _dump(self, obj: Any) -> str:
+        if self._compact:
+            return dump_line(obj)
+        return json.dumps(obj, ensure_ascii=False, indent=2)
+
+    def _write(self, text: str) -> None:
+        self._stream.write(self._mask(text))
+
+    def document(self, obj: Any) -> None:
+        """One JSON document followed by a newline."""
+        self._write(self._dump(obj) + "\n")
+        self._stream.flush()
+
+    def line(self, obj: Any) -> None:
+        """One compact JSON line, flushed at once so pipes see it as it arrives."""
+        self._write(dump_line(obj) + "\n")
+        self._stream.flush()
+
+    def lines(self, items: Iterable[Any]) -> int:
+        """Each item on its own line; returns how many were written."""
+        count = 0
+        for item in items:
+            self.line(item)
+            count += 1
+        return count
+
+    def array(self, items: Iterable[Any], *, key: str | None = None) -> int:
+        """Stream ``items`` as one JSON array, or as ``{key: [...], "total": n}`` when ``key``.
+
+        The document is written piece by piece, so memory stays flat however many items come.
+        Nothing is written before the first item (or the end) arrives, so a stream that fails
+        at once leaves stdout empty rather than holding half a document.
+        """
+        compact = self._compact
+        pad = "" if compact else "  " * (2 if key else 1)
+        first, sep = ("", ",") if compact else ("\n", ",\n")
+        opening = "["
+        if key:
+            opening = f'{{"{key}":[' if compact else f'{{\n  "{key}": ['
+        count = 0
+        for item in items:
+            text = self._dump(item)
+            if pad:
+                text = pad + text.replace("\n", "\n" + pad)
+            self._write(sep + text if count else opening + first + text)
+            count += 1
+        end = "]" if compact or not count else "\n" + pad[:-2] + "]"
+        if key:
+            end += f',"total":{count}}}' if compact else f',\n  "total": {count}\n}}'
+        self._write(end + "\n" if count else opening + end + "\n")
+        self._stream.flush()
+        return count
+
+
+class Progress:
+    """``exported 2500 rows...`` on stderr, only when a person is watching a terminal.
+
+    Piped or captured stderr is for the one error line of the contract, so progress stays off
+    there; on a terminal it overwrites itself with a carriage return and ends with a newline.
+    """
+
+    def __init__(self, stream: TextIO, verb: str, noun: str):
+        self._stream = stream
+        self._label = f"{verb} {{}} {noun}..."
+        self._enabled = _isatty(stream)
+        self._shown = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def __call__(self, count: int) -> None:
+        if self._enabled:
+            self._stream.write("\r" + self._label.format(count))
+            self._stream.flush()
+            self._shown = True
+
+    def finish(self) -> None:
+        if self._shown:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._shown = False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
