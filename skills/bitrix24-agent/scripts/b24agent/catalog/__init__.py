@@ -170,8 +170,7 @@ def methods_in_pack(pack: str) -> list[MethodInfo]:
     catalog = load()
     wanted = _known_pack(catalog, pack)
     chosen = [n for n in catalog.records if catalog.pack(n) == wanted]
-    unranked = len(chosen)
-    chosen.sort(key=lambda n: (unranked if (r := catalog.rank(n)) is None else r, n))
+    chosen.sort(key=lambda n: ((r := catalog.rank(n)) is None, r or 0, n))
     return [info for n in chosen for info in catalog.variants(n)]
 
 

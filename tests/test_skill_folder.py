@@ -1,0 +1,221 @@
+"""The skill folder is a valid Agent Skill, tells the truth about the code, works copied alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Sandbox
+
+SKILL = ROOT / "skills" / "bitrix24-agent"
+PACKAGE = SKILL / "scripts" / "b24agent"
+SCRIPTS = ("bitrix24_client.py", "offline_sync_worker.py", "sandbox_portal.py")
+ALLOWED_KEYS = {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
+TRIGGERS = ("Bitrix24", "Битрикс24", "CRM", "leads", "deals", "tasks", "webhook", "OAuth")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+VARIABLE = re.compile(r"\bB24_[A-Z][A-Z0-9_]*")
+
+
+def _frontmatter() -> tuple[dict[str, Any], str]:
+    """Parsed the way the validator parses it (strictyaml; skills-ref needs Python 3.11+)."""
+    parser = pytest.importorskip("skills_ref.parser")
+    return parser.parse_frontmatter((SKILL / "SKILL.md").read_text(encoding="utf-8"))
+
+
+def _docs() -> dict[Path, str]:
+    """SKILL.md and every reference file: the text agents read."""
+    paths = [SKILL / "SKILL.md", *sorted((SKILL / "references").glob("*.md"))]
+    return {path: path.read_text(encoding="utf-8") for path in paths}
+
+
+def _variables_in_code() -> set[str]:
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        found.update(VARIABLE.findall(path.read_text(encoding="utf-8")))
+    return found
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, set[str]]:
+    """Flags each script's --help lists."""
+    flags = {}
+    for script in SCRIPTS:
+        done = subprocess.run(
+            [sys.executable, str(SKILL / "scripts" / script), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        flags[script] = set(FLAG.findall(done.stdout))
+    return flags
+
+
+def test_skills_ref_validator_accepts_the_folder() -> None:
+    validator = pytest.importorskip("skills_ref.validator")
+    assert validator.validate(SKILL) == []
+
+
+def test_frontmatter_has_only_spec_keys_and_a_triggering_description() -> None:
+    meta, _ = _frontmatter()
+    assert set(meta) <= ALLOWED_KEYS and {"name", "description", "metadata"} <= set(meta)
+    assert meta["name"] == SKILL.name
+    description = meta["description"]
+    assert 200 <= len(description) <= 1024
+    assert "<" not in description and ">" not in description
+    missing = [word for word in (*TRIGGERS, "offline event") if word not in description]
+    assert not missing
+
+
+def test_body_is_short() -> None:
+    _, body = _frontmatter()
+    assert len(body.splitlines()) < 300
+
+
+def test_metadata_is_one_json_line_declaring_every_variable_the_code_reads() -> None:
+    raw = (SKILL / "SKILL.md").read_text(encoding="utf-8")
+    line = next(x for x in raw.splitlines() if x.startswith("metadata:"))
+    assert line.startswith("metadata: '{") and line.endswith("}'")
+    meta, _ = _frontmatter()
+    document = json.loads(meta["metadata"])
+    assert set(document) == {"openclaw", "clawdbot"}
+    block = document["openclaw"]
+    assert document["clawdbot"] == block
+    assert block["requires"] == {"bins": ["python3"], "env": ["B24_DOMAIN"]}
+    declared = {v["name"]: v for v in block["envVars"]}
+    assert block["primaryEnv"] in declared
+    assert set(declared) == _variables_in_code()
+    assert all(v["description"].strip() and "required" in v for v in declared.values())
+    assert [n for n, v in declared.items() if v["required"]] == ["B24_DOMAIN"]
+
+
+def test_variables_named_in_the_docs_exist_in_the_code() -> None:
+    known = _variables_in_code()
+    for path, text in _docs().items():
+        unknown = set(VARIABLE.findall(text)) - known
+        assert not unknown, f"{path.name}: {sorted(unknown)}"
+
+
+def test_every_reference_named_in_skill_md_exists() -> None:
+    text = (SKILL / "SKILL.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\]\((references/[^)]+\.md)\)", text))
+    named |= set(re.findall(r"`(references/[\w.-]+\.md)`", text))
+    assert {"references/packs.md", "references/bitrix24.md"} <= named
+    assert [n for n in sorted(named) if not (SKILL / n).is_file()] == []
+    for path, body in _docs().items():
+        for target in re.findall(r"\]\(([\w.-]+\.md)\)", body):
+            assert (path.parent / target).is_file(), f"{path.name} links {target}"
+
+
+def test_commands_name_existing_scripts_relative_to_the_skill_folder() -> None:
+    text = (SKILL / "SKILL.md").read_text(encoding="utf-8")
+    scripts = set(re.findall(r"python3 (scripts/[\w.]+\.py)", text))
+    assert scripts == {f"scripts/{s}" for s in SCRIPTS}
+    ours = "|".join(re.escape(s) for s in SCRIPTS)
+    assert re.findall(rf"python3 (\S*(?:{ours}))", text) == re.findall(
+        rf"python3 (scripts/(?:{ours}))", text
+    )
+
+
+def test_every_flag_in_the_docs_exists_in_the_scripts_help(helps: dict[str, set[str]]) -> None:
+    every = set().union(*helps.values())
+    problems = []
+    for path, text in _docs().items():
+        for number, line in enumerate(text.splitlines(), 1):
+            scripts = [s for s in SCRIPTS if s in line]
+            allowed = set().union(*(helps[s] for s in scripts)) if scripts else every
+            problems += [
+                f"{path.name}:{number}: {flag}"
+                for flag in FLAG.findall(line)
+                if flag not in allowed
+            ]
+    assert problems == []
+
+
+# --- the folder copied alone ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lone_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("installed") / "bitrix24-agent"
+    shutil.copytree(SKILL, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return target
+
+
+def _isolated(
+    args: list[str], cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run python without site processing, so the editable install's path entry is absent;
+    third-party packages come from the venv's site-packages directly."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(cwd),
+        "PYTHONPATH": sysconfig.get_paths()["purelib"],
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-S", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_environment_used_for_the_copy_cannot_see_the_repository_package(
+    lone_copy: Path, tmp_path: Path
+) -> None:
+    assert _isolated(["-c", "import b24agent"], tmp_path).returncode == 1
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import b24agent; print(b24agent.__file__)"
+    done = _isolated(["-c", probe, str(lone_copy / "scripts")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).is_relative_to(lone_copy)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_of_the_lone_copy_show_help(script: str, lone_copy: Path, tmp_path: Path) -> None:
+    done = _isolated([str(lone_copy / "scripts" / script), "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "exit codes" in done.stdout
+
+
+def test_lone_copy_explains_from_its_bundled_catalog(lone_copy: Path, tmp_path: Path) -> None:
+    client = str(lone_copy / "scripts" / "bitrix24_client.py")
+    done = _isolated([client, "--explain", "crm.lead.add"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert (info["method"], info["risk"], info["pack"]) == ("crm.lead.add", "write", "core")
+    assert "--confirm-write" in info["needs"]
+
+
+def test_lone_copy_reads_and_writes_the_sandbox(
+    lone_copy: Path, tmp_path: Path, portal: Sandbox
+) -> None:
+    client = str(lone_copy / "scripts" / "bitrix24_client.py")
+    env = {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(tmp_path / "state")}
+    me = _isolated([client, "user.current", "--output", "result"], tmp_path, env)
+    assert me.returncode == 0, me.stderr
+    assert json.loads(me.stdout)["ID"] == str(portal.webhook["user_id"])
+
+    params = json.dumps({"fields": {"TITLE": "from the lone copy"}})
+    blocked = _isolated([client, "crm.lead.add", "--params", params], tmp_path, env)
+    assert blocked.returncode == 3
+    assert json.loads(blocked.stderr)["error"]["code"] == "CONFIRMATION_REQUIRED"
+
+    added = _isolated(
+        [client, "crm.lead.add", "--params", params, "--confirm-write", "--output", "result"],
+        tmp_path,
+        env,
+    )
+    assert added.returncode == 0, added.stderr
+    lead = portal.rest("crm.lead.get", {"id": json.loads(added.stdout)}).json()["result"]
+    assert lead["TITLE"] == "from the lone copy"
