@@ -1,0 +1,441 @@
+"""``b24-offline-worker`` / ``offline_sync_worker.py``: drain the portal's offline event queue.
+
+Flags in, one JSON summary line out on stdout at exit; logs and the one-line error on stderr.
+The work itself lives in ``b24agent.worker``; this module wires settings, the client, the lock,
+the checkpoint, the handler and signals together and maps failures to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .client import _as_b24_error, _default_mask, _Parser, _positive_int
+from .output import dump_line
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["build_parser", "main"]
+
+_log = logging.getLogger("b24agent.worker")
+
+DESCRIPTION = """\
+Move every event of the portal's offline queue to a handler, losing none across crashes.
+Rows are reserved with event.offline.get clear=0; the process_id and rows are checkpointed
+before any event is handled; handled rows are cleared, failed ones retried with back-off and
+then written to the DLQ and flagged with event.offline.error. Needs OAuth app auth (an admin
+user) and the rest_offline_extended feature."""
+
+EPILOG = """\
+handler contract:
+  Each event is handed over as one JSON object:
+    {"delivery_id", "portal", "event_name", "attempt", "source", "process_id",
+     "event": {"ID", "TIMESTAMP_X", "EVENT_NAME", "EVENT_DATA", "EVENT_ADDITIONAL", "MESSAGE_ID"}}
+  delivery_id is the same on every delivery of the same row: delivery is at least once (a
+  crash between a handler finishing and the checkpoint repeats that one event), so a handler
+  that remembers applied ids is exactly-once.
+  --handler-cmd CMD     the JSON on stdin (no shell). exit 0 = done; exit 65 (EX_DATAERR) =
+                        permanent failure, straight to the DLQ; any other exit code, a signal or
+                        --handler-timeout = retry. stdout is discarded; the stderr tail is logged.
+  --handler MOD:FUNC    FUNC(delivery: dict) in-process; returning = done; raising
+                        b24agent.worker.PermanentFailure = DLQ; any other exception = retry.
+  --sink FILE.jsonl     (default) append the JSON as a line and fsync: a durable inbox.
+
+files (default folder: $B24_STATE_DIR/<portal>/offline-worker/):
+  checkpoint.json (+ .journal)  reservations and outcomes; never edit while a worker runs
+  dlq.jsonl                     dead letters: {"status": "dead", ...}; a later
+                                {"status": "replayed", "delivery_id"} line closes an entry
+  inbox.jsonl                   the default sink
+  worker.lock                   one worker per portal and state folder
+
+exit codes:
+  0    finished: --once/--drain done, --replay-dlq done, or stopped by SIGTERM/SIGINT (the
+       event in hand finishes, done events are cleared, the rest stays checkpointed)
+  1    the portal refused (ACCESS_DENIED: user is not an admin; WRONG_LICENSE: the plan lacks
+       rest_offline_extended, needed for clear=0)
+  2    usage: bad flag, bad --handler / --handler-cmd
+  4    auth or configuration: missing/invalid B24_* settings, webhook auth (event.* needs
+       OAuth), rejected tokens, a corrupt state file (moved aside), an unwritable state folder
+  5    another worker already runs for this portal and state folder
+  6    the portal kept failing (5xx, limits, network) after retries: safe to run again
+  130  interrupted before the worker started
+On failure stderr carries one line: {"error": {"code", "message", "hint", "retryable"}}.
+
+examples:
+  b24-offline-worker --drain                                    # cron: empty the queue
+  b24-offline-worker --sleep 30 --handler-cmd "python3 sync.py"  # service
+  b24-offline-worker --once --handler myapp.events:handle --event ONCRMDEALUPDATE
+  b24-offline-worker --replay-dlq --handler-cmd ./sync.sh
+"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _retries(text: str) -> int:
+    return _positive_int(text) if text != "0" else 0
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog or "b24-offline-worker",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="work one reservation, then exit")
+    mode.add_argument(
+        "--drain", action="store_true", help="work until the queue is empty, then exit (cron)"
+    )
+    mode.add_argument(
+        "--replay-dlq",
+        action="store_true",
+        help="feed the DLQ (local file and the portal's error rows) back through the handler",
+    )
+    parser.add_argument(
+        "--sleep",
+        type=_seconds,
+        default=10.0,
+        help="continuous mode: pause when the queue is empty (default 10), e.g. --sleep 30",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=1000,
+        help="rows per reservation (default 1000; the portal's default is 50), e.g. --limit 200",
+    )
+    parser.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only reserve events named NAME (repeatable), e.g. --event ONCRMLEADADD",
+    )
+    parser.add_argument(
+        "--auth-connector",
+        metavar="KEY",
+        help="read the queue of this event.bind auth_connector, e.g. --auth-connector sync1",
+    )
+    handler = parser.add_mutually_exclusive_group()
+    handler.add_argument(
+        "--handler-cmd", metavar="CMD", help='run CMD per event, e.g. --handler-cmd "./sync.sh"'
+    )
+    handler.add_argument(
+        "--handler",
+        metavar="MOD:FUNC",
+        help="call a Python function per event, e.g. --handler myapp.events:handle",
+    )
+    handler.add_argument(
+        "--sink",
+        type=Path,
+        metavar="FILE",
+        help="append events to a JSONL file (default: the state folder's inbox.jsonl)",
+    )
+    parser.add_argument(
+        "--handler-timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds a --handler-cmd may run before it is killed and retried (default 60)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=_retries,
+        default=5,
+        help="retries after the first failed attempt before the DLQ (default 5), e.g. 3",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=_seconds,
+        default=1.0,
+        help="first back-off in seconds, doubling up to 60 (default 1), e.g. --retry-delay 0.2",
+    )
+    parser.add_argument("--state-file", type=Path, help="checkpoint file, e.g. ./worker.json")
+    parser.add_argument("--dlq-file", type=Path, help="dead-letter JSONL file, e.g. ./dlq.jsonl")
+    parser.add_argument(
+        "--application-token",
+        metavar="TOKEN",
+        help="expected app token (prefer B24_APPLICATION_TOKEN: flags show in `ps`)",
+    )
+    parser.add_argument(
+        "--no-adopt",
+        action="store_true",
+        help="do not take over reservations without a checkpoint (several hosts, one portal)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="[HOST:]PORT",
+        help="continuous mode: accept ONOFFLINEEVENT notices here and wake at once (needs the "
+        "application token; bind the URL with event.bind), e.g. --listen 127.0.0.1:8470",
+    )
+    parser.add_argument("--env-file", help="read settings from this .env file, e.g. prod.env")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="stderr log detail (default info)",
+    )
+    return parser
+
+
+@contextmanager
+def _stop_on_signals(events: Sequence[threading.Event], log: logging.Logger) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``events`` (stop after the event in hand, end any sleep); a second
+    signal kills at once."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.warning("%s: finishing the current event, then exiting", signal.Signals(signum).name)
+        for event in events:
+            event.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _stderr_logging(level: str, mask: Callable[[str], str], stream: TextIO) -> Iterator[None]:
+    """Worker logs on stderr, every line masked; removed again so in-process runs stay clean."""
+
+    class _Masked(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return mask(super().format(record))
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Masked("offline-worker %(levelname)s %(message)s"))
+    logger = logging.getLogger("b24agent.worker")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _listen_address(spec: str, mode: str, token: str | None) -> tuple[str, int]:
+    """``[HOST:]PORT`` of --listen, refused where it cannot work or could be abused."""
+    from ..errors import UsageError
+
+    if mode != "continuous":
+        raise UsageError("--listen only works in continuous mode (without --once/--drain)")
+    if not token:
+        raise UsageError(
+            "--listen needs the app's application_token to tell the portal's notices from "
+            "forged ones",
+            hint="set B24_APPLICATION_TOKEN (or --application-token)",
+        )
+    host, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen: {spec!r} is not [HOST:]PORT", hint="e.g. 127.0.0.1:8470")
+    return host or "127.0.0.1", int(port)
+
+
+def _listen(
+    stack: ExitStack, address: tuple[str, int] | None, token: str | None, wake: threading.Event
+) -> Callable[[], dict[str, int]]:
+    """Start the notice endpoint when asked; returns a reader of its counters for the summary."""
+    from ..worker.wakeup import WakeListener
+
+    if address is None or token is None:
+        return dict
+    listener = WakeListener(*address, token, wake).start()
+    stack.callback(listener.close)
+    _log.info("listening for ONOFFLINEEVENT notices on %s", listener.url)
+    return lambda: {"notices": listener.accepted, "rejected_notices": listener.rejected}
+
+
+def _worker_error(exc: Exception) -> Exception:
+    """Failures in the worker's own terms: corrupt or unwritable state is ConfigError (exit 4),
+    and a lost answer is TransientError (exit 6, not 7): the checkpoint and adoption recover
+    whatever it may have reserved, so running the worker again is always safe."""
+    from ..errors import ConfigError, OutcomeUnknownError, TransientError
+    from ..state import CorruptStateError
+
+    if isinstance(exc, OutcomeUnknownError):
+        return TransientError(
+            exc.message,
+            code=exc.code,
+            hint="run the worker again: it adopts any rows the lost answer reserved",
+            http_status=exc.http_status,
+        )
+
+    if isinstance(exc, CorruptStateError):
+        return ConfigError(
+            str(exc),
+            code="STATE_CORRUPT",
+            hint="start the worker again: it adopts the reservations it held back from the "
+            "portal (events it had already handled may be delivered once more)",
+        )
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return ConfigError(
+            f"cannot use the state folder:{where}: {exc.strerror or exc}",
+            code="STATE_UNWRITABLE",
+            hint="check B24_STATE_DIR, --state-file, --dlq-file and --sink are writable",
+        )
+    return exc
+
+
+class _Run:
+    """One invocation: builds the worker, runs it, prints the summary and the error line."""
+
+    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+        self.args = args
+        self.stdout = stdout
+        self.stderr = stderr
+        self.mask: Callable[[str], str] = _default_mask()
+        self.summary: dict[str, Any] | None = None
+
+    def settings(self) -> Settings:
+        """Settings with --application-token applied; OAuth is required (event.* needs it)."""
+        from ..errors import ConfigError
+        from ..redact import Redactor
+        from ..settings import load_settings
+
+        overrides = {}
+        if self.args.application_token is not None:
+            overrides["B24_APPLICATION_TOKEN"] = self.args.application_token
+        settings = load_settings(env_file=self.args.env_file, overrides=overrides)
+        self.mask = Redactor(settings.secrets()).mask
+        if settings.auth_mode != "oauth":
+            raise ConfigError(
+                "the offline worker needs OAuth app auth: event.offline.* answers "
+                "WRONG_AUTH_TYPE to webhooks",
+                code="CONFIG_INVALID",
+                hint="set B24_AUTH_MODE=oauth with B24_CLIENT_ID, B24_CLIENT_SECRET, "
+                "B24_ACCESS_TOKEN and B24_REFRESH_TOKEN of an app installed by an admin",
+            )
+        return settings
+
+    def execute(self) -> int:
+        from ..client import Bitrix24Client
+        from ..worker.checkpoint import Checkpoint
+        from ..worker.dlq import DeadLetterQueue
+        from ..worker.handlers import SinkHandler, build_handler
+        from ..worker.lock import worker_lock
+        from ..worker.loop import Options, Worker
+        from ..worker.queue import OfflineQueue
+
+        args = self.args
+        settings = self.settings()
+        mode = "replay" if args.replay_dlq else _mode(args)
+        listen = (
+            _listen_address(args.listen, mode, settings.application_token) if args.listen else None
+        )
+        folder = settings.state_dir / "offline-worker"
+        sink = args.sink or folder / "inbox.jsonl"
+        stop, wake = threading.Event(), threading.Event()
+        with ExitStack() as stack:
+            stack.enter_context(_stderr_logging(args.log_level, self.mask, self.stderr))
+            # Bad handler specs fail before the lock is taken or any state is touched.
+            handler = build_handler(
+                command=args.handler_cmd,
+                function=args.handler,
+                sink=sink,
+                timeout=args.handler_timeout,
+            )
+            stack.callback(handler.close)
+            stack.enter_context(worker_lock(folder))
+            checkpoint = Checkpoint(args.state_file or folder / "checkpoint.json").open()
+            stack.callback(checkpoint.close)
+            dlq = DeadLetterQueue(args.dlq_file or folder / "dlq.jsonl")
+            stack.callback(dlq.close)
+            client = stack.enter_context(Bitrix24Client(settings))
+            worker = Worker(
+                queue=OfflineQueue(
+                    client,
+                    limit=args.limit,
+                    event_names=args.event,
+                    auth_connector=args.auth_connector,
+                ),
+                checkpoint=checkpoint,
+                handler=handler,
+                dlq=dlq,
+                options=Options(
+                    mode=mode,
+                    sleep_s=args.sleep,
+                    max_retries=args.max_retries,
+                    retry_delay_s=args.retry_delay,
+                    application_token=settings.application_token,
+                    adopt=not args.no_adopt,
+                    portal_retry_s=settings.retry_base_s,
+                    portal_retry_max_s=max(settings.retry_max_s, settings.retry_base_s),
+                ),
+                portal=settings.portal_key,
+                stop=stop,
+                wake=wake,
+                mask=self.mask,
+            )
+            extra: dict[str, Any] = {"handler": handler.description, "dlq_file": str(dlq.path)}
+            if isinstance(handler, SinkHandler):
+                extra["sink"] = str(sink)
+            counts = _listen(stack, listen, settings.application_token, wake)
+            stack.enter_context(_stop_on_signals((stop, wake), _log))
+            _log.info(
+                "worker started: mode %s, %s, state %s", mode, handler.description, checkpoint.path
+            )
+            try:
+                worker.replay() if args.replay_dlq else worker.run()
+            finally:
+                self.summary = worker.summary.to_json(
+                    requests=client.requests_sent,
+                    dlq_open=len(dlq.open_entries()),
+                    **extra,
+                    **counts(),
+                )
+        return 0
+
+    def finish(self, code: int) -> int:
+        if self.summary is not None:
+            self.stdout.write(self.mask(dump_line(self.summary)) + "\n")
+            self.stdout.flush()
+        return code
+
+    def fail(self, exc: BaseException) -> int:
+        error = _as_b24_error(_worker_error(exc) if isinstance(exc, Exception) else exc)
+        self.stderr.write(self.mask(dump_line(error.to_json())) + "\n")
+        self.stderr.flush()
+        return error.exit_code
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.once:
+        return "once"
+    return "drain" if args.drain else "continuous"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker; returns the exit code (see --help) instead of raising."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:
+        return _Run(argparse.Namespace(), sys.stdout, sys.stderr).fail(exc)
+    run = _Run(args, sys.stdout, sys.stderr)
+    try:
+        code = run.execute()
+    except (Exception, KeyboardInterrupt) as exc:
+        code = run.fail(exc)
+    return run.finish(code)

@@ -1,0 +1,41 @@
+"""Adopting reservations a crash left without a checkpoint.
+
+A worker that dies between ``event.offline.get`` (clear=0) and writing its checkpoint leaves rows
+reserved under a process id nobody remembers; the portal hands them to no other caller and purges
+them after 30 days. ``event.offline.list`` shows every row with its ``PROCESS_ID``, so on start
+(and after a ``get`` whose answer was lost) the worker takes over every reserved row whose process
+id its checkpoint does not know. This is only safe when no other live worker reserves from the
+same queue: multi-host set-ups pass ``--no-adopt`` (the lock guards one host, not several).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .authenticity import rejected_ids
+from .checkpoint import Checkpoint
+from .queue import OfflineQueue
+
+__all__ = ["Adopted", "adopt_orphans"]
+
+
+@dataclass(frozen=True)
+class Adopted:
+    reservations: int
+    rows: int
+    rejected: int
+
+
+def adopt_orphans(
+    queue: OfflineQueue, checkpoint: Checkpoint, application_token: str | None
+) -> Adopted:
+    """Checkpoint every orphaned reservation found on the portal; the caller then works them."""
+    groups = queue.reserved_elsewhere(checkpoint.known_process_ids())
+    rows = rejected = 0
+    for process_id, group in groups.items():
+        refused = rejected_ids(application_token, group)
+        checkpoint.add(process_id, group, "adopted", rejected=refused)
+        rows += len(group)
+        rejected += len(refused)
+    checkpoint.forget_orphans()
+    return Adopted(len(groups), rows, rejected)

@@ -1,0 +1,413 @@
+"""The reserve -> checkpoint -> handle -> clear cycle, and the replay of dead letters.
+
+Order is what makes it lossless:
+
+1. ``event.offline.get`` with ``clear=0`` reserves rows under a new process id;
+2. the id and the rows go to the checkpoint (fsynced) before any handler runs;
+3. each event is handed to the handler, retried with back-off, and its outcome (done, or dead
+   after the DLQ line is fsynced) is journaled before the next event starts;
+4. only then are the done rows cleared on the portal (by id) and the dead ones flagged with
+   ``event.offline.error``; the checkpoint forgets them after the portal confirmed.
+
+A crash at any point leaves either a reservation the checkpoint knows (resumed from its saved
+rows) or one it does not (adopted through ``event.offline.list``). The one window for a second
+delivery is between a handler finishing and its journal line: at most one event per crash.
+
+A stop request (SIGTERM/SIGINT) is honoured between events and during back-off sleeps: the
+event in hand finishes, done rows are cleared, and the rest stay in the checkpoint for the next
+start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from ..errors import OutcomeUnknownError, TransientError
+from .adopt import adopt_orphans
+from .authenticity import rejected_ids, token_verdict
+from .checkpoint import Checkpoint, Reservation
+from .delivery import Delivery, delivery_id, event_id, public_row
+from .dlq import DeadLetterQueue
+from .handlers import Handler, PermanentFailure, RetryableFailure
+from .queue import OfflineQueue
+
+__all__ = ["Options", "StopRequested", "Summary", "Worker"]
+
+log = logging.getLogger("b24agent.worker")
+
+#: A reservation the portal answered without a process id (rows already deleted there): it is
+#: handled from the checkpoint but has nothing to clear or flag on the portal.
+LOCAL_PREFIX = "local-"
+REJECT_REASON = "application_token mismatch"
+
+
+class StopRequested(Exception):
+    """Raised out of a back-off sleep when SIGTERM/SIGINT asked the worker to stop."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the worker runs; the CLI builds this from flags."""
+
+    mode: str = "continuous"  # once | drain | continuous
+    sleep_s: float = 10.0
+    max_retries: int = 5
+    retry_delay_s: float = 1.0
+    retry_max_delay_s: float = 60.0
+    application_token: str | None = None
+    adopt: bool = True
+    portal_attempts: int = 6  # tries of a cycle the client gave up on, in once/drain modes
+    portal_retry_s: float = 1.0  # first back-off before such a try, doubling
+    portal_retry_max_s: float = 60.0
+
+
+@dataclass
+class Summary:
+    """The counters printed as the JSON summary line at exit."""
+
+    mode: str
+    reserved: int = 0
+    resumed: int = 0
+    adopted: int = 0
+    handled: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    rejected: int = 0
+    cleared: int = 0
+    flagged: int = 0
+    replayed: int = 0
+    reservations: int = 0
+    portal_retries: int = 0
+    queue_empty: bool = False
+    stopped: bool = False
+    started: float = field(default_factory=time.monotonic, repr=False)
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("started")
+        data["duration_s"] = round(time.monotonic() - self.started, 3)
+        data.update(extra)
+        return data
+
+
+@dataclass(frozen=True)
+class _Result:
+    outcome: str | None  # done | dead | None (stopped before it finished)
+    attempts: int
+    reason: str = ""
+
+
+class Worker:
+    """Moves events from the portal's offline queue to a handler; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        queue: OfflineQueue,
+        checkpoint: Checkpoint,
+        handler: Handler,
+        dlq: DeadLetterQueue,
+        options: Options,
+        portal: str,
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+        mask: Callable[[str], str] = str,
+    ) -> None:
+        self.queue = queue
+        self.checkpoint = checkpoint
+        self.handler = handler
+        self.dlq = dlq
+        self.options = options
+        self.portal = portal
+        self.stop = stop
+        #: Set by a valid ONOFFLINEEVENT notice (and by stop requests) to end an idle sleep.
+        self.wake = wake or stop
+        self.mask = mask
+        self.summary = Summary(mode=options.mode)
+        self._adopt_due = options.adopt
+        self._counted_resumed = False
+        #: Delivery ids a replay has attempted, kept across restarts after portal failures.
+        self._replayed_ids: set[str] = set()
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        """Work the queue in the configured mode until done, empty or asked to stop."""
+        return self._guarded(self._run_queue)
+
+    def replay(self) -> Summary:
+        """Feed dead letters back through the handler: the portal's error rows, then local DLQ
+        entries the portal no longer holds. Each delivery id is handled at most once per run."""
+        return self._guarded(self._run_replay)
+
+    # --- the two loops -----------------------------------------------------------------------
+
+    def _run_queue(self) -> None:
+        self._prepare()
+        while not self.stop.is_set():
+            reservation = self._reserve(errors=False)
+            self.summary.queue_empty = reservation is None
+            if reservation is None:
+                if self.options.mode != "continuous":
+                    return
+                self._idle()
+                continue
+            self._work(reservation)
+            if self.options.mode == "once":
+                return
+
+    def _run_replay(self) -> None:
+        self._prepare()
+        local = self.dlq.open_entries()
+        seen = self._replayed_ids
+        while not self.stop.is_set():
+            reservation = self._reserve(errors=True)
+            if reservation is None:
+                break
+            ids = {delivery_id(self.portal, row) for row in reservation.pending()}
+            repeats = ids & seen
+            seen.update(ids)
+            # Rows that failed again earlier in this run come back once flagged: settle them as
+            # dead without a second attempt, and stop when a batch holds nothing new.
+            for row in reservation.pending():
+                if delivery_id(self.portal, row) in repeats:
+                    self.checkpoint.record(reservation, event_id(row), "dead")
+            self._work(reservation)
+            if ids and repeats == ids:
+                break
+        for key, entry in local.items():
+            if self.stop.is_set():
+                return
+            if key not in seen:
+                self._replay_local(entry)
+
+    # --- shared steps ------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Adopt orphans (when due) and finish every reservation the checkpoint holds."""
+        if self._adopt_due:
+            found = adopt_orphans(self.queue, self.checkpoint, self.options.application_token)
+            self._adopt_due = False
+            self.summary.adopted += found.rows
+            self._note_rejected(found.rejected)
+            if found.rows:
+                log.warning(
+                    "adopted %d reserved event(s) of %d reservation(s) left without a checkpoint",
+                    found.rows,
+                    found.reservations,
+                )
+        if not self._counted_resumed:
+            self._counted_resumed = True
+            self.summary.resumed = sum(
+                len(r.pending())
+                for r in self.checkpoint.reservations.values()
+                if r.source != "adopted"
+            )
+            if self.summary.resumed:
+                log.info("resuming %d saved event(s)", self.summary.resumed)
+        for reservation in list(self.checkpoint.reservations.values()):
+            self._work(reservation)
+            if self.stop.is_set():
+                return
+
+    def _reserve(self, *, errors: bool) -> Reservation | None:
+        try:
+            batch = self.queue.reserve(errors=errors)
+        except OutcomeUnknownError:
+            # The portal may have reserved rows under an id we never saw: scan before going on.
+            self._adopt_due = self.options.adopt
+            if not self.options.adopt:
+                log.warning(
+                    "event.offline.get failed after sending; rows it may have reserved stay "
+                    "reserved on the portal (--no-adopt)"
+                )
+            raise
+        if not batch.rows:
+            return None
+        process_id = batch.process_id or f"{LOCAL_PREFIX}{time.time_ns()}"
+        if batch.process_id is None:
+            log.warning("event.offline.get returned rows without a process_id: already deleted")
+        refused = rejected_ids(self.options.application_token, batch.rows)
+        source = "errors" if errors else "queue"
+        reservation = self.checkpoint.add(process_id, batch.rows, source, rejected=refused)
+        self.summary.reserved += len(batch.rows)
+        self.summary.reservations += 1
+        self._note_rejected(len(refused))
+        return reservation
+
+    def _work(self, reservation: Reservation) -> None:
+        for row in reservation.pending():
+            if self.stop.is_set():
+                break
+            self._deliver(reservation, row)
+        self._settle(reservation, final=not reservation.pending())
+
+    def _deliver(self, reservation: Reservation, row: dict[str, Any]) -> None:
+        replay = reservation.source == "errors"
+        first = Delivery(
+            delivery_id(self.portal, row),
+            self.portal,
+            row,
+            None if reservation.process_id.startswith(LOCAL_PREFIX) else reservation.process_id,
+            1,
+            "replay" if replay else "queue",
+        )
+        result = self._attempt(first)
+        if result.outcome is None:
+            return
+        if result.outcome == "dead":
+            self._dead_letter(first, result)
+        self.checkpoint.record(reservation, event_id(row), result.outcome)
+        if result.outcome == "done" and replay:
+            self.dlq.resolve(first.delivery_id)
+            self.summary.replayed += 1
+
+    def _replay_local(self, entry: dict[str, Any]) -> None:
+        """A DLQ entry whose portal row is gone: handle it; nothing to clear on the portal.
+        An entry carrying an ``auth`` block (written by another tool) must pass the token
+        check; a refused one stays open in the DLQ."""
+        if not token_verdict(self.options.application_token, entry["event"]):
+            self._note_rejected(1)
+            return
+        event = public_row(entry["event"])
+        first = Delivery(entry["delivery_id"], self.portal, event, None, 1, "replay")
+        result = self._attempt(first)
+        if result.outcome == "done":
+            self.dlq.resolve(first.delivery_id)
+            self.summary.replayed += 1
+        elif result.outcome == "dead":
+            self._dead_letter(first, result)
+
+    def _dead_letter(self, first: Delivery, result: _Result) -> None:
+        reason = self.mask(result.reason)
+        self.dlq.add(replace(first, attempt=result.attempts), reason)
+        self.summary.dead_lettered += 1
+        log.warning(
+            "event %s dead-lettered after %d attempt(s): %s",
+            first.delivery_id,
+            result.attempts,
+            reason,
+        )
+
+    def _attempt(self, first: Delivery) -> _Result:
+        """Run the handler with back-off retries; never raises for a handler failure."""
+        attempts = 0
+
+        def call() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.handler(replace(first, attempt=attempts))
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.options.max_retries + 1),
+            wait=wait_exponential_jitter(
+                initial=self.options.retry_delay_s,
+                max=self.options.retry_max_delay_s,
+                jitter=self.options.retry_delay_s,
+            ),
+            retry=retry_if_exception_type(RetryableFailure),
+            sleep=self._sleep_or_stop,
+            before_sleep=self._note_retry,
+            reraise=True,
+        )
+        try:
+            retrying(call)
+        except StopRequested:
+            return _Result(None, attempts)
+        except (PermanentFailure, RetryableFailure) as exc:
+            kind = "permanent failure" if isinstance(exc, PermanentFailure) else "gave up"
+            return _Result("dead", attempts, f"{kind}: {exc}")
+        self.summary.handled += 1
+        return _Result("done", attempts)
+
+    def _settle(self, reservation: Reservation, *, final: bool) -> None:
+        """Tell the portal what is finished, then forget it. Dead rows are flagged only once
+        the whole reservation is finished: ``event.offline.error`` goes by MESSAGE_ID and would
+        also release a pending row sharing it."""
+        done = reservation.ids_with("done")
+        dead = reservation.ids_with("dead") if final else []
+        rejected = reservation.ids_with("rejected") if final else []
+        self.checkpoint.sync()
+        if not reservation.process_id.startswith(LOCAL_PREFIX):
+            if done:
+                self.queue.clear(reservation.process_id, done)
+                self.summary.cleared += len(done)
+            if dead:
+                message_ids = [str(reservation.rows[key].get("MESSAGE_ID", "")) for key in dead]
+                self.queue.flag_errors(reservation.process_id, message_ids)
+                self.summary.flagged += len(dead)
+        if rejected:
+            log.error(
+                "%d event(s) failed the application_token check; left reserved on the portal "
+                "and recorded in the checkpoint's quarantine",
+                len(rejected),
+            )
+        if done or dead or rejected:
+            self.checkpoint.settle(
+                reservation, done + dead, quarantined=rejected, reason=REJECT_REASON
+            )
+
+    # --- retries, sleeps and counters --------------------------------------------------------
+
+    def _guarded(self, body: Callable[[], None]) -> Summary:
+        """Run ``body`` again after portal failures the client gave up on (it resumes from the
+        checkpoint); in once/drain modes give up after ``portal_attempts`` tries in a row."""
+        forever = self.options.mode == "continuous"
+        retrying = Retrying(
+            stop=stop_never if forever else stop_after_attempt(self.options.portal_attempts),
+            wait=wait_exponential_jitter(
+                initial=self.options.portal_retry_s,
+                max=self.options.portal_retry_max_s,
+                jitter=self.options.portal_retry_s,
+            ),
+            retry=retry_if_exception_type((TransientError, OutcomeUnknownError)),
+            sleep=self._sleep_or_stop,
+            before_sleep=self._note_portal_failure,
+            reraise=True,
+        )
+        with contextlib.suppress(StopRequested):
+            retrying(body)
+        self.summary.stopped = self.stop.is_set()
+        return self.summary
+
+    def _idle(self) -> None:
+        log.debug("queue empty; sleeping up to %gs", self.options.sleep_s)
+        self.wake.wait(self.options.sleep_s)
+        if self.wake is not self.stop:
+            self.wake.clear()
+
+    def _sleep_or_stop(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise StopRequested
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        self.summary.retried += 1
+        error = state.outcome.exception() if state.outcome else None
+        log.info(
+            "handler failed (attempt %d), retrying: %s", state.attempt_number, self.mask(str(error))
+        )
+
+    def _note_portal_failure(self, state: RetryCallState) -> None:
+        self.summary.portal_retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("portal call failed, retrying from the checkpoint: %s", self.mask(str(error)))
+
+    def _note_rejected(self, count: int) -> None:
+        if count:
+            self.summary.rejected += count
+            log.error("%d event(s) refused: application_token does not match", count)
