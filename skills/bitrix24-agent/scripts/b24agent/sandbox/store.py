@@ -72,7 +72,13 @@ CREATE TABLE IF NOT EXISTS offline_events (
     UNIQUE (app, connector, message_id, process_id)
 );
 CREATE INDEX IF NOT EXISTS ix_offline_free ON offline_events (connector, process_id, error);
+CREATE TABLE IF NOT EXISTS docs (
+    kind TEXT NOT NULL, id INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id)
+);
 """
+
+#: Tables emptied on reset besides the records; ``docs`` holds docstore's JSON documents.
+_SERVICE_TABLES = ("counters", "messages", "bindings", "offline_events", "docs")
 
 #: CRM fields the client's idempotency reconciles through get an index of their own.
 _INDEXED_JSON = ("ORIGIN_ID", "ORIGINATOR_ID")
@@ -461,7 +467,7 @@ class Store:
     def reset(self) -> None:
         """Empty every table and restore the seeded users."""
         with self.transaction() as conn:
-            for table in (*RECORD_TABLES, "counters", "messages", "bindings", "offline_events"):
+            for table in (*RECORD_TABLES, *_SERVICE_TABLES):
                 conn.execute(f"DELETE FROM {table}")
             conn.execute("DELETE FROM sqlite_sequence")
             self._insert_users(conn)

@@ -1,0 +1,143 @@
+"""Shared fixtures: every test talks real HTTP to a sandbox portal subprocess on 127.0.0.1.
+
+- ``sandbox_proc`` (session): one ``sandbox_portal.py --port 0 --plan unlimited`` for the run.
+- ``portal`` (function): the same sandbox after an admin ``reset``, so each test starts clean.
+- ``start_sandbox`` (function): factory for a separate sandbox with other flags
+  (``start_sandbox("--plan", "standard")``); each one is stopped when the test ends.
+
+All three hand out a ``Sandbox``: ``url``, ``webhook_url``, ``webhook``, ``oauth``,
+``admin_token``, ``admin(op, payload)``, ``stats()`` and ``rest(method, params, http=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from b24agent.encoding import encode_query
+
+ROOT = Path(__file__).resolve().parents[1]
+SANDBOX_SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "sandbox_portal.py"
+#: Admin operations read with GET; every other one is a POST.
+ADMIN_READS = frozenset({"stats", "settings", "events-delivered"})
+START_TIMEOUT_S = 30
+
+
+@dataclass
+class Sandbox:
+    """A running sandbox portal and the credentials from its start-up line."""
+
+    process: subprocess.Popen[str]
+    url: str
+    webhook_url: str
+    webhook: dict[str, Any]
+    oauth: dict[str, Any]
+    admin_token: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def admin(self, op: str, payload: dict[str, Any] | None = None) -> Any:
+        """Call ``/_sandbox/<op>``; fails the test on a non-200 answer."""
+        verb = "GET" if op in ADMIN_READS and payload is None else "POST"
+        response = self.session.request(
+            verb,
+            f"{self.url}/_sandbox/{op}",
+            json=payload if verb == "POST" else None,
+            headers={"X-Sandbox-Admin": self.admin_token},
+            timeout=30,
+        )
+        assert response.status_code == 200, f"admin {op}: {response.status_code} {response.text}"
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("stats")
+
+    def rest(
+        self, method: str, params: dict[str, Any] | None = None, *, http: str = "post_json"
+    ) -> requests.Response:
+        """One webhook call. ``http``: ``post_json`` (JSON body), ``post_form`` (PHP bracket
+        form body) or ``get`` (PHP bracket query string)."""
+        url = self.webhook_url + method
+        if http == "post_json":
+            return self.session.post(url, json=params or {}, timeout=30)
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if http == "post_form":
+            return self.session.post(
+                url, data=encode_query(params or {}), headers=headers, timeout=30
+            )
+        if http == "get":
+            query = encode_query(params or {})
+            return self.session.get(f"{url}?{query}" if query else url, timeout=30)
+        raise ValueError(f"unknown http mode {http}")
+
+    def stop(self) -> None:
+        self.session.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(*args: str) -> Sandbox:
+    """Start a sandbox subprocess and wait for its JSON start-up line."""
+    process = subprocess.Popen(
+        [sys.executable, str(SANDBOX_SCRIPT), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(START_TIMEOUT_S)
+    if not box or not box[0].strip():
+        process.kill()
+        process.wait()
+        pytest.fail(f"sandbox did not start (exit code {process.returncode})")
+    info = json.loads(box[0])
+    return Sandbox(
+        process=process,
+        url=info["url"],
+        webhook_url=info["webhook_url"],
+        webhook=info["webhook"],
+        oauth=info["oauth"],
+        admin_token=info["admin_token"],
+    )
+
+
+@pytest.fixture(scope="session")
+def sandbox_proc() -> Iterator[Sandbox]:
+    sandbox = launch("--plan", "unlimited")
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def portal(sandbox_proc: Sandbox) -> Sandbox:
+    sandbox_proc.admin("reset")
+    return sandbox_proc
+
+
+@pytest.fixture
+def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
+    started: list[Sandbox] = []
+
+    def start(*args: str) -> Sandbox:
+        sandbox = launch(*args)
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in started:
+        sandbox.stop()
