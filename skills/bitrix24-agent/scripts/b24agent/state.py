@@ -49,7 +49,7 @@ class CorruptStateError(ValueError):
 def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
     """The cross-process lock guarding ``path`` (a sibling ``.lock`` file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock", timeout=timeout)
+    return FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
 
 
 def _fsync_dir(folder: Path) -> None:

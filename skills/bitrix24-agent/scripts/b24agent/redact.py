@@ -1,0 +1,95 @@
+"""Mask secrets in any text or JSON before it reaches stdout, stderr, logs, audit or plan files.
+
+Two nets, because either alone leaks: every configured secret value is masked wherever it
+appears (a portal may echo a token inside an error description), and values under keys or in
+URL positions that always hold secrets are masked even when we never knew the value (a token
+rotated by another process, the ``auth[...]`` block of an event).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["MASK", "SECRET_KEYS", "Redactor"]
+
+MASK = "***"
+
+#: Keys whose values are secrets wherever they appear (compared case-insensitively).
+SECRET_KEYS = frozenset(
+    {
+        "auth",
+        "access_token",
+        "refresh_token",
+        "client_secret",
+        "application_token",
+        "password",
+        "webhook_code",
+        "webhook_url",
+        "authorization",
+        "b24_webhook_code",
+        "b24_webhook_url",
+        "b24_access_token",
+        "b24_refresh_token",
+        "b24_client_secret",
+        "b24_application_token",
+    }
+)
+
+_PATTERNS = (
+    # Webhook credentials in a REST path: /rest/1/CODE/ and /rest/api/1/CODE/.
+    re.compile(r"(/rest/(?:api/)?\d+/)([^/\s?#\"']+)"),
+    # Secrets in query strings, form bodies and bracketed event fields.
+    re.compile(
+        r"((?:access_token|refresh_token|client_secret|application_token|auth)(?:\]|%5D)?=)"
+        r"([^&\s\"']+)",
+        re.IGNORECASE,
+    ),
+    re.compile(r"(Bearer\s+)(\S+)", re.IGNORECASE),
+)
+
+
+class Redactor:
+    """Masks known secret values and secret-shaped positions in text and JSON-like objects."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        """Remember one more secret (a token rotated at run time); empty values are ignored."""
+        if not secret:
+            return
+        with self._lock:
+            if secret not in self._secrets:
+                # Longest first, so a secret containing another is masked whole.
+                self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret and every secret-shaped value replaced by MASK."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+            # A replacement can join with its neighbours into the secret again ("ab" + MASK...);
+            # repeat while that happens. Each pass shortens the text, so this ends.
+            while len(secret) > len(MASK) and secret in text:
+                text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        return text
+
+    def mask_obj(self, obj: Any) -> Any:
+        """A copy of a JSON-like object with secret keys and secret values masked."""
+        if isinstance(obj, Mapping):
+            return {
+                key: MASK if str(key).lower() in SECRET_KEYS else self.mask_obj(value)
+                for key, value in obj.items()
+            }
+        if isinstance(obj, (list, tuple)):
+            return [self.mask_obj(item) for item in obj]
+        if isinstance(obj, str):
+            return self.mask(obj)
+        return obj

@@ -1,0 +1,464 @@
+"""All configuration in one frozen object, read from the environment, a ``.env`` file and flags.
+
+This is the only module that reads ``os.environ``: every other module receives a ``Settings``, so
+tests and programs can build one explicitly and nothing changes behind their back.
+
+Layers, later wins: ``.env`` (python-dotenv; ``--env-file`` or ``./.env``) < the real environment
+< ``overrides``. Overrides keyed ``B24_*`` are read like environment variables; other keys name
+``Settings`` fields and replace them after parsing (CLI flags such as ``rate_limiter``).
+
+Variables (design.md "Configuration"; secrets marked *):
+  B24_WEBHOOK_URL*        https://portal/rest/USER/CODE/ as Bitrix24 shows it (sets the next 3)
+  B24_DOMAIN              portal host, may carry scheme and port; http only for loopback
+  B24_WEBHOOK_USER_ID     webhook user id
+  B24_WEBHOOK_CODE*       webhook secret code
+  B24_AUTH_MODE           webhook | oauth (default: whichever credentials are given)
+  B24_ACCESS_TOKEN*  B24_REFRESH_TOKEN*  B24_CLIENT_ID  B24_CLIENT_SECRET*   OAuth app
+  B24_OAUTH_SERVER        token server (default https://oauth.bitrix.info)
+  B24_APPLICATION_TOKEN*  the app's secret that proves an event came from the portal
+  B24_PACKS  B24_METHOD_ALLOWLIST   comma lists; B24_REQUIRE_PLAN 0/1
+  B24_AUDIT_FILE  B24_AUDIT_PARAMS (digest|full)  B24_AUDIT_MAX_BYTES (rotate past this size)
+  B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC
+  B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
+  B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
+  B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
+  B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
+  B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
+
+Every problem is a ConfigError naming the variable; values of secret variables (and of the
+address variables, which may embed a webhook code) are never echoed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+__all__ = ["SECRET_VARIABLES", "Settings", "load_settings"]
+
+T = TypeVar("T")
+
+#: Variables whose values are never echoed in errors (the addresses may hold a webhook code).
+SECRET_VARIABLES = frozenset(
+    {
+        "B24_WEBHOOK_URL",
+        "B24_WEBHOOK_CODE",
+        "B24_ACCESS_TOKEN",
+        "B24_REFRESH_TOKEN",
+        "B24_CLIENT_SECRET",
+        "B24_APPLICATION_TOKEN",
+        "B24_DOMAIN",
+        "B24_OAUTH_SERVER",
+    }
+)
+
+DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
+#: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
+MIN_SECRET_LEN = 8
+_WEBHOOK_PATH = re.compile(r"^/rest/(\d+)/([^/\s]+)/?$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the client side needs; secrets are excluded from ``repr``."""
+
+    base_url: str
+    auth_mode: str
+    webhook_user_id: int | None = None
+    webhook_code: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    oauth_server: str = DEFAULT_OAUTH_SERVER
+    application_token: str | None = field(default=None, repr=False)
+    packs: tuple[str, ...] = ("core",)
+    method_allowlist: tuple[str, ...] = ()
+    require_plan: bool = False
+    state_dir: Path = Path(".")
+    audit_file: Path = Path("audit.jsonl")
+    audit_params: str = "digest"
+    audit_max_bytes: int = 10 * 1024 * 1024
+    plan_dir: Path = Path("plans")
+    plan_ttl_s: int = 600
+    idempotency_dir: Path = Path("idempotency")
+    idempotency_ttl_s: int = 86400
+    auto_idempotency_window_s: int = 600
+    rate_limiter: str = "file"
+    rate_limiter_file: Path = Path("ratelimit.json")
+    rate: float = 2.0
+    burst: int = 50
+    connect_timeout: float = 10.0
+    read_timeout: float = 65.0
+    max_retries: int = 4
+    retry_base_s: float = 0.5
+    retry_max_s: float = 20.0
+    max_operating_wait_s: float = 60.0
+
+    @property
+    def portal_key(self) -> str:
+        """A folder-safe name for the portal (host and port; never credentials)."""
+        return portal_key_of(self.base_url)
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for Redactor."""
+        values = (
+            self.webhook_code,
+            self.access_token,
+            self.refresh_token,
+            self.client_secret,
+            self.application_token,
+        )
+        return [v for v in values if v]
+
+
+def portal_key_of(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "no-portal").lower()
+    key = f"{host}_{parts.port}" if parts.port else host
+    return re.sub(r"[^a-z0-9._-]", "_", key)
+
+
+# --- reading raw values ---------------------------------------------------------------------
+
+
+class _Env:
+    """The merged variables plus typed readers that raise ConfigError naming the variable."""
+
+    def __init__(self, values: Mapping[str, str | None]) -> None:
+        self._values = values
+
+    def raw(self, name: str) -> str | None:
+        value = self._values.get(name)
+        if value is None:
+            return None
+        value = str(value).strip()
+        return value or None
+
+    def fail(self, name: str, expected: str) -> ConfigError:
+        value = self.raw(name)
+        shown = "" if name in SECRET_VARIABLES or value is None else f", got {value[:60]!r}"
+        return ConfigError(
+            f"{name} is malformed: expected {expected}{shown}",
+            code="CONFIG_INVALID",
+            hint=f"fix {name} in the environment or .env",
+        )
+
+    def parsed(self, name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except (ValueError, TypeError):
+            raise self.fail(name, expected) from None
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        def parse(text: str) -> float:
+            number = float(text)
+            if not number >= minimum or number == float("inf"):
+                raise ValueError(text)
+            return number
+
+        return self.parsed(name, default, parse, f"a number >= {minimum:g}")
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        def parse(text: str) -> int:
+            number = int(text)
+            if number < minimum:
+                raise ValueError(text)
+            return number
+
+        return self.parsed(name, default, parse, f"an integer >= {minimum}")
+
+    def flag(self, name: str, default: bool) -> bool:
+        def parse(text: str) -> bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+
+        return self.parsed(name, default, parse, "1/0, true/false, yes/no or on/off")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def parse(text: str) -> str:
+            if text.lower() not in choices:
+                raise ValueError(text)
+            return text.lower()
+
+        return self.parsed(name, default, parse, " or ".join(choices))
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return default
+        items = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return tuple(dict.fromkeys(items))
+
+    def secret(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is not None and (len(value) < MIN_SECRET_LEN or re.search(r"\s", value)):
+            raise self.fail(name, f"at least {MIN_SECRET_LEN} characters without spaces")
+        return value
+
+    def path(self, name: str, default: Path, home: Path) -> Path:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.startswith("~"):
+            value = str(home) + value[1:]
+        return Path(value)
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(env: _Env, name: str, text: str, *, allow_path: Callable[[str], bool]) -> str:
+    """``scheme://host[:port]`` from an address that may lack a scheme; http only on loopback."""
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise env.fail(name, "a valid port number") from None
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        raise env.fail(name, "a host name such as portal.bitrix24.com, optionally with scheme")
+    if parts.query or parts.fragment or not allow_path(parts.path):
+        raise env.fail(name, "an address without path, query or fragment")
+    if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", parts.netloc.rsplit("@", 1)[-1]):
+        raise env.fail(name, "a host name of letters, digits, dots and dashes")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(
+            f"{name} uses plain http for a non-loopback host",
+            code="CONFIG_INSECURE",
+            hint="use https://; plain http is allowed only for 127.0.0.1, ::1 and localhost",
+        )
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{netloc}" + (f":{port}" if port else "")
+
+
+def _webhook_url(env: _Env) -> tuple[str, int, str] | None:
+    """(origin, user id, code) from B24_WEBHOOK_URL, or None when it is not set."""
+    text = env.raw("B24_WEBHOOK_URL")
+    if text is None:
+        return None
+    origin = _origin(env, "B24_WEBHOOK_URL", text, allow_path=lambda p: True)
+    match = _WEBHOOK_PATH.match(urlsplit(text if "://" in text else "https://" + text).path)
+    if not match:
+        raise env.fail("B24_WEBHOOK_URL", "https://PORTAL/rest/USER_ID/CODE/")
+    user_id, code = int(match.group(1)), match.group(2)
+    if len(code) < MIN_SECRET_LEN:
+        raise env.fail("B24_WEBHOOK_URL", f"a webhook code of at least {MIN_SECRET_LEN} chars")
+    return origin, user_id, code
+
+
+def _agree(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    if a is not None and b is not None and a != b:
+        raise ConfigError(
+            f"{name_a} and {name_b} disagree",
+            code="CONFIG_CONFLICT",
+            hint=f"set only one of {name_a} and {name_b}, or make them match",
+        )
+
+
+def _missing(names: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"{names} not set: {why}",
+        code="CONFIG_MISSING",
+        hint="set it in the environment or in .env (see .env.example)",
+    )
+
+
+# --- assembling -----------------------------------------------------------------------------
+
+
+def _merged(
+    env_file: str | None, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
+) -> dict[str, str | None]:
+    real = dict(os.environ if environ is None else environ)
+    path = Path(env_file) if env_file else Path.cwd() / ".env"
+    from_file: dict[str, str | None] = {}
+    if env_file and not path.is_file():
+        raise ConfigError(
+            f"env file {path} not found", code="CONFIG_MISSING", hint="check --env-file"
+        )
+    if path.is_file():
+        try:
+            from_file = dict(dotenv_values(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"cannot read env file {path}: {type(exc).__name__}", code="CONFIG_INVALID"
+            ) from None
+    merged: dict[str, str | None] = {**from_file, **real}
+    for key, value in overrides.items():
+        if key.startswith("B24_"):
+            merged[key] = None if value is None else str(value)
+    return merged
+
+
+def _credentials(env: _Env) -> dict[str, Any]:
+    hook = _webhook_url(env)
+    domain = env.raw("B24_DOMAIN")
+    base = (
+        _origin(env, "B24_DOMAIN", domain, allow_path=lambda p: p in ("", "/")) if domain else None
+    )
+    user_id = env.parsed("B24_WEBHOOK_USER_ID", None, int, "a positive integer user id")
+    if user_id is not None and user_id <= 0:
+        raise env.fail("B24_WEBHOOK_USER_ID", "a positive integer user id")
+    code = env.secret("B24_WEBHOOK_CODE")
+    if hook:
+        _agree("B24_WEBHOOK_URL", hook[0], "B24_DOMAIN", base)
+        _agree("B24_WEBHOOK_URL", hook[1], "B24_WEBHOOK_USER_ID", user_id)
+        _agree("B24_WEBHOOK_URL", hook[2], "B24_WEBHOOK_CODE", code)
+        base, user_id, code = hook
+    return {
+        "base_url": base or "",
+        "webhook_user_id": user_id,
+        "webhook_code": code,
+        "access_token": env.secret("B24_ACCESS_TOKEN"),
+        "refresh_token": env.secret("B24_REFRESH_TOKEN"),
+        "client_id": env.raw("B24_CLIENT_ID"),
+        "client_secret": env.secret("B24_CLIENT_SECRET"),
+        "application_token": env.secret("B24_APPLICATION_TOKEN"),
+    }
+
+
+def _auth_mode(env: _Env, creds: Mapping[str, Any], require: bool) -> str:
+    mode = env.raw("B24_AUTH_MODE")
+    if mode is not None:
+        mode = env.choice("B24_AUTH_MODE", "webhook", ("webhook", "oauth"))
+    elif creds["webhook_code"]:
+        mode = "webhook"
+    elif creds["access_token"] or creds["refresh_token"] or creds["client_id"]:
+        mode = "oauth"
+    elif require:
+        raise _missing(
+            "B24_WEBHOOK_URL (or B24_DOMAIN + B24_WEBHOOK_USER_ID + B24_WEBHOOK_CODE)",
+            "no portal credentials; for an OAuth app set B24_AUTH_MODE=oauth and its variables",
+        )
+    else:
+        mode = "webhook"
+    if not require:
+        return mode
+    if not creds["base_url"]:
+        raise _missing("B24_DOMAIN", "the portal address is needed (or B24_WEBHOOK_URL)")
+    if mode == "webhook":
+        for name, key in (
+            ("B24_WEBHOOK_USER_ID", "webhook_user_id"),
+            ("B24_WEBHOOK_CODE", "webhook_code"),
+        ):
+            if not creds[key]:
+                raise _missing(name, "B24_AUTH_MODE is webhook (or set B24_WEBHOOK_URL)")
+    else:
+        for name, key in (("B24_CLIENT_ID", "client_id"), ("B24_CLIENT_SECRET", "client_secret")):
+            if not creds[key]:
+                raise _missing(name, "B24_AUTH_MODE is oauth; the app's keys refresh tokens")
+    return mode
+
+
+def _state_root(env: _Env, home: Path) -> Path:
+    xdg = env.raw("XDG_STATE_HOME")
+    default = (Path(xdg) if xdg else home / ".local" / "state") / "bitrix24-agent"
+    return env.path("B24_STATE_DIR", default, home)
+
+
+def load_settings(
+    *,
+    env_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    require_credentials: bool = True,
+) -> Settings:
+    """Build Settings from ``.env`` < environment (``environ`` or os.environ) < ``overrides``.
+
+    ``require_credentials=False`` lets commands that never call the portal (help, catalog
+    look-ups, plan listing) run without a portal configured.
+    """
+    overrides = dict(overrides or {})
+    env = _Env(_merged(env_file, environ, overrides))
+    home = Path(env.raw("HOME") or Path.home())
+    creds = _credentials(env)
+    mode = _auth_mode(env, creds, require_credentials)
+    server = env.raw("B24_OAUTH_SERVER")
+    oauth_server = (
+        _origin(
+            env,
+            "B24_OAUTH_SERVER",
+            server,
+            allow_path=lambda p: p.rstrip("/") in ("", "/oauth/token", "/oauth"),
+        )
+        if server
+        else DEFAULT_OAUTH_SERVER
+    )
+    state_dir = _state_root(env, home) / portal_key_of(creds["base_url"])
+    settings = Settings(
+        **creds,
+        auth_mode=mode,
+        oauth_server=oauth_server,
+        packs=env.names("B24_PACKS", ("core",)),
+        method_allowlist=env.names("B24_METHOD_ALLOWLIST", ()),
+        require_plan=env.flag("B24_REQUIRE_PLAN", False),
+        state_dir=state_dir,
+        audit_file=env.path("B24_AUDIT_FILE", state_dir / "audit.jsonl", home),
+        audit_params=env.choice("B24_AUDIT_PARAMS", "digest", ("digest", "full")),
+        audit_max_bytes=env.integer("B24_AUDIT_MAX_BYTES", 10 * 1024 * 1024, minimum=4096),
+        plan_dir=env.path("B24_PLAN_FILE", state_dir / "plans", home),
+        plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
+        idempotency_dir=env.path("B24_IDEMPOTENCY_FILE", state_dir / "idempotency", home),
+        idempotency_ttl_s=env.integer("B24_IDEMPOTENCY_TTL_SEC", 86400, minimum=1),
+        auto_idempotency_window_s=env.integer("B24_AUTO_IDEMPOTENCY_WINDOW_SEC", 600),
+        rate_limiter=env.choice("B24_RATE_LIMITER", "file", ("file", "memory", "off")),
+        rate_limiter_file=env.path("B24_RATE_LIMITER_FILE", state_dir / "ratelimit.json", home),
+        rate=env.number("B24_RATE_LIMITER_RATE", 2.0, minimum=0.01),
+        burst=env.integer("B24_RATE_LIMITER_BURST", 50, minimum=1),
+        connect_timeout=env.number("B24_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+        read_timeout=env.number("B24_READ_TIMEOUT", 65.0, minimum=0.1),
+        max_retries=env.integer("B24_MAX_RETRIES", 4),
+        retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),
+        retry_max_s=env.number("B24_RETRY_MAX_SEC", 20.0),
+        max_operating_wait_s=env.number("B24_MAX_OPERATING_WAIT_SEC", 60.0),
+    )
+    return _apply_field_overrides(settings, overrides)
+
+
+def _apply_field_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    changes = {k: v for k, v in overrides.items() if not k.startswith("B24_") and v is not None}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting override(s): {', '.join(unknown)}",
+            code="CONFIG_INVALID",
+            hint=f"known settings: {', '.join(sorted(fields))}",
+        )
+    for name, value in changes.items():
+        current = getattr(settings, name)
+        if isinstance(current, Path) and isinstance(value, str):
+            changes[name] = Path(value)
+        elif isinstance(current, tuple) and isinstance(value, (list, tuple)):
+            changes[name] = tuple(value)
+    return dataclasses.replace(settings, **changes) if changes else settings

@@ -1,0 +1,59 @@
+"""Redactor: known secret values and secret-shaped positions are masked in text and JSON."""
+
+from __future__ import annotations
+
+from b24agent.redact import MASK, Redactor
+from hypothesis import given
+from hypothesis import strategies as st
+
+SECRET = "s3cr3t-webhook-code"
+
+
+def test_known_values_masked_everywhere() -> None:
+    redactor = Redactor([SECRET, None, ""])
+    assert redactor.mask(f"boom {SECRET}!{SECRET}") == f"boom {MASK}!{MASK}"
+
+
+def test_secret_positions_masked_without_knowing_the_value() -> None:
+    redactor = Redactor()
+    text = (
+        "https://p.bitrix24.com/rest/1/unknowncode/crm.lead.add "
+        "https://p.bitrix24.com/rest/api/7/othercode/tasks.task.add "
+        "?auth=tok1&access_token=tok2&refresh_token=tok3&client_secret=tok4 "
+        "auth[application_token]=tok5 Authorization: Bearer tok6"
+    )
+    masked = redactor.mask(text)
+    for leaked in ("unknowncode", "othercode", "tok1", "tok2", "tok3", "tok4", "tok5", "tok6"):
+        assert leaked not in masked
+    assert "/rest/1/***/crm.lead.add" in masked
+
+
+def test_mask_obj_masks_secret_keys_and_values() -> None:
+    redactor = Redactor([SECRET])
+    data = {
+        "auth": {"application_token": "x", "domain": "p"},
+        "REFRESH_TOKEN": "abc",
+        "items": [{"note": f"code {SECRET}"}, 5, None],
+        "error": {"code": "ERROR_CORE", "message": "fine"},
+    }
+    assert redactor.mask_obj(data) == {
+        "auth": MASK,
+        "REFRESH_TOKEN": MASK,
+        "items": [{"note": f"code {MASK}"}, 5, None],
+        "error": {"code": "ERROR_CORE", "message": "fine"},
+    }
+
+
+def test_rotated_tokens_can_be_added() -> None:
+    redactor = Redactor()
+    redactor.add("new-access-token-1")
+    assert "new-access-token-1" not in redactor.mask("x new-access-token-1 y")
+
+
+@given(
+    st.text(alphabet="ab*", min_size=4, max_size=12),
+    st.text(alphabet="ab*", max_size=40),
+    st.text(alphabet="ab*", max_size=40),
+)
+def test_a_known_secret_never_survives_masking(secret: str, before: str, after: str) -> None:
+    assert secret not in Redactor([secret]).mask(before + secret + after)
