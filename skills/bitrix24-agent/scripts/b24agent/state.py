@@ -28,6 +28,7 @@ __all__ = [
     "create_exclusive",
     "file_lock",
     "locked_json",
+    "move_aside",
     "read_json",
     "write_json_atomic",
 ]
@@ -102,7 +103,8 @@ def create_exclusive(path: Path, data: Any, *, mode: int = 0o600) -> bool:
     return True
 
 
-def _move_aside(path: Path) -> Path | None:
+def move_aside(path: Path) -> Path | None:
+    """Rename an untrustworthy state file out of the way (kept for inspection, never deleted)."""
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     try:
         os.replace(path, target)
@@ -122,11 +124,11 @@ def read_json(path: Path, *, default: Any = None, schema: Mapping[str, Any] | No
         if schema is not None:
             jsonschema.validate(data, schema)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptStateError(path, _move_aside(path), f"not valid JSON: {exc}") from None
+        raise CorruptStateError(path, move_aside(path), f"not valid JSON: {exc}") from None
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
         reason = f"unexpected shape at {where}: {exc.message}"
-        raise CorruptStateError(path, _move_aside(path), reason) from None
+        raise CorruptStateError(path, move_aside(path), reason) from None
     return data
 
 

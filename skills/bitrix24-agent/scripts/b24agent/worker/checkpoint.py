@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..state import CorruptStateError, read_json, write_json_atomic
-from ..state import _move_aside as move_aside
+from ..state import CorruptStateError, move_aside, read_json, write_json_atomic
 from .delivery import event_id, public_row
 from .jsonl import JsonlWriter, read_jsonl
 
