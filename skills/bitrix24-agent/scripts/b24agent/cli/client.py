@@ -27,7 +27,8 @@ __all__ = ["build_parser", "main"]
 EXIT_CODES = """\
 exit codes:
   0    ok
-  1    the portal refused the call (API error: Not found, ACCESS_DENIED, ERROR_ARGUMENT...)
+  1    the portal refused the call (API error: Not found, ACCESS_DENIED, ERROR_ARGUMENT...);
+       for --verify-audit: the hash chain is broken (the message names the first bad line)
   2    usage or validation error (unknown flag, malformed JSON, bad batch-file line)
   3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist)
   4    auth or configuration (missing B24_DOMAIN, rejected credentials, corrupt state file)
@@ -163,7 +164,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="store the call as a plan, print its ID, e.g. crm.lead.delete ... --plan-only",
     )
-    guard.add_argument("--execute-plan", metavar="ID", help="run a stored plan, e.g. p-3f9a")
+    guard.add_argument(
+        "--execute-plan",
+        metavar="ID",
+        help="run a stored plan once, as printed by --plan-only (a destructive plan also needs "
+        "--confirm-destructive), e.g. --execute-plan p-3f9aQk...",
+    )
     guard.add_argument(
         "--require-plan",
         action="store_true",
@@ -198,7 +204,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="FILE",
-        help="check the audit log's hash chain, e.g. --verify-audit audit.jsonl",
+        help="check the audit log's hash chain across rotated files (exit 1 names the first "
+        "broken line), e.g. --verify-audit audit.jsonl",
     )
     guard.add_argument(
         "--explain",
@@ -381,6 +388,15 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
         lines = read_batch_file(args.batch_file, stdin=stdin)
         calls = tuple(Call(line.method, line.params, line.line) for line in lines)
         return CallRequest("batch_file", calls, guards=guards)
+    if args.execute_plan is not None:
+        clash = [flag for flag, on in _execute_plan_clashes(args) if on]
+        if clash:
+            raise UsageError(
+                f"--execute-plan runs exactly the stored call; drop {', '.join(clash)}",
+                code="USAGE",
+                hint="the plan holds the method and params; only --confirm-destructive, guard "
+                "and output flags go with it",
+            )
     if not args.method and not args.execute_plan:
         raise UsageError(
             "a METHOD is required, e.g. b24 crm.lead.list",
@@ -403,6 +419,19 @@ def _batch_clashes(args: argparse.Namespace) -> list[tuple[str, bool]]:
         ("--all/--limit", args.all or args.limit is not None),
         ("--rest-v3", args.rest_v3),
         ("--execute-plan", args.execute_plan is not None),
+    ]
+
+
+def _execute_plan_clashes(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    return [
+        ("METHOD", bool(args.method)),
+        ("--params", args.params is not None),
+        ("--all/--limit", args.all or args.limit is not None),
+        ("--rest-v3", args.rest_v3),
+        ("--plan-only", args.plan_only),
+        ("--idempotency-key", args.idempotency_key is not None),
+        ("--no-idempotency", args.no_idempotency),
+        ("--idempotency-resolve", args.idempotency_resolve is not None),
     ]
 
 

@@ -1,0 +1,92 @@
+"""Running ``bitrix24_client.py`` the way agents do: a subprocess with a private state folder.
+
+Every run is checked against the CLI contract on the way: no traceback, every stderr line is one
+JSON object, and a failure ends with the ``{"error": {...}}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "bitrix24_client.py"
+ERROR_KEYS = {"code", "message", "hint", "retryable"}
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def error(self) -> dict[str, Any]:
+        """The error object of a failed run (the last stderr line)."""
+        return json.loads(self.err.strip().splitlines()[-1])["error"]
+
+
+class Cli:
+    """Runs the script from an empty working folder with its own HOME and state folder."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.cwd = tmp_path / "work"
+        self.cwd.mkdir(exist_ok=True)
+        self.state = tmp_path / "state"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("B24_")}
+        self.env.update(
+            {
+                "HOME": str(tmp_path),
+                "B24_STATE_DIR": str(self.state),
+                "B24_RATE_LIMITER": "memory",
+                "B24_RETRY_BASE_SEC": "0.01",
+                "B24_RETRY_MAX_SEC": "0.05",
+                **env,
+            }
+        )
+        self.runs: list[Run] = []
+
+    def with_env(self, **env: str) -> Cli:
+        """The same folders and run log, with more variables set."""
+        clone = Cli(self.tmp_path, {})
+        clone.env = {**self.env, **env}
+        clone.runs = self.runs
+        return clone
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            env={**self.env, **env},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def finish(self, proc: subprocess.Popen[str]) -> Run:
+        out, err = proc.communicate(timeout=120)
+        run = Run(proc.returncode, out, err)
+        check(run)
+        self.runs.append(run)
+        return run
+
+    def __call__(self, *args: str, **env: str) -> Run:
+        return self.finish(self.popen(*args, **env))
+
+
+def check(run: Run) -> None:
+    """The output contract every run keeps, whatever it did."""
+    assert "Traceback" not in run.err, run.err
+    lines = [json.loads(line) for line in run.err.splitlines()]
+    assert all(isinstance(line, dict) for line in lines), run.err
+    if run.code != 0:
+        assert set(run.error()) == ERROR_KEYS, run.err
