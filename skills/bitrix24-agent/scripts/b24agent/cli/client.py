@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from ..client import CallResult
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ..pipeline import CallOutcome, CallRequest, Outcome
     from ..settings import Settings
     from .output import Printer
+
+from .common import JsonErrorParser, as_b24_error, default_mask, positive_int
 
 __all__ = ["build_parser", "main"]
 
@@ -54,30 +56,9 @@ examples:
 OUTPUTS = ("json", "result", "jsonl")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors through the one-JSON-line contract (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        from ..errors import UsageError
-
-        raise UsageError(
-            message, code="USAGE", hint=f"run {self.prog} --help for flags and examples"
-        )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The full flag set; every help line carries an example."""
-    parser = _Parser(
+    parser = JsonErrorParser(
         prog=prog,
         description="Call the Bitrix24 REST API with guard rails: one call, a batch file or an "
         "export. The portal comes from B24_WEBHOOK_URL or B24_DOMAIN + credentials (env or .env).",
@@ -106,7 +87,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--all", action="store_true", help="export every row of a list method, e.g. crm.deal.list"
     )
     call.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="export at most N rows, e.g. --limit 500"
+        "--limit", type=positive_int, metavar="N", help="export at most N rows, e.g. --limit 500"
     )
     call.add_argument(
         "--batch-file",
@@ -230,11 +211,11 @@ class _Cli:
         """Print ``exc`` as the one error line (always masked) and return its exit code."""
         from .output import dump_line
 
-        error = _as_b24_error(exc)
+        error = as_b24_error(exc)
         if isinstance(exc, BrokenPipeError):
             _silence(self.stdout)
         text = dump_line(error.to_json())
-        mask = self.mask or _default_mask()
+        mask = self.mask or default_mask()
         try:
             self.stderr.write(mask(text) + "\n")
             self.stderr.flush()
@@ -256,7 +237,7 @@ class _Cli:
             from ..pipeline import verify_audit
 
             settings = _load_settings(args, require_credentials=False)
-            self.mask = _default_mask(settings.secrets())
+            self.mask = default_mask(settings.secrets())
             report = verify_audit(settings, args.verify_audit or None)
             self._printer(args).document(report)
             return 0
@@ -316,7 +297,7 @@ class _Cli:
         """Human-readable remarks about a success (a replay, a reconciliation), on stderr."""
         from .output import dump_line
 
-        mask = self.mask or _default_mask()
+        mask = self.mask or default_mask()
         for text in notes:
             self.stderr.write(mask(dump_line({"note": text})) + "\n")
         self.stderr.flush()
@@ -455,52 +436,6 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
         env_file=args.env_file,
         overrides={k: v for k, v in overrides.items() if v is not None},
         require_credentials=require_credentials,
-    )
-
-
-def _default_mask(secrets: Iterable[str] = ()) -> Callable[[str], str]:
-    """A mask for output made outside a pipeline; before settings load there are no secret
-    values to know yet, only secret-shaped positions (``/rest/1/CODE/``, ``access_token=``)."""
-    from ..redact import Redactor
-
-    return Redactor(secrets).mask
-
-
-def _as_b24_error(exc: BaseException) -> B24Error:
-    """Map anything that ends a run to the error taxonomy, so it prints as one JSON line."""
-    from .. import errors
-
-    # state.py pulls in jsonschema; if it was never imported, exc cannot be one of its errors.
-    state = sys.modules.get("b24agent.state")
-    if isinstance(exc, errors.B24Error):
-        return exc
-    if isinstance(exc, BrokenPipeError):
-        return errors.Interrupted(
-            "stdout was closed before the output was complete",
-            code="OUTPUT_CLOSED",
-            hint="the reader stopped early (e.g. `| head`); rows not read were not written",
-        )
-    if isinstance(exc, KeyboardInterrupt):
-        return errors.Interrupted(
-            "interrupted",
-            code="INTERRUPTED",
-            hint="if a write was in flight it may or may not have run; check before repeating it",
-        )
-    if state is not None and isinstance(exc, state.CorruptStateError):
-        # Only the paths: the parse reason may quote the file's content, tokens included.
-        moved = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
-        return errors.ConfigError(
-            f"state file {exc.path} is corrupt{moved}",
-            code="STATE_CORRUPT",
-            hint="restore the file or delete it to start that state afresh",
-        )
-    # A bug of ours: if it struck while a write was in flight, the write may have run, so
-    # the fail-safe answer is "outcome unknown" (harmless for reads, honest for writes).
-    return errors.OutcomeUnknownError(
-        f"unexpected {type(exc).__name__}: {exc}",
-        code="INTERNAL_ERROR",
-        hint="a bug in bitrix24-agent (please report it); if the call was a write, check the "
-        "portal before repeating it",
     )
 
 

@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .client import _as_b24_error, _default_mask, _Parser, _positive_int
+from .common import JsonErrorParser, as_b24_error, default_mask, positive_int
 from .output import dump_line
 
 if TYPE_CHECKING:
@@ -88,11 +88,11 @@ def _seconds(text: str) -> float:
 
 
 def _retries(text: str) -> int:
-    return _positive_int(text) if text != "0" else 0
+    return positive_int(text) if text != "0" else 0
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = JsonErrorParser(
         prog=prog or "b24-offline-worker",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -116,7 +116,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="rows per reservation (default 1000; the portal's default is 50), e.g. --limit 200",
     )
@@ -304,7 +304,7 @@ class _Run:
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
-        self.mask: Callable[[str], str] = _default_mask()
+        self.mask: Callable[[str], str] = default_mask()
         self.summary: dict[str, Any] | None = None
 
     def settings(self) -> Settings:
@@ -413,7 +413,7 @@ class _Run:
         return code
 
     def fail(self, exc: BaseException) -> int:
-        error = _as_b24_error(_worker_error(exc) if isinstance(exc, Exception) else exc)
+        error = as_b24_error(_worker_error(exc) if isinstance(exc, Exception) else exc)
         self.stderr.write(self.mask(dump_line(error.to_json())) + "\n")
         self.stderr.flush()
         return error.exit_code
