@@ -141,3 +141,20 @@ def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
     yield start
     for sandbox in started:
         sandbox.stop()
+
+
+def ok(response: requests.Response) -> Any:
+    """The ``result`` of a successful v2 answer (asserts HTTP 200 and no error body)."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "error" not in body, body
+    return body["result"]
+
+
+def fails(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    """Assert an error answer with this status and code (v2 string or v3 object form)."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"]
+    assert (error["code"] if isinstance(error, dict) else error) == code, body
+    return body

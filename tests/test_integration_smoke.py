@@ -28,9 +28,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_support import Run
 from conftest import ROOT, Sandbox
 
 SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "bitrix24_client.py"
@@ -41,19 +41,6 @@ TAG = "b24agent-smoke"
 GUARD_ENV = {"B24_PACKS": "core,diagnostics", "B24_REQUIRE_PLAN": "0"}
 SANDBOX_LEADS = 3
 SANDBOX_OFFLINE_EVENTS = 4
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def error(self) -> dict[str, Any]:
-        return json.loads(self.err.strip().splitlines()[-1])["error"]
 
 
 @dataclass

@@ -19,23 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import SANDBOX_SCRIPT, Sandbox
+from conftest import SANDBOX_SCRIPT, Sandbox, fails, ok
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
-
-
-def ok(response: requests.Response) -> Any:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert "error" not in body, body
-    return body["result"]
-
-
-def fails(response: requests.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == code, body
-    return body
 
 
 def oauth_post(portal: Sandbox, method: str, params: dict[str, Any] | None = None, **kw: Any):

@@ -22,7 +22,7 @@ import pytest
 import requests
 from b24agent.sandbox import crm_fields, crm_model, filters
 from b24agent.sandbox.store import Store
-from conftest import Sandbox
+from conftest import Sandbox, fails, ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,21 +32,6 @@ V3 = "BITRIX_REST_V3_EXCEPTION_"
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def ok(response: requests.Response) -> Any:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert "error" not in body, body
-    return body["result"]
-
-
-def fails(response: requests.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    error = body["error"]
-    assert (error["code"] if isinstance(error, dict) else error) == code, body
-    return body
 
 
 def app(portal: Sandbox, method: str, params: dict[str, Any] | None = None) -> requests.Response:

@@ -27,6 +27,7 @@ __all__ = [
     "StateBox",
     "create_exclusive",
     "file_lock",
+    "fsync_dir",
     "locked_json",
     "move_aside",
     "read_json",
@@ -53,7 +54,8 @@ def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or create in ``folder`` durable (the entry itself, not just the data)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -83,7 +85,7 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one."""
     tmp = _write_temp(path, data, mode)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def create_exclusive(path: Path, data: Any, *, mode: int = 0o600) -> bool:
@@ -99,7 +101,7 @@ def create_exclusive(path: Path, data: Any, *, mode: int = 0o600) -> bool:
         return False
     finally:
         os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 

@@ -11,27 +11,17 @@ which is reported like any corrupt state file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..state import CorruptStateError
+from ..state import CorruptStateError, fsync_dir
 
 __all__ = ["JsonlWriter", "read_jsonl"]
 
 _CHUNK = 65536
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class JsonlWriter:
@@ -43,7 +33,7 @@ class JsonlWriter:
         created = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         _drop_torn_tail(path, self._fd)
 
     def append(self, record: Any, *, sync: bool = True) -> None:
