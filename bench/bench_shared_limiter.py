@@ -25,25 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SANDBOX = ROOT / "skills" / "bitrix24-agent" / "scripts" / "sandbox_portal.py"
 PLANS = {"standard": (2.0, 50), "enterprise": (5.0, 250)}
 
-WORKER = r"""
-import json, sys, time
-from pathlib import Path
-from b24agent.client import Bitrix24Client
-from b24agent.errors import B24Error
-from b24agent.settings import load_settings
-
-go, env_file, calls = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-while not go.exists():
-    time.sleep(0.001)
-refused = 0
-with Bitrix24Client(load_settings(env_file=env_file)) as client:
-    for _ in range(calls):
-        try:
-            client.call("user.current")
-        except B24Error:
-            refused += 1
-print(json.dumps({"refused": refused, "finished": time.time()}))
-"""
+WORKER = ROOT / "bench" / "limiter_worker.py"
 
 
 def main() -> None:
@@ -75,7 +57,7 @@ def main() -> None:
             )
             workers = [
                 subprocess.Popen(
-                    [sys.executable, "-c", WORKER, str(go), str(empty), str(args.calls)],
+                    [sys.executable, str(WORKER), str(go), str(empty), str(args.calls)],
                     env=env,
                     stdout=subprocess.PIPE,
                     text=True,
@@ -102,7 +84,7 @@ def main() -> None:
     print(f"processes x calls      {args.processes} x {args.calls} = {total}")
     print(f"requests seen          {stats['requests']}")
     print(f"QUERY_LIMIT_EXCEEDED   {stats['rate_limit_rejections']}")
-    print(f"failed calls           {sum(r['refused'] for r in reports)}")
+    print(f"failed calls           {sum(r['failed'] for r in reports)}")
     print(f"elapsed                {elapsed:.1f} s")
     print(f"bucket allows at best  {ideal:.1f} s")
     ratio = f"{elapsed / ideal:.3f}" if ideal else "n/a"

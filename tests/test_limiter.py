@@ -19,7 +19,7 @@ from b24agent.errors import OperationTimeLimitError
 from b24agent.limiter import BucketModel, RateLimiter, _MemoryStore
 from b24agent.settings import Settings
 from client_support import settings_for, webhook_env
-from conftest import Sandbox
+from conftest import ROOT, Sandbox
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,26 +105,7 @@ def test_blocked_method_waits_for_its_reset_within_the_cap() -> None:
     assert info.value.details["operating_reset_at"] == int(clock[0] + 61)
 
 
-#: One OS process making ``calls`` reads as fast as its limiter allows.
-WORKER = r"""
-import json, sys, time
-from pathlib import Path
-from b24agent.client import Bitrix24Client
-from b24agent.errors import B24Error
-from b24agent.settings import load_settings
-
-go, env_file, calls = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-while not go.exists():
-    time.sleep(0.001)
-refused = 0
-with Bitrix24Client(load_settings(env_file=env_file)) as client:
-    for _ in range(calls):
-        try:
-            client.call("user.current")
-        except B24Error as exc:
-            refused += exc.code == "QUERY_LIMIT_EXCEEDED"
-print(json.dumps({"refused": refused, "sent": client.requests_sent}))
-"""
+WORKER = ROOT / "bench" / "limiter_worker.py"
 
 
 def run_processes(
@@ -136,7 +117,7 @@ def run_processes(
     env = {**os.environ, **webhook_env(portal, tmp_path / "state"), **extra}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(go), str(empty), str(calls)],
+            [sys.executable, str(WORKER), str(go), str(empty), str(calls)],
             env=env,
             stdout=subprocess.PIPE,
             text=True,
