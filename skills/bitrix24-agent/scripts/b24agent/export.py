@@ -4,9 +4,10 @@ Fast path (settings/performance/huge-data.md), for methods that filter and sort 
 ``order {ID: ASC}``, ``filter {">ID": last}``, ``start: -1`` (no counting), and 50 such pages
 chained inside one batch, each taking its ``>ID`` from the previous page's 50th row
 (``$result[p0][49][ID]``; ``[items]`` / ``[tasks]`` for crm.item.list and tasks.task.list): 2,500
-rows per HTTP request. The caller's filter is kept (a ``>ID`` of theirs becomes the starting
-point). A page with fewer than 50 rows is the end; later pages of that batch referenced a row that
-does not exist, so their answers are ignored, never trusted.
+rows per HTTP request, the next batch in flight while the caller handles this one. The caller's
+filter is kept (a ``>ID`` of theirs becomes the starting point). A page with fewer than 50 rows
+is the end; later pages of that batch referenced a row that does not exist, so their answers are
+ignored, never trusted.
 
 Anything else (another sort order, an unknown method) pages by offset with ``start``, up to 50
 pages per batch. Offsets shift when rows are added or removed meanwhile, so rows are de-duplicated
@@ -15,7 +16,9 @@ by id; the id-chained path cannot repeat a row since ids only grow.
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -104,6 +107,35 @@ def rows_of(method: str, result: Any, shape: ListShape | None) -> list[Any]:
     return value
 
 
+class _InFlight:
+    """One batch sent from a daemon thread; ``result`` waits for it and re-raises its error.
+
+    A daemon thread, not an executor, because a reader that stops early (``| head``) must not
+    wait for the answer to a page nobody will read, and the generator that owns it may be
+    finalised from any thread.
+    """
+
+    def __init__(self, send: Callable[[], tuple[list[str], BatchResult]]) -> None:
+        self._send = send
+        self._answer: tuple[list[str], BatchResult] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="b24-export", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._answer = self._send()
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> tuple[list[str], BatchResult]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        return self._answer
+
+
 class _Export:
     """One export run: yields rows, counts them, stops at ``limit``."""
 
@@ -122,11 +154,12 @@ class _Export:
         self.progress = progress
         self.count = 0
 
-    def pages_wanted(self) -> int:
-        """Pages to ask for in the next batch: 50, or fewer when ``limit`` is near."""
+    def pages_wanted(self, coming: int = 0) -> int:
+        """Pages to ask for in the next batch: 50, or fewer when ``limit`` is near (counting
+        ``coming`` rows received but not yet handed to the caller)."""
         if self.limit is None:
             return MAX_COMMANDS
-        room = self.limit - self.count
+        room = self.limit - self.count - coming
         return max(1, min(MAX_COMMANDS, -(-room // PAGE)))
 
     def take(self, rows: list[Any]) -> Iterator[Any]:
@@ -140,8 +173,8 @@ class _Export:
         if self.progress is not None:
             self.progress(self.count)
 
-    def done(self) -> bool:
-        return self.limit is not None and self.count >= self.limit
+    def done(self, coming: int = 0) -> bool:
+        return self.limit is not None and self.count + coming >= self.limit
 
     # -- fast path ------------------------------------------------------------------------
 
@@ -184,36 +217,57 @@ class _Export:
         params[_key(params, "start")] = -1
         return params, start
 
-    def by_id(self, shape: ListShape, base: dict[str, Any], last: int) -> Iterator[Any]:
+    def _id_batch(
+        self, shape: ListShape, base: dict[str, Any], last: int, pages: int
+    ) -> tuple[list[str], BatchResult]:
+        """Send one batch of ``pages`` chained pages starting after id ``last``."""
         filter_name = _key(base, "filter")
-        while True:
-            commands: dict[str, tuple[str, Mapping[str, Any]]] = {}
-            for index in range(self.pages_wanted()):
-                bound: Any = last if index == 0 else shape.reference(f"p{index - 1}")
-                page_filter = {**base[filter_name], shape.filter_key: bound}
-                commands[f"p{index}"] = (self.method, {**base, filter_name: page_filter})
-            answer = self.client.batch(commands)
-            previous = last
-            for name in commands:
+        commands: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for index in range(pages):
+            bound: Any = last if index == 0 else shape.reference(f"p{index - 1}")
+            page_filter = {**base[filter_name], shape.filter_key: bound}
+            commands[f"p{index}"] = (self.method, {**base, filter_name: page_filter})
+        return list(commands), self.client.batch(commands)
+
+    def by_id(self, shape: ListShape, base: dict[str, Any], last: int) -> Iterator[Any]:
+        """Id-chained batches, with the next one already in flight while the caller handles the
+        rows of this one: batch k+1 needs only batch k's last id, so the portal's answer time
+        and the caller's work (printing, masking) overlap instead of adding up."""
+        pending: _InFlight | None = _InFlight(
+            functools.partial(self._id_batch, shape, base, last, self.pages_wanted())
+        )
+        while pending is not None:
+            names, answer = pending.result()
+            previous, pages, failure, finished = last, [], None, False
+            for name in names:
                 if name in answer.errors:
-                    raise answer.errors[name]
+                    failure = answer.errors[name]
+                    break
                 rows = rows_of(self.method, answer.results[name], shape)
                 ids = [_row_id(row) for row in rows]
                 if None in ids:
-                    raise _inconsistent(self.method, "rows without a numeric id")
-                fresh = [
-                    row
-                    for row, row_id in zip(rows, ids, strict=True)
-                    if row_id is not None and row_id > last
-                ]
+                    failure = _inconsistent(self.method, "rows without a numeric id")
+                    break
+                pages.append(
+                    [r for r, i in zip(rows, ids, strict=True) if i is not None and i > last]
+                )
                 last = max([last, *(i for i in ids if i is not None)])
-                yield from self.take(fresh)
-                if len(rows) < PAGE or self.done():
-                    self.report()
-                    return
+                if len(rows) < PAGE:
+                    finished = True
+                    break
+            if failure is None and not finished and last == previous:
+                failure = _inconsistent(self.method, "the id filter did not advance")
+            coming = sum(len(page) for page in pages)
+            pending = None
+            if failure is None and not finished and not self.done(coming):
+                pending = _InFlight(
+                    functools.partial(self._id_batch, shape, base, last, self.pages_wanted(coming))
+                )
+            for page in pages:
+                yield from self.take(page)
             self.report()
-            if last == previous:
-                raise _inconsistent(self.method, "the id filter did not advance")
+            if failure is not None:
+                raise failure
 
     # -- offset fallback --------------------------------------------------------------------
 

@@ -3,18 +3,22 @@
 Scripts and agents parse stdout, so it must carry the result and nothing else, and every byte
 printed must pass the redactor first. Keeping all printing in this module makes both rules
 checkable in one place. Streams are written item by item so a 100,000-row export runs in
-constant memory and a reader such as ``head`` sees rows as they arrive.
+constant memory and a reader such as ``head`` sees rows page by page as they arrive.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 __all__ = ["Printer", "Progress", "dump_line"]
 
 Mask = Callable[[str], str]
+
+#: Longest a streamed line waits in the buffer before it is flushed (seconds).
+FLUSH_EVERY_S = 0.1
 
 
 def _identity(text: str) -> str:
@@ -53,11 +57,21 @@ class Printer:
         self._stream.flush()
 
     def lines(self, items: Iterable[Any]) -> int:
-        """Each item on its own line; returns how many were written."""
+        """Each item on its own line; returns how many were written.
+
+        Flushed once FLUSH_EVERY_S has passed since the last flush, and at the end, rather than
+        per line: a flush per row cost an export of 10,000 leads a write syscall each. A reader
+        of the pipe still sees rows page by page, as the portal sends them.
+        """
         count = 0
+        flushed = time.monotonic()
         for item in items:
-            self.line(item)
+            self._write(dump_line(item) + "\n")
             count += 1
+            if time.monotonic() - flushed >= FLUSH_EVERY_S:
+                self._stream.flush()
+                flushed = time.monotonic()
+        self._stream.flush()
         return count
 
     def array(self, items: Iterable[Any], *, key: str | None = None) -> int:

@@ -1,0 +1,126 @@
+"""Full export of N seeded leads: our CLI and library against fast-bitrix24 and b24pysdk.
+
+Standard plan (2 requests/s, capacity 50) and 50 ms latency per answer, like a real cloud
+portal. Before each contender the sandbox is reset and re-seeded, so every one starts with a
+full bucket and the same N leads; each must return every id exactly once.
+
+    .venv/bin/python bench/bench_export.py [--leads 10000 100000] [--latency-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import Measured, Sandbox, b24_argv, b24_env, contender_argv, measure, table
+
+CONTENDERS: dict[str, list[str]] = {
+    "b24 --all (CLI)": b24_argv("crm.lead.list", "--all", "--output", "jsonl", "--compact"),
+    "b24 iter_all (library)": contender_argv("export", "b24_library"),
+    "fast-bitrix24 get_all": contender_argv("export", "fast_bitrix24"),
+    "b24pysdk as_list": contender_argv("export", "b24pysdk_as_list"),
+    "b24pysdk as_list_fast": contender_argv("export", "b24pysdk_as_list_fast"),
+}
+OURS = ("b24 --all (CLI)", "b24 iter_all (library)")
+
+
+def exported(run: Measured, cli: bool) -> tuple[int, int]:
+    """(rows, distinct ids) the contender returned."""
+    if not cli:
+        summary = run.json()
+        return summary["rows"], summary["ids"]
+    rows, ids = 0, set()
+    with open(run.out_path, "rb") as lines:
+        for line in lines:
+            rows += 1
+            ids.add(int(json.loads(line)["ID"]))
+    return rows, len(ids)
+
+
+def run_size(sandbox: Sandbox, leads: int, timeout_s: float) -> list[dict[str, Any]]:
+    figures = []
+    for name, argv in CONTENDERS.items():
+        sandbox.admin("reset", {})
+        sandbox.admin("seed", {"crm.lead": leads})
+        with tempfile.TemporaryDirectory() as tmp:
+            run = measure(
+                sandbox, argv, b24_env(sandbox, Path(tmp) / "state"), Path(tmp), timeout_s=timeout_s
+            )
+            rows, ids = exported(run, name.endswith("(CLI)")) if run.code == 0 else (0, 0)
+        complete = run.code == 0 and rows == ids == leads
+        figures.append(
+            {
+                "leads": leads,
+                "contender": name,
+                "complete": complete,
+                "rows": rows,
+                "requests": run.requests,
+                "wall_s": round(run.wall_s, 2),
+                "rejections": run.rejections,
+                "peak_mb": round(run.peak_mb, 1),
+                "error": "" if complete else run.stderr.strip().splitlines()[-1:],
+            }
+        )
+        print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
+    return figures
+
+
+def report(figures: list[dict[str, Any]]) -> str:
+    """One table per size, with our/best-peer wall-time ratio and the request target."""
+    out = []
+    for leads in sorted({f["leads"] for f in figures}):
+        group = [f for f in figures if f["leads"] == leads]
+        peers = [f["wall_s"] for f in group if f["contender"] not in OURS and f["complete"]]
+        best = min(peers) if peers else None
+        rows = [
+            [
+                f["contender"],
+                "yes" if f["complete"] else f"NO: {f['error']}",
+                f["requests"],
+                f["wall_s"],
+                f["rejections"],
+                f["peak_mb"],
+                f"{f['wall_s'] / best:.2f}" if best else "n/a",
+            ]
+            for f in group
+        ]
+        target = math.ceil(leads / 2500) + 1
+        out.append(
+            f"Export of {leads:,} leads (request target <= {target}, 0 rejections, "
+            f"wall <= best peer {best} s)\n\n"
+            + table(
+                [
+                    "contender",
+                    "all ids once",
+                    "requests",
+                    "wall s",
+                    "rejections",
+                    "peak MB",
+                    "wall / best peer",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, nargs="+", default=[10000, 100000])
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=600, help="per contender, seconds")
+    args = parser.parse_args()
+    with Sandbox(plan="standard", latency_ms=args.latency_ms) as sandbox:
+        figures = [f for n in args.leads for f in run_size(sandbox, n, args.timeout)]
+    print(report(figures))
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

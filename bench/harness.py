@@ -1,0 +1,164 @@
+"""What every benchmark shares: a sandbox portal subprocess and a measured child process.
+
+Figures come from outside the contender: HTTP requests and rate-limit rejections from the
+sandbox's own counters (admin ``stats``), wall time from the parent's clock and peak memory from
+the kernel's ``ru_maxrss`` of the reaped child, so no client can under-report what it did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "skills" / "bitrix24-agent" / "scripts"
+BENCH = ROOT / "bench"
+
+#: Leaky bucket per plan (drain per second, capacity), as the sandbox enforces it.
+PLANS = {"standard": (2.0, 50), "enterprise": (5.0, 250)}
+
+
+class Sandbox:
+    """A sandbox_portal.py subprocess, its credentials and its admin surface."""
+
+    def __init__(self, plan: str = "unlimited", latency_ms: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(SCRIPTS / "sandbox_portal.py"),
+                "--port",
+                "0",
+                "--plan",
+                plan,
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.info: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        self.url: str = self.info["url"]
+        self.webhook_url: str = self.info["webhook_url"]
+
+    def admin(self, op: str, payload: dict[str, Any] | None = None) -> Any:
+        verb = "POST" if payload is not None else "GET"
+        response = requests.request(
+            verb,
+            f"{self.url}/_sandbox/{op}",
+            json=payload,
+            headers={"X-Sandbox-Admin": self.info["admin_token"]},
+            timeout=600,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def counters(self) -> dict[str, int]:
+        """Requests and rejections so far (both limiters' rejections summed)."""
+        stats = self.admin("stats")
+        rejected = stats["rate_limit_rejections"] + stats["operating_limit_rejections"]
+        return {"requests": stats["requests"], "rejections": rejected}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def clean_env(**b24: str) -> dict[str, str]:
+    """The current environment without any B24_* variable, plus ``b24``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("B24_")}
+    env.update(b24)
+    return env
+
+
+@dataclass
+class Measured:
+    """One child run: what it printed and what it cost."""
+
+    code: int
+    out_path: Path
+    stderr: str
+    wall_s: float
+    peak_mb: float
+    requests: int
+    rejections: int
+
+    def json(self) -> Any:
+        """The child's stdout as one JSON document (peer runners print a summary)."""
+        return json.loads(self.out_path.read_bytes())
+
+
+def measure(
+    sandbox: Sandbox,
+    argv: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    stdin: bytes | None = None,
+    timeout_s: float = 900,
+) -> Measured:
+    """Run ``argv`` once with stdout and stderr in files under ``workdir`` (a big export is then
+    not held by this process). The child is reaped with ``wait4`` so its own peak RSS is read;
+    it is killed after ``timeout_s``."""
+    before = sandbox.counters()
+    out_path, err_path = workdir / "stdout", workdir / "stderr"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=workdir
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(stdin or b"")
+        proc.stdin.close()
+        killer = threading.Timer(timeout_s, proc.kill)
+        killer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        killer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    after = sandbox.counters()
+    return Measured(
+        code=proc.returncode,
+        out_path=out_path,
+        stderr=err_path.read_text(errors="replace"),
+        wall_s=wall,
+        peak_mb=usage.ru_maxrss / 1024,
+        requests=after["requests"] - before["requests"],
+        rejections=after["rejections"] - before["rejections"],
+    )
+
+
+def b24_env(sandbox: Sandbox, state_dir: Path) -> dict[str, str]:
+    """What a user of our CLI sets: the webhook and a state folder (limiter, audit) of its own."""
+    env = clean_env(B24_WEBHOOK_URL=sandbox.webhook_url, B24_STATE_DIR=str(state_dir))
+    env["BENCH_WEBHOOK_URL"] = sandbox.webhook_url  # for the peers, in contenders.py
+    return env
+
+
+def contender_argv(*args: str) -> list[str]:
+    return [sys.executable, str(BENCH / "contenders.py"), *args]
+
+
+def b24_argv(*args: str) -> list[str]:
+    return [sys.executable, str(SCRIPTS / "bitrix24_client.py"), *args]
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (it reads fine in a terminal too)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
