@@ -35,8 +35,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) bench/bench_worker_drain.py
-	$(PY) bench/bench_shared_limiter.py
+	$(PY) bench/run_all.py --results bench/RESULTS.md
 
 sandbox: $(STAMP)
 	$(PY) $(SCRIPTS)/sandbox_portal.py --seed-demo

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,52 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "skills" / "bitrix24-agent" / "scripts"
-
-
-class Sandbox:
-    """A sandbox_portal.py subprocess and its admin surface."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(SCRIPTS / "sandbox_portal.py"),
-                "--port",
-                "0",
-                "--plan",
-                "unlimited",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.info: dict[str, Any] = json.loads(self.proc.stdout.readline())
-
-    def admin(self, op: str, payload: dict[str, Any] | None = None) -> Any:
-        verb = "POST" if payload is not None else "GET"
-        response = requests.request(
-            verb,
-            f"{self.info['url']}/_sandbox/{op}",
-            json=payload,
-            headers={"X-Sandbox-Admin": self.info["admin_token"]},
-            timeout=60,
-        )
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+from harness import SCRIPTS, Sandbox, clean_env, table
 
 
 def worker_env(info: dict[str, Any], state: Path) -> dict[str, str]:
     oauth = info["oauth"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("B24_")}
-    env.update(
+    return clean_env(
         B24_DOMAIN=info["url"],
         B24_AUTH_MODE="oauth",
         B24_CLIENT_ID=oauth["client_id"],
@@ -76,12 +35,10 @@ def worker_env(info: dict[str, Any], state: Path) -> dict[str, str]:
         B24_STATE_DIR=str(state),
         B24_RATE_LIMITER="off",
     )
-    return env
 
 
 def run(events: int, limit: int) -> dict[str, Any]:
-    sandbox = Sandbox()
-    try:
+    with Sandbox(plan="unlimited") as sandbox:
         sandbox.admin("seed", {"event.offline": events})
         with tempfile.TemporaryDirectory() as tmp:
             sink = Path(tmp) / "inbox.jsonl"
@@ -111,8 +68,6 @@ def run(events: int, limit: int) -> dict[str, Any]:
             summary = json.loads(result.stdout)
             handled = summary["handled"]
             lines = sink.read_bytes().count(b"\n")
-    finally:
-        sandbox.stop()
     requests_made = after["requests"] - before["requests"]
     return {
         "events": events,
@@ -140,10 +95,28 @@ def main() -> int:
     args = parser.parse_args()
     figures = run(args.events, args.limit)
     print(
-        f"worker drain: {figures['handled']} events in {figures['worker_s']} s "
-        f"({figures['events_per_s']} events/s; {figures['events_per_s_wall']}/s with start-up), "
-        f"{figures['http_requests']} HTTP requests = "
-        f"{figures['requests_per_1000_events']} per 1,000 events"
+        f"Offline worker drain of {figures['events']:,} events (--limit {figures['limit']}, "
+        "sink handler, unlimited plan)\n\n"
+        + table(
+            [
+                "handled",
+                "worker s",
+                "events/s",
+                "events/s incl. start-up",
+                "HTTP requests",
+                "requests / 1,000 events",
+            ],
+            [
+                [
+                    figures["handled"],
+                    figures["worker_s"],
+                    figures["events_per_s"],
+                    figures["events_per_s_wall"],
+                    figures["http_requests"],
+                    figures["requests_per_1000_events"],
+                ]
+            ],
+        )
     )
     print(json.dumps(figures))
     return 0

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 WEBHOOK_URL = os.environ.get("BENCH_WEBHOOK_URL", "")
 LIST_METHOD = "crm.lead.list"
+#: Batches our writers send at once (``--parallel``); the adds are independent of each other.
+PARALLEL = 10
 
 
 def lead_fields(i: int) -> dict[str, Any]:
@@ -91,7 +93,7 @@ def export_b24_library() -> Iterable[Any]:
 def write_b24_call_many(count: int) -> int:
     calls = (("crm.lead.add", {"fields": lead_fields(i)}) for i in range(count))
     with _b24() as client:
-        return sum(outcome.ok for outcome in client.call_many(calls))
+        return sum(outcome.ok for outcome in client.call_many(calls, parallel=PARALLEL))
 
 
 EXPORTS: dict[str, Callable[[], Iterable[Any]]] = {

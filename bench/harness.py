@@ -68,6 +68,11 @@ class Sandbox:
         rejected = stats["rate_limit_rejections"] + stats["operating_limit_rejections"]
         return {"requests": stats["requests"], "rejections": rejected}
 
+    def total(self, list_method: str) -> int:
+        """How many rows ``list_method`` has, by the portal's own ``total`` (one REST call)."""
+        answer = requests.post(self.webhook_url + list_method, json={"select": ["ID"]}, timeout=60)
+        return int(answer.json()["total"])
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
@@ -115,15 +120,11 @@ def measure(
     not held by this process). The child is reaped with ``wait4`` so its own peak RSS is read;
     it is killed after ``timeout_s``."""
     before = sandbox.counters()
-    out_path, err_path = workdir / "stdout", workdir / "stderr"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    in_path, out_path, err_path = workdir / "stdin", workdir / "stdout", workdir / "stderr"
+    in_path.write_bytes(stdin or b"")
+    with open(in_path, "rb") as inp, open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=workdir
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(stdin or b"")
-        proc.stdin.close()
+        proc = subprocess.Popen(argv, env=env, stdin=inp, stdout=out, stderr=err, cwd=workdir)
         killer = threading.Timer(timeout_s, proc.kill)
         killer.start()
         _, status, usage = os.wait4(proc.pid, 0)

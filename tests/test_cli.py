@@ -172,6 +172,8 @@ def test_help_imports_neither_requests_nor_jsonschema(cli: Cli) -> None:
         (["crm.lead.list", "--output", "xml"], "--output"),
         ([], "METHOD"),
         (["crm.lead.list", "--batch-file", "x.jsonl"], "--batch-file"),
+        (["crm.lead.list", "--parallel", "4"], "--parallel"),
+        (["--batch-file", "x.jsonl", "--parallel", "0"], "--parallel"),
     ],
 )
 def test_usage_errors_are_one_json_line_and_exit_2(cli: Cli, args: list[str], says: str) -> None:

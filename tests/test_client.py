@@ -3,6 +3,7 @@ id-chained export (every row exactly once, 2,500 rows per request) with its offs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,34 @@ def test_call_many_120_calls_in_3_requests_in_order(portal: Sandbox, tmp_path: P
     assert [int(r.result["ID"]) for r in results[:100]] == list(range(1, 101))
     assert all(isinstance(r.error, NotFoundError) for r in results[100:])
     assert seen == [50, 100, 120]
+
+
+@pytest.mark.parametrize(
+    ("parallel", "halt", "most_at_once"), [(1, False, 1), (4, False, 4), (4, True, 1)]
+)
+def test_call_many_parallel_sends_that_many_batches_at_once_in_input_order(
+    start_sandbox: Callable[..., Sandbox],
+    tmp_path: Path,
+    parallel: int,
+    halt: bool,
+    most_at_once: int,
+) -> None:
+    # A portal of its own: an export another test abandoned may still have a page in flight
+    # on the shared one. 150 ms is long enough that concurrent sends overlap.
+    portal = start_sandbox("--plan", "unlimited", "--latency-ms", "150")
+    client = client_for(portal, tmp_path)
+    adds = [("crm.lead.add", {"fields": {"TITLE": f"p{i}"}}) for i in range(400)]
+    results = list(client.call_many(adds, parallel=parallel, halt=halt))
+    stats = portal.stats()
+    assert stats["requests"] == 8 and stats["max_in_flight"] == most_at_once
+    assert [r.index for r in results] == list(range(400)) and all(r.ok for r in results)
+    titles = {int(row["ID"]): row["TITLE"] for row in client.iter_all("crm.lead.list")}
+    assert [titles[int(r.result)] for r in results] == [f"p{i}" for i in range(400)]
+
+
+def test_call_many_refuses_parallel_below_one(portal: Sandbox, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="parallel"):
+        list(client_for(portal, tmp_path).call_many([("user.current", {})], parallel=0))
 
 
 def test_call_many_invalid_item_fails_alone(portal: Sandbox, tmp_path: Path) -> None:

@@ -57,3 +57,42 @@ def test_rotated_tokens_can_be_added() -> None:
 )
 def test_a_known_secret_never_survives_masking(secret: str, before: str, after: str) -> None:
     assert secret not in Redactor([secret]).mask(before + secret + after)
+
+
+def test_secret_positions_masked_in_any_letter_case() -> None:
+    text = "ACCESS_TOKEN=t1 Refresh_Token=t2 AUTH%5D=t3 bearer t4 /rest/9/c5/y"
+    masked = Redactor().mask(text)
+    assert masked == "ACCESS_TOKEN=*** Refresh_Token=*** AUTH%5D=*** bearer *** /rest/9/***/y"
+
+
+#: Fragments that start, end or break every secret shape the redactor knows.
+_FRAGMENTS = st.sampled_from(
+    [
+        "/rest/",
+        "/rest/api/",
+        "1/",
+        "42/",
+        "code",
+        "auth",
+        "]=",
+        "%5D=",
+        "=",
+        "access_token",
+        "Bearer ",
+        "&",
+        '"',
+        "'",
+        " ",
+        "x",
+        SECRET,
+        "s3cr",
+        "3t-webhook-code",
+        "*",
+    ]
+)
+
+
+@given(st.lists(st.lists(_FRAGMENTS, max_size=12).map("".join), min_size=1, max_size=6))
+def test_masking_a_block_of_lines_equals_masking_each_line(lines: list[str]) -> None:
+    redactor = Redactor([SECRET])
+    assert redactor.mask("\n".join(lines)) == "\n".join(redactor.mask(line) for line in lines)

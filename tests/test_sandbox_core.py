@@ -723,6 +723,7 @@ def test_admin_unknown_op_and_admin_calls_not_counted(portal: Sandbox) -> None:
         "operating_limit_rejections": 0,
         "token_refreshes": 0,
         "failed_refreshes": 0,
+        "max_in_flight": 0,
     }
 
 

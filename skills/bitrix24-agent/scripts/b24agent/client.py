@@ -9,6 +9,7 @@ leave through one exit that masks every secret we know, including tokens rotated
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -38,6 +39,7 @@ from .errors import (
     UsageError,
     ValidationError,
 )
+from .inflight import InFlight
 from .limiter import make_limiter
 from .redact import Redactor
 from .results import BatchResult, CallResult, ItemOutcome
@@ -64,6 +66,24 @@ def _check_idempotency_key(key: str) -> None:
             code="INVALID_IDEMPOTENCY_KEY",
             details={"field": "idempotency_key"},
         )
+
+
+_Chunk = list[tuple[int, tuple[str, Mapping[str, Any]]]]
+
+
+def _waves(calls: Iterable[tuple[str, Mapping[str, Any]]], width: int) -> Iterator[list[_Chunk]]:
+    """Numbered calls in chunks of MAX_COMMANDS, ``width`` chunks at a time, read lazily."""
+    numbered = enumerate(calls)
+    while True:
+        wave = []
+        for _ in range(width):
+            chunk = list(itertools.islice(numbered, MAX_COMMANDS))
+            if not chunk:
+                break
+            wave.append(chunk)
+        if not wave:
+            return
+        yield wave
 
 
 class Bitrix24Client:
@@ -242,27 +262,37 @@ class Bitrix24Client:
         *,
         halt: bool = False,
         progress: Callable[[int], None] | None = None,
+        parallel: int = 1,
     ) -> Iterator[ItemOutcome]:
         """Any number of calls, sent as batches of 50, outcomes yielded in input order.
 
         A chunk whose request fails as a whole gives every item in it that error (a write chunk
         that timed out is OutcomeUnknownError for each); auth, config and usage failures stop the
         run. With ``halt`` the run stops after the first chunk holding a failure.
-        """
-        numbered = enumerate(calls)
-        done = 0
-        while chunk := list(itertools.islice(numbered, MAX_COMMANDS)):
-            outcomes = self._run_chunk(chunk, halt)
-            yield from outcomes
-            done += len(outcomes)
-            if progress is not None:
-                progress(done)
-            if halt and any(not o.ok for o in outcomes):
-                return
 
-    def _run_chunk(
-        self, chunk: list[tuple[int, tuple[str, Mapping[str, Any]]]], halt: bool
-    ) -> list[ItemOutcome]:
+        ``parallel`` > 1 sends that many batches at once (the rate limiter still paces them):
+        only for calls that do not depend on each other's order, because batch 2 may then land
+        before batch 1. Ignored with ``halt``, which needs each batch's outcome before the next.
+        """
+        if parallel < 1:
+            raise UsageError(f"parallel must be at least 1, not {parallel}", code="USAGE")
+        width = 1 if halt else parallel
+        done = 0
+        for wave in _waves(calls, width):
+            if len(wave) == 1:
+                results = [self._run_chunk(wave[0], halt)]
+            else:
+                sending = [InFlight(functools.partial(self._run_chunk, c, halt)) for c in wave]
+                results = [flight.result() for flight in sending]
+            for outcomes in results:
+                yield from outcomes
+                done += len(outcomes)
+                if progress is not None:
+                    progress(done)
+                if halt and any(not o.ok for o in outcomes):
+                    return
+
+    def _run_chunk(self, chunk: _Chunk, halt: bool) -> list[ItemOutcome]:
         """One batch for the valid items of ``chunk``; invalid ones fail alone (and, with
         ``halt``, nothing after the first invalid one is sent)."""
         errors: dict[int, B24Error] = {}

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .batching import MAX_COMMANDS
 from .errors import ApiError, UsageError
+from .inflight import InFlight
 from .results import BatchResult, CallResult
 
 __all__ = ["ListShape", "iter_all", "rows_of", "shape_of"]
@@ -105,35 +105,6 @@ def rows_of(method: str, result: Any, shape: ListShape | None) -> list[Any]:
             hint="call it once without --all",
         )
     return value
-
-
-class _InFlight:
-    """One batch sent from a daemon thread; ``result`` waits for it and re-raises its error.
-
-    A daemon thread, not an executor, because a reader that stops early (``| head``) must not
-    wait for the answer to a page nobody will read, and the generator that owns it may be
-    finalised from any thread.
-    """
-
-    def __init__(self, send: Callable[[], tuple[list[str], BatchResult]]) -> None:
-        self._send = send
-        self._answer: tuple[list[str], BatchResult] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="b24-export", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._answer = self._send()
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> tuple[list[str], BatchResult]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._answer is not None
-        return self._answer
 
 
 class _Export:
@@ -233,7 +204,7 @@ class _Export:
         """Id-chained batches, with the next one already in flight while the caller handles the
         rows of this one: batch k+1 needs only batch k's last id, so the portal's answer time
         and the caller's work (printing, masking) overlap instead of adding up."""
-        pending: _InFlight | None = _InFlight(
+        pending: InFlight[tuple[list[str], BatchResult]] | None = InFlight(
             functools.partial(self._id_batch, shape, base, last, self.pages_wanted())
         )
         while pending is not None:
@@ -260,7 +231,7 @@ class _Export:
             coming = sum(len(page) for page in pages)
             pending = None
             if failure is None and not finished and not self.done(coming):
-                pending = _InFlight(
+                pending = InFlight(
                     functools.partial(self._id_batch, shape, base, last, self.pages_wanted(coming))
                 )
             for page in pages:

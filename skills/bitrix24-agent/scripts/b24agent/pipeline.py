@@ -103,6 +103,8 @@ class CallRequest:
     api: str = "v2"
     limit: int | None = None
     guards: Guards = field(default_factory=Guards)
+    #: Batches of a batch file sent at once (call_many's ``parallel``).
+    parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -291,11 +293,13 @@ class Pipeline:
                 first.method, first.params, limit=request.limit, progress=self._progress
             )
             return Outcome("items", stream=rows)
-        return Outcome("calls", stream=self._call_many(request.calls))
+        return Outcome("calls", stream=self._call_many(request.calls, request.parallel))
 
-    def _call_many(self, calls: tuple[Call, ...]) -> Iterator[CallOutcome]:
+    def _call_many(self, calls: tuple[Call, ...], parallel: int) -> Iterator[CallOutcome]:
         outcomes = self._get_client().call_many(
-            ((call.method, call.params) for call in calls), progress=self._progress
+            ((call.method, call.params) for call in calls),
+            progress=self._progress,
+            parallel=parallel,
         )
         return (CallOutcome(calls[o.index], o.result, o.error) for o in outcomes)
 
@@ -397,7 +401,7 @@ class Pipeline:
 
         def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
             try:
-                done.extend(self._call_many(calls))
+                done.extend(self._call_many(calls, request.parallel))
             except B24Error as exc:
                 if not done:
                     raise

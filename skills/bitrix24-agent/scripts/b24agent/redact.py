@@ -53,7 +53,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
         ),
         ("_token", "client_secret", "auth"),
     ),
-    (re.compile(r"(Bearer\s+)(\S+)", re.IGNORECASE), ("bearer",)),
+    # A header value: the token follows on the same line (a newline never joins two lines).
+    (re.compile(r"(Bearer[ \t]+)(\S+)", re.IGNORECASE), ("bearer",)),
 )
 
 

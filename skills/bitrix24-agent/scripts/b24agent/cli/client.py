@@ -54,6 +54,8 @@ examples:
 """
 
 OUTPUTS = ("json", "result", "jsonl")
+#: Thread switch interval while an export streams (seconds; Python's default is 0.005).
+EXPORT_SWITCH_INTERVAL_S = 0.0005
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -94,6 +96,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSONL file of calls (- for stdin), sent 50 per request; prints one JSON line per "
         "call, e.g. --batch-file calls.jsonl",
+    )
+    call.add_argument(
+        "--parallel",
+        type=positive_int,
+        metavar="N",
+        default=None,
+        help="send N batches of a --batch-file at once, only for calls whose order does not "
+        "matter (e.g. independent adds), e.g. --parallel 4",
     )
     call.add_argument("--env-file", metavar="PATH", help="read settings from PATH, e.g. prod.env")
 
@@ -283,6 +293,10 @@ class _Cli:
             _print_response(printer, outcome.response, args.output)
         elif outcome.kind == "items":
             assert outcome.stream is not None
+            # The export fetches the next batch on a thread while this one prints. With the
+            # default 5 ms switch interval that thread waited up to 5 ms for the GIL after each
+            # socket read of a 3 MB answer; 0.5 ms took 100,000 leads from 10.7 s to 8.8 s.
+            sys.setswitchinterval(EXPORT_SWITCH_INTERVAL_S)
             if args.output == "jsonl":
                 printer.lines(outcome.stream)
             else:
@@ -368,7 +382,9 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
             )
         lines = read_batch_file(args.batch_file, stdin=stdin)
         calls = tuple(Call(line.method, line.params, line.line) for line in lines)
-        return CallRequest("batch_file", calls, guards=guards)
+        return CallRequest("batch_file", calls, guards=guards, parallel=args.parallel or 1)
+    if args.parallel is not None:
+        raise UsageError("--parallel applies only to --batch-file", code="USAGE")
     if args.execute_plan is not None:
         clash = [flag for flag, on in _execute_plan_clashes(args) if on]
         if clash:

@@ -19,6 +19,8 @@ Mask = Callable[[str], str]
 
 #: Longest a streamed line waits in the buffer before it is flushed (seconds).
 FLUSH_EVERY_S = 0.1
+#: Streamed lines masked and written together (one export page of 2,500 rows is a few blocks).
+LINES_PER_WRITE = 500
 
 
 def _identity(text: str) -> str:
@@ -59,18 +61,24 @@ class Printer:
     def lines(self, items: Iterable[Any]) -> int:
         """Each item on its own line; returns how many were written.
 
-        Flushed once FLUSH_EVERY_S has passed since the last flush, and at the end, rather than
-        per line: a flush per row cost an export of 10,000 leads a write syscall each. A reader
-        of the pipe still sees rows page by page, as the portal sends them.
+        Lines are masked and written in blocks of up to LINES_PER_WRITE, and flushed once
+        FLUSH_EVERY_S has passed and at the end, rather than one write and flush per row (which
+        cost an export of 100,000 leads a second). Masking a block equals masking its lines
+        one by one: no secret or secret-shaped match spans a newline. A reader of the pipe
+        still sees rows page by page, as the portal sends them.
         """
         count = 0
+        block: list[str] = []
         flushed = time.monotonic()
         for item in items:
-            self._write(dump_line(item) + "\n")
+            block.append(dump_line(item))
             count += 1
-            if time.monotonic() - flushed >= FLUSH_EVERY_S:
+            if len(block) >= LINES_PER_WRITE or time.monotonic() - flushed >= FLUSH_EVERY_S:
+                self._write("\n".join(block) + "\n")
                 self._stream.flush()
-                flushed = time.monotonic()
+                block, flushed = [], time.monotonic()
+        if block:
+            self._write("\n".join(block) + "\n")
         self._stream.flush()
         return count
 

@@ -117,7 +117,7 @@ class Handler(BaseHTTPRequestHandler):
     def portal(self) -> Portal:
         return self.server.portal
 
-    def _handle(self, verb: str) -> None:
+    def _answer(self, verb: str) -> None:
         path, _, query = self.path.partition("?")
         slow = True
         try:
@@ -145,6 +145,15 @@ class Handler(BaseHTTPRequestHandler):
         if slow and latency:
             time.sleep(latency / 1000.0)
         self._send(answer)
+
+    def _handle(self, verb: str) -> None:
+        """Count REST requests being answered at once (admin calls excluded), so a test can
+        tell a client that sends in parallel from one that only claims to."""
+        if not self.path.startswith("/rest/"):
+            self._answer(verb)
+            return
+        with self.portal.stats.in_flight():
+            self._answer(verb)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

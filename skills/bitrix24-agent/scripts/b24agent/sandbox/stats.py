@@ -6,8 +6,10 @@ once; ``snapshot`` copies under the same lock so a reader never sees a half-upda
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 COUNTERS = (
@@ -16,17 +18,20 @@ COUNTERS = (
     "operating_limit_rejections",
     "token_refreshes",
     "failed_refreshes",
+    "max_in_flight",
 )
 
 
 class Stats:
     """Thread-safe counters: REST requests (a batch counts once, under ``batch``), rejections
-    by each limiter, and token-server outcomes. Admin calls are never counted."""
+    by each limiter, token-server outcomes and the most REST requests ever answered at once.
+    Admin calls are never counted."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._by_method: Counter[str] = Counter()
+        self._open = 0
 
     def request(self, method: str) -> None:
         with self._lock:
@@ -38,6 +43,18 @@ class Stats:
             raise KeyError(counter)
         with self._lock:
             self._counts[counter] += 1
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Around one REST request: tracks how many are open now and the most ever open."""
+        with self._lock:
+            self._open += 1
+            self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._open)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
 
     def reset(self) -> None:
         with self._lock:

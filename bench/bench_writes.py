@@ -1,0 +1,117 @@
+"""N ``crm.lead.add`` calls: our --batch-file and call_many against fast-bitrix24 and b24pysdk.
+
+Same sandbox as the export benchmark (standard plan, 50 ms latency), reset before each
+contender; each must leave exactly N new leads behind. Target: ceil(N/50) requests, no
+rejections, wall time at or below the best peer's.
+
+    .venv/bin/python bench/bench_writes.py [--calls 1000] [--latency-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from contenders import PARALLEL, lead_fields
+from harness import Sandbox, b24_argv, b24_env, contender_argv, measure, table
+
+OURS = ("b24 --batch-file --parallel 10 (CLI)", "b24 call_many parallel=10 (library)")
+
+
+def contenders(calls: int) -> dict[str, list[str]]:
+    return {
+        "b24 --batch-file --parallel 10 (CLI)": b24_argv(
+            "--batch-file", "-", "--parallel", str(PARALLEL), "--confirm-write", "--compact"
+        ),
+        "b24 call_many parallel=10 (library)": contender_argv("write", "b24_call_many", str(calls)),
+        "fast-bitrix24 call": contender_argv("write", "fast_bitrix24", str(calls)),
+        "b24pysdk call_batches": contender_argv("write", "b24pysdk_call_batches", str(calls)),
+    }
+
+
+def batch_file(calls: int) -> bytes:
+    lines = (
+        json.dumps({"method": "crm.lead.add", "params": {"fields": lead_fields(i)}})
+        for i in range(calls)
+    )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def run(sandbox: Sandbox, calls: int, timeout_s: float) -> list[dict[str, Any]]:
+    figures = []
+    stdin = batch_file(calls)
+    for name, argv in contenders(calls).items():
+        sandbox.admin("reset", {})
+        with tempfile.TemporaryDirectory() as tmp:
+            env = b24_env(sandbox, Path(tmp) / "state")
+            run = measure(sandbox, argv, env, Path(tmp), stdin=stdin, timeout_s=timeout_s)
+        created = sandbox.total("crm.lead.list")
+        figures.append(
+            {
+                "contender": name,
+                "exit": run.code,
+                "created": created,
+                "requests": run.requests,
+                "wall_s": round(run.wall_s, 2),
+                "rejections": run.rejections,
+                "peak_mb": round(run.peak_mb, 1),
+                "error": "" if run.code == 0 else run.stderr.strip().splitlines()[-1:],
+            }
+        )
+        print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
+    return figures
+
+
+def report(calls: int, figures: list[dict[str, Any]]) -> str:
+    peers = [f["wall_s"] for f in figures if f["contender"] not in OURS and f["created"] == calls]
+    best = min(peers) if peers else None
+    rows = [
+        [
+            f["contender"],
+            f["created"],
+            f["requests"],
+            f["wall_s"],
+            f["rejections"],
+            f["peak_mb"],
+            f"{f['wall_s'] / best:.2f}" if best else "n/a",
+        ]
+        for f in figures
+    ]
+    head = (
+        f"{calls:,} crm.lead.add (request target {math.ceil(calls / 50)}, 0 rejections, "
+        f"wall <= best peer {best} s)\n\n"
+    )
+    return head + table(
+        [
+            "contender",
+            "leads created",
+            "requests",
+            "wall s",
+            "rejections",
+            "peak MB",
+            "wall / best peer",
+        ],
+        rows,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=600, help="per contender, seconds")
+    args = parser.parse_args()
+    with Sandbox(plan="standard", latency_ms=args.latency_ms) as sandbox:
+        figures = run(sandbox, args.calls, args.timeout)
+    print(report(args.calls, figures))
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
