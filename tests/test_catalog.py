@@ -185,7 +185,8 @@ def test_spelling_never_changes_the_class_or_the_allowlist_match(data: st.DataOb
     spelled = "".join(c.upper() if u else c for c, u in zip(name, upper, strict=True)) + suffix
     assert catalog.risk_of(spelled) == catalog.risk_of(name)
     assert catalog.pack_of(spelled) == catalog.pack_of(name)
-    assert catalog.match_allowlist(spelled, [name.split(".")[0] + ".*"])
+    # "<first segment>*", not ".*": one-word methods such as "events" or "batch" exist too.
+    assert catalog.match_allowlist(spelled, [name.split(".")[0] + "*"])
     assert catalog.match_allowlist(name, [spelled])
 
 
