@@ -17,7 +17,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import Measured, Sandbox, b24_argv, b24_env, contender_argv, measure, table
+from harness import (
+    Measured,
+    Sandbox,
+    b24_argv,
+    b24_env,
+    comparison,
+    contender_argv,
+    cost,
+    measure,
+)
 
 CONTENDERS: dict[str, list[str]] = {
     "b24 --all (CLI)": b24_argv("crm.lead.list", "--all", "--output", "jsonl", "--compact"),
@@ -53,19 +62,7 @@ def run_size(sandbox: Sandbox, leads: int, timeout_s: float) -> list[dict[str, A
             )
             rows, ids = exported(run, name.endswith("(CLI)")) if run.code == 0 else (0, 0)
         complete = run.code == 0 and rows == ids == leads
-        figures.append(
-            {
-                "leads": leads,
-                "contender": name,
-                "complete": complete,
-                "rows": rows,
-                "requests": run.requests,
-                "wall_s": round(run.wall_s, 2),
-                "rejections": run.rejections,
-                "peak_mb": round(run.peak_mb, 1),
-                "error": "" if complete else run.stderr.strip().splitlines()[-1:],
-            }
-        )
+        figures.append({"leads": leads, "contender": name, "rows": rows, **cost(run, complete)})
         print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
     return figures
 
@@ -75,36 +72,11 @@ def report(figures: list[dict[str, Any]]) -> str:
     out = []
     for leads in sorted({f["leads"] for f in figures}):
         group = [f for f in figures if f["leads"] == leads]
-        peers = [f["wall_s"] for f in group if f["contender"] not in OURS and f["complete"]]
-        best = min(peers) if peers else None
-        rows = [
-            [
-                f["contender"],
-                "yes" if f["complete"] else f"NO: {f['error']}",
-                f["requests"],
-                f["wall_s"],
-                f["rejections"],
-                f["peak_mb"],
-                f"{f['wall_s'] / best:.2f}" if best else "n/a",
-            ]
-            for f in group
-        ]
+        rows, best = comparison(group, OURS, ("rows, each id once", "rows"))
         target = math.ceil(leads / 2500) + 1
         out.append(
-            f"Export of {leads:,} leads (request target <= {target}, 0 rejections, "
-            f"wall <= best peer {best} s)\n\n"
-            + table(
-                [
-                    "contender",
-                    "all ids once",
-                    "requests",
-                    "wall s",
-                    "rejections",
-                    "peak MB",
-                    "wall / best peer",
-                ],
-                rows,
-            )
+            f"Export of {leads:,} leads (targets: requests <= {target}, 0 rejections, "
+            f"wall <= best peer's {best} s)\n\n{rows}"
         )
     return "\n\n".join(out)
 

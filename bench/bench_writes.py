@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from contenders import PARALLEL, lead_fields
-from harness import Sandbox, b24_argv, b24_env, contender_argv, measure, table
+from harness import Sandbox, b24_argv, b24_env, comparison, contender_argv, cost, measure
 
 OURS = ("b24 --batch-file --parallel 10 (CLI)", "b24 call_many parallel=10 (library)")
 
@@ -51,52 +51,17 @@ def run(sandbox: Sandbox, calls: int, timeout_s: float) -> list[dict[str, Any]]:
             env = b24_env(sandbox, Path(tmp) / "state")
             run = measure(sandbox, argv, env, Path(tmp), stdin=stdin, timeout_s=timeout_s)
         created = sandbox.total("crm.lead.list")
-        figures.append(
-            {
-                "contender": name,
-                "exit": run.code,
-                "created": created,
-                "requests": run.requests,
-                "wall_s": round(run.wall_s, 2),
-                "rejections": run.rejections,
-                "peak_mb": round(run.peak_mb, 1),
-                "error": "" if run.code == 0 else run.stderr.strip().splitlines()[-1:],
-            }
-        )
+        complete = run.code == 0 and created == calls
+        figures.append({"contender": name, "created": created, **cost(run, complete)})
         print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
     return figures
 
 
 def report(calls: int, figures: list[dict[str, Any]]) -> str:
-    peers = [f["wall_s"] for f in figures if f["contender"] not in OURS and f["created"] == calls]
-    best = min(peers) if peers else None
-    rows = [
-        [
-            f["contender"],
-            f["created"],
-            f["requests"],
-            f["wall_s"],
-            f["rejections"],
-            f["peak_mb"],
-            f"{f['wall_s'] / best:.2f}" if best else "n/a",
-        ]
-        for f in figures
-    ]
-    head = (
-        f"{calls:,} crm.lead.add (request target {math.ceil(calls / 50)}, 0 rejections, "
-        f"wall <= best peer {best} s)\n\n"
-    )
-    return head + table(
-        [
-            "contender",
-            "leads created",
-            "requests",
-            "wall s",
-            "rejections",
-            "peak MB",
-            "wall / best peer",
-        ],
-        rows,
+    rows, best = comparison(figures, OURS, ("leads created", "created"))
+    return (
+        f"{calls:,} crm.lead.add (targets: {math.ceil(calls / 50)} requests, 0 rejections, "
+        f"wall <= best peer's {best} s)\n\n{rows}"
     )
 
 

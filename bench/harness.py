@@ -163,3 +163,39 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def cost(run: Measured, complete: bool) -> dict[str, Any]:
+    """The figures every peer comparison shows for one contender's run."""
+    return {
+        "complete": complete,
+        "requests": run.requests,
+        "wall_s": round(run.wall_s, 2),
+        "rejections": run.rejections,
+        "peak_mb": round(run.peak_mb, 1),
+        "error": "" if complete else " ".join(run.stderr.strip().splitlines()[-1:]),
+    }
+
+
+def comparison(
+    figures: list[dict[str, Any]], ours: tuple[str, ...], done: tuple[str, str]
+) -> tuple[str, float | None]:
+    """A table of ``cost`` figures with each wall time over the best complete peer's, and that
+    best time. ``done`` is (column header, figure key) for what the contender delivered."""
+    peers = [f["wall_s"] for f in figures if f["contender"] not in ours and f["complete"]]
+    best = min(peers) if peers else None
+    header, key = done
+    rows = [
+        [
+            f["contender"],
+            f[key] if f["complete"] else f"{f[key]} (FAILED: {f['error']})",
+            f["requests"],
+            f["wall_s"],
+            f["rejections"],
+            f["peak_mb"],
+            f"{f['wall_s'] / best:.2f}" if best else "n/a",
+        ]
+        for f in figures
+    ]
+    headers = ["contender", header, "requests", "wall s", "rejections", "peak MB", "/ best peer"]
+    return table(headers, rows), best

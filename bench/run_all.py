@@ -3,6 +3,9 @@ their tables, the machine and the command into one Markdown report.
 
     .venv/bin/python bench/run_all.py [--results bench/RESULTS.md] [--quick]
 
+Everything from the line ``<!-- analysis -->`` on in an existing report is kept: that part is
+written by hand (which targets were met, what limits the others) and refers to the figures above.
+
 ``--quick`` shrinks every workload (10,000 leads only, 200 writes, 10 CLI runs, 4 x 20 shared
 calls, 2,000 events) to check the harness in about a minute; its figures are not the targets'.
 """
@@ -26,6 +29,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("4. Eight processes sharing one portal", ["bench_shared_limiter.py"]),
     ("5. Offline worker drain", ["bench_worker_drain.py"]),
 ]
+ANALYSIS_MARKER = "<!-- analysis -->"
 QUICK_ARGS: dict[str, list[str]] = {
     "bench_export.py": ["--leads", "10000"],
     "bench_writes.py": ["--calls", "200"],
@@ -77,7 +81,9 @@ def main() -> int:
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.results:
-        args.results.write_text(text)
+        old = args.results.read_text() if args.results.exists() else ""
+        kept = old[old.index(ANALYSIS_MARKER) :] if ANALYSIS_MARKER in old else ""
+        args.results.write_text(text + ("\n" + kept if kept else ""))
         print(f"written to {args.results}", file=sys.stderr)
     return 0
 
