@@ -13,26 +13,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cli_support
 import pytest
 from b24agent.cli.client import build_parser
-from conftest import ROOT, Sandbox
-
-SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "bitrix24_client.py"
-ERROR_KEYS = {"code", "message", "hint", "retryable"}
+from cli_support import ERROR_KEYS, SCRIPT
+from conftest import Sandbox
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+class Run(cli_support.Run):
+    """cli_support's Run, stricter: a failed run's stderr must be exactly one JSON line."""
 
     def lines(self) -> list[Any]:
         return [json.loads(line) for line in self.out.splitlines()]
