@@ -50,6 +50,7 @@ class Cli:
                 "B24_RATE_LIMITER": "memory",
                 "B24_RETRY_BASE_SEC": "0.01",
                 "B24_RETRY_MAX_SEC": "0.05",
+                "B24_SERVER_IDLE_SEC": "30",  # the run's warm servers leave soon after it
                 **env,
             }
         )

@@ -12,8 +12,10 @@ All three hand out a ``Sandbox``: ``url``, ``webhook_url``, ``webhook``, ``oauth
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +31,9 @@ SANDBOX_SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "sandbox_porta
 #: Admin operations read with GET; every other one is a POST.
 ADMIN_READS = frozenset({"stats", "settings", "events-delivered"})
 START_TIMEOUT_S = 30
+#: This run's own folder for b24's warm servers (README "The warm server"): tests never reach a
+#: developer's server or another run's. Short, because a socket path must fit in 100 bytes.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="b24rt-")
 
 
 @dataclass

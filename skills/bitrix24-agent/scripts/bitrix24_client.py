@@ -2,15 +2,17 @@
 """Entry point for the guarded Bitrix24 REST CLI (one call, a batch or a full export per run).
 
 Thin on purpose: it puts this folder on sys.path so the bundled b24agent package is found when
-the skill folder is copied alone, and works the same when the package is installed.
+the skill folder is copied alone, and works the same when the package is installed. The call
+goes to the warm server when one runs (see b24agent/cli/launch.py), so nothing heavy is
+imported here; os.path rather than pathlib for the same reason.
 """
 
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from b24agent.cli.client import main
+from b24agent.cli.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -141,7 +141,7 @@ class Gates:
 
 def check_packs(packs: Iterable[str]) -> None:
     """Refuse pack names the catalog does not know, listing the ones it does (exit 4)."""
-    known = {entry["pack"] for entry in catalog.packs()}
+    known = catalog.pack_names()
     unknown = sorted({p.strip().lower() for p in packs} - known - {_NO_PACKS})
     if unknown:
         raise ConfigError(

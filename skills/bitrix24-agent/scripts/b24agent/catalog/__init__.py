@@ -29,6 +29,7 @@ __all__ = [
     "match_allowlist",
     "methods_in_pack",
     "normalize",
+    "pack_names",
     "pack_of",
     "packs",
     "risk_of",
@@ -154,9 +155,14 @@ def packs() -> list[dict[str, Any]]:
     return out
 
 
+def pack_names() -> frozenset[str]:
+    """The pack names alone: checked on every call, so without counting each pack's methods."""
+    return frozenset(p.name for p in load().packs)
+
+
 def _known_pack(catalog: Catalog, pack: str) -> str:
     name = pack.strip().lower()
-    if name not in {p.name for p in catalog.packs}:
+    if name not in pack_names():
         known = ", ".join(p.name for p in catalog.packs)
         raise ValueError(f"unknown pack {pack!r}; known packs: {known}")
     return name

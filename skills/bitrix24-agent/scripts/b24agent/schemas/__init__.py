@@ -27,8 +27,10 @@ __all__ = ["load_schema", "validate_batch_line", "validate_params"]
 
 
 @cache
+@cache
 def load_schema(name: str) -> dict[str, Any]:
-    """The schema stored as ``schemas/<name>.json``."""
+    """The schema stored as ``schemas/<name>.json``; one shared dict per name, never to be
+    changed, so ``state.read_json`` checks it once per process instead of once per read."""
     text = resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8")
     return json.loads(text)
 

@@ -1,0 +1,228 @@
+"""b24's warm server (README "The warm server"): calls it serves behave exactly like calls run
+in-process (output, exit codes, stdin, env, folder, signals), it serves only safely, and it
+never runs a call twice. Each test has its own runtime folder, so its own server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from b24agent.cli import warm_wire
+from cli_support import SCRIPT, Cli, Run, check
+from conftest import Sandbox
+from hypothesis import given
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+SERVER_START_S = 30
+
+
+@pytest.fixture
+def runtime() -> Iterator[Path]:
+    """A short private XDG_RUNTIME_DIR (socket paths must fit in 100 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="b24w-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def cli(portal: Sandbox, tmp_path: Path, runtime: Path) -> Cli:
+    return Cli(
+        tmp_path,
+        {
+            "B24_WEBHOOK_URL": portal.webhook_url,
+            "XDG_RUNTIME_DIR": str(runtime),
+            "B24_SERVER_IDLE_SEC": "30",
+        },
+    )
+
+
+def _sockets(runtime: Path) -> list[Path]:
+    return sorted((runtime / "bitrix24-agent").glob("*.sock"))
+
+
+def _warm(cli: Cli, runtime: Path) -> None:
+    """Make the first (cold) call, then wait until its server listens."""
+    assert cli("user.current").code == 0
+    deadline = time.monotonic() + SERVER_START_S
+    while not _sockets(runtime):
+        assert time.monotonic() < deadline, "the warm server did not start"
+        time.sleep(0.05)
+
+
+def _imports(cli: Cli, *args: str) -> tuple[Run, set[str]]:
+    """Run b24 with -X importtime: what the calling process itself imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+    )
+    timings = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    other = "".join(f"{line}\n" for line in proc.stderr.splitlines() if line not in timings)
+    return Run(proc.returncode, proc.stdout, other), {t.rsplit("|", 1)[-1].strip() for t in timings}
+
+
+def _without_timing(document: dict) -> dict:
+    return {key: value for key, value in document.items() if key != "time"}
+
+
+def test_a_served_call_prints_what_an_in_process_call_prints(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    before = portal.stats()["requests"]
+    served, imported = _imports(cli, "user.current")
+    check(served)
+    assert served.code == 0
+    assert "requests" not in imported and "b24agent.cli.client" not in imported  # not run here
+    assert portal.stats()["requests"] == before + 1  # but it did reach the portal
+    in_process = cli("user.current", B24_SERVER="off")
+    assert _without_timing(served.json()) == _without_timing(in_process.json())
+
+
+def test_stdin_exit_codes_and_error_lines_pass_through(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    lead = portal.rest("crm.lead.add", {"fields": {"TITLE": "via stdin"}}).json()["result"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "crm.lead.get", "--params", "-", "--output", "result"],
+        input=json.dumps({"id": lead}),
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout)["TITLE"] == "via stdin", proc.stderr
+    missing = cli("crm.lead.get", "--params", '{"id": 99999999}')
+    assert missing.code == 1 and missing.out == ""
+    assert missing.error()["code"] == "NotFoundError"
+    usage = cli("--bogus")
+    assert usage.code == 2 and usage.error()["code"] == "USAGE"
+    assert len(_sockets(runtime)) == 1  # all of it through the one server
+
+
+def test_each_call_has_its_own_environment_and_folder(cli: Cli, runtime: Path) -> None:
+    _warm(cli, runtime)
+    (cli.cwd / ".env").write_text("B24_PACKS=no-such-pack\n")
+    from_dotenv = cli("user.current")
+    assert from_dotenv.code == 4 and "no-such-pack" in from_dotenv.error()["message"]
+    from_env = cli("user.current", B24_PACKS="core,also-unknown")
+    assert from_env.code == 4 and "also-unknown" in from_env.error()["message"]
+    (cli.cwd / ".env").unlink()
+    assert cli("user.current").code == 0  # nothing of the calls before stayed behind
+
+
+def test_ctrl_c_and_a_killed_caller_both_interrupt_the_call(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    portal.admin("faults", {"rules": [{"method": "crm.lead.get", "delay_ms": 5000}]})
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        before = portal.stats()["requests"]
+        proc = cli.popen("crm.lead.get", "--params", '{"id": 1}')
+        deadline = time.monotonic() + 30
+        while portal.stats()["requests"] == before:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        # SIGINT: the caller waits for the worker's own report. SIGKILL: the worker, holding the
+        # caller's stderr, reports the interruption there itself, long before the 5 s answer.
+        assert time.monotonic() - started < 4
+        assert json.loads(err.strip().splitlines()[-1])["error"]["code"] == "INTERRUPTED"
+        assert out == ""
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+
+
+def test_a_worker_that_dies_mid_call_is_an_unknown_outcome(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    portal.admin("faults", {"rules": [{"method": "crm.lead.add", "delay_ms": 5000}]})
+    before = portal.stats()["requests"]
+    proc = cli.popen("crm.lead.add", "--params", '{"fields": {"TITLE": "x"}}', "--confirm-write")
+    deadline = time.monotonic() + 30
+    while portal.stats()["requests"] == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = _process_in(cli.cwd, besides=proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    run = cli.finish(proc)
+    assert run.code == 7 and run.error()["code"] == "WARM_WORKER_LOST"
+
+
+def _process_in(folder: Path, *, besides: int) -> int:
+    """The one process but ``besides`` (the caller) whose working folder is ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != besides:
+            try:
+                if Path(os.readlink(entry / "cwd")) == folder.resolve():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_off_or_an_unsafe_folder_keeps_every_call_in_process(cli: Cli, runtime: Path) -> None:
+    assert cli("user.current", B24_SERVER="off").code == 0
+    assert cli("user.current", B24_SERVER="off").code == 0
+    time.sleep(1)
+    assert _sockets(runtime) == []
+    (runtime / "bitrix24-agent").mkdir()
+    (runtime / "bitrix24-agent").chmod(0o777)  # as if another user could enter it
+    assert cli("user.current").code == 0
+    assert cli("user.current").code == 0
+    time.sleep(1)
+    assert _sockets(runtime) == []
+    assert warm_wire.private_folder({"XDG_RUNTIME_DIR": str(runtime)}) is None
+
+
+def test_a_code_change_gives_a_new_socket(tmp_path: Path) -> None:
+    package = tmp_path / "b24agent"
+    package.mkdir()
+    module = package / "client.py"
+    module.write_text("x = 1\n")
+    first = warm_wire.code_stamp(str(package))
+    assert warm_wire.code_stamp(str(package)) == first
+    os.utime(module, ns=(1, 1))
+    assert warm_wire.code_stamp(str(package)) != first
+
+
+_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
+
+
+@given(
+    argv=st.lists(_text, min_size=1, max_size=6),
+    env=st.dictionaries(
+        st.text(
+            st.characters(blacklist_characters="\0=", blacklist_categories=("Cs",)), min_size=1
+        ),
+        _text,
+        max_size=6,
+    ),
+    cwd=_text,
+    umask=st.integers(0, 0o777),
+)
+def test_requests_decode_to_what_was_encoded(
+    argv: list[str], env: dict[str, str], cwd: str, umask: int
+) -> None:
+    frame = warm_wire.encode_request(argv, env, cwd, umask)
+    assert warm_wire.frame_length(frame) == len(frame) - 4
+    request = warm_wire.decode_request(frame[4:])
+    assert (request.argv, request.env, request.cwd, request.umask) == (argv, env, cwd, umask)
