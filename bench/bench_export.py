@@ -21,21 +21,22 @@ from harness import (
     Measured,
     Sandbox,
     b24_argv,
-    b24_env,
     comparison,
     contender_argv,
     cost,
-    measure,
+    run_contender,
 )
 
+EXPORT = ("crm.lead.list", "--all", "--output", "jsonl", "--compact")
 CONTENDERS: dict[str, list[str]] = {
-    "b24 --all (CLI)": b24_argv("crm.lead.list", "--all", "--output", "jsonl", "--compact"),
+    "b24 --all (CLI)": b24_argv(*EXPORT),
+    "b24 --all (CLI, B24_SERVER=off)": b24_argv(*EXPORT),
     "b24 iter_all (library)": contender_argv("export", "b24_library"),
     "fast-bitrix24 get_all": contender_argv("export", "fast_bitrix24"),
     "b24pysdk as_list": contender_argv("export", "b24pysdk_as_list"),
     "b24pysdk as_list_fast": contender_argv("export", "b24pysdk_as_list_fast"),
 }
-OURS = ("b24 --all (CLI)", "b24 iter_all (library)")
+OURS = ("b24 --all (CLI)", "b24 --all (CLI, B24_SERVER=off)", "b24 iter_all (library)")
 
 
 def exported(run: Measured, cli: bool) -> tuple[int, int]:
@@ -57,10 +58,8 @@ def run_size(sandbox: Sandbox, leads: int, timeout_s: float) -> list[dict[str, A
         sandbox.admin("reset", {})
         sandbox.admin("seed", {"crm.lead": leads})
         with tempfile.TemporaryDirectory() as tmp:
-            run = measure(
-                sandbox, argv, b24_env(sandbox, Path(tmp) / "state"), Path(tmp), timeout_s=timeout_s
-            )
-            rows, ids = exported(run, name.endswith("(CLI)")) if run.code == 0 else (0, 0)
+            run = run_contender(sandbox, name, argv, Path(tmp), timeout_s=timeout_s)
+            rows, ids = exported(run, "(CLI" in name) if run.code == 0 else (0, 0)
         complete = run.code == 0 and rows == ids == leads
         figures.append({"leads": leads, "contender": name, "rows": rows, **cost(run, complete)})
         print(json.dumps(figures[-1]), file=sys.stderr, flush=True)

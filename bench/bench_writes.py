@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from contenders import PARALLEL, lead_fields
-from harness import Sandbox, b24_argv, b24_env, comparison, contender_argv, cost, measure
+from harness import Sandbox, b24_argv, comparison, contender_argv, cost, run_contender
 
-OURS = ("b24 --batch-file --parallel 10 (CLI)", "b24 call_many parallel=10 (library)")
+CLI_ARGS = ("--batch-file", "-", "--parallel", str(PARALLEL), "--confirm-write", "--compact")
+CLI = f"b24 --batch-file --parallel {PARALLEL}"
+LIBRARY = f"b24 call_many parallel={PARALLEL} (library)"
+OURS = (f"{CLI} (CLI)", f"{CLI} (CLI, B24_SERVER=off)", LIBRARY)
 
 
 def contenders(calls: int) -> dict[str, list[str]]:
     return {
-        "b24 --batch-file --parallel 10 (CLI)": b24_argv(
-            "--batch-file", "-", "--parallel", str(PARALLEL), "--confirm-write", "--compact"
-        ),
-        "b24 call_many parallel=10 (library)": contender_argv("write", "b24_call_many", str(calls)),
+        f"{CLI} (CLI)": b24_argv(*CLI_ARGS),
+        f"{CLI} (CLI, B24_SERVER=off)": b24_argv(*CLI_ARGS),
+        LIBRARY: contender_argv("write", "b24_call_many", str(calls)),
         "fast-bitrix24 call": contender_argv("write", "fast_bitrix24", str(calls)),
         "b24pysdk call_batches": contender_argv("write", "b24pysdk_call_batches", str(calls)),
     }
@@ -48,8 +50,7 @@ def run(sandbox: Sandbox, calls: int, timeout_s: float) -> list[dict[str, Any]]:
     for name, argv in contenders(calls).items():
         sandbox.admin("reset", {})
         with tempfile.TemporaryDirectory() as tmp:
-            env = b24_env(sandbox, Path(tmp) / "state")
-            run = measure(sandbox, argv, env, Path(tmp), stdin=stdin, timeout_s=timeout_s)
+            run = run_contender(sandbox, name, argv, Path(tmp), stdin=stdin, timeout_s=timeout_s)
         created = sandbox.total("crm.lead.list")
         complete = run.code == 0 and created == calls
         figures.append({"contender": name, "created": created, **cost(run, complete)})

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 WEBHOOK_URL = os.environ.get("BENCH_WEBHOOK_URL", "")
 LIST_METHOD = "crm.lead.list"
 #: Batches our writers send at once (``--parallel``); the adds are independent of each other.
-PARALLEL = 10
+PARALLEL = 20
 
 
 def lead_fields(i: int) -> dict[str, Any]:

@@ -7,21 +7,28 @@ the kernel's ``ru_maxrss`` of the reaped child, so no client can under-report wh
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import requests
+from b24agent.cli import launch, warm_wire
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "skills" / "bitrix24-agent" / "scripts"
 BENCH = ROOT / "bench"
+
+# Peers come from PyPI with their bytecode compiled by pip; our editable install compiles on
+# first import, and not at all under PYTHONDONTWRITEBYTECODE. Compile ours up front, so that no
+# contender pays for compiling.
+compileall.compile_dir(SCRIPTS / "b24agent", quiet=1)
 
 #: Leaky bucket per plan (drain per second, capacity), as the sandbox enforces it.
 PLANS = {"standard": (2.0, 50), "enterprise": (5.0, 250)}
@@ -141,6 +148,81 @@ def measure(
         requests=after["requests"] - before["requests"],
         rejections=after["rejections"] - before["rejections"],
     )
+
+
+class WarmServer:
+    """b24's warm server for one contender, started and reaped here, like any contender process.
+
+    ``b24`` starts it on its first call and later calls use it; here it is started before the
+    measured run, as on a machine where b24 ran before. Reaping it with ``wait4`` reports the
+    peak memory of the server and of every worker it reaped, the one that did the job included,
+    so the CLI's figure is not just its small caller's.
+    """
+
+    #: Short, so it exits soon after the run; any call restarts the wait.
+    IDLE_S = "2"
+    #: Time for a new spare worker to rehearse a call (~50 ms) before the measured run.
+    SETTLE_S = 0.3
+
+    def __init__(self, env: dict[str, str], runtime: Path) -> None:
+        runtime.mkdir(exist_ok=True)
+        self.env = {**env, "XDG_RUNTIME_DIR": str(runtime), "B24_SERVER_IDLE_SEC": self.IDLE_S}
+        address = warm_wire.address(self.env)
+        assert address is not None, "no private runtime folder for the warm server"
+        self.proc = subprocess.Popen(
+            launch.server_command(address),
+            env=launch.server_env(self.env),
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(address):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "no warm server"
+            time.sleep(0.02)
+        # One call that sends nothing to the portal, as if b24 had been used before; it waits
+        # for a spare worker, and the pause lets the next spare finish its own rehearsal.
+        subprocess.run(b24_argv("--help"), env=self.env, stdout=subprocess.DEVNULL, check=True)
+        time.sleep(self.SETTLE_S)
+
+    def reap(self) -> float:
+        """Wait for the server to leave when idle; the peak RSS of it and its workers, MB."""
+        _, _, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = 0
+        return usage.ru_maxrss / 1024
+
+
+def measure_warm(
+    sandbox: Sandbox,
+    argv: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    stdin: bytes | None = None,
+    timeout_s: float = 900,
+) -> Measured:
+    """``measure`` of a b24 call served by a warm server; peak memory includes the server's."""
+    server = WarmServer(env, workdir / "rt")
+    run = measure(sandbox, argv, server.env, workdir, stdin=stdin, timeout_s=timeout_s)
+    return replace(run, peak_mb=max(run.peak_mb, server.reap()))
+
+
+def run_contender(
+    sandbox: Sandbox,
+    name: str,
+    argv: list[str],
+    workdir: Path,
+    stdin: bytes | None = None,
+    timeout_s: float = 900,
+) -> Measured:
+    """One contender's measured run, by its name: "(CLI)" runs served by a warm server, "(CLI,
+    B24_SERVER=off)" in their own process, the rest (library and peer jobs) as they are."""
+    env = b24_env(sandbox, workdir / "state")
+    if name.endswith("(CLI)"):
+        return measure_warm(sandbox, argv, env, workdir, stdin=stdin, timeout_s=timeout_s)
+    if "B24_SERVER=off" in name:
+        env["B24_SERVER"] = "off"
+    return measure(sandbox, argv, env, workdir, stdin=stdin, timeout_s=timeout_s)
 
 
 def b24_env(sandbox: Sandbox, state_dir: Path) -> dict[str, str]:

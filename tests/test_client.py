@@ -192,6 +192,20 @@ def test_call_many_parallel_sends_that_many_batches_at_once_in_input_order(
     assert [titles[int(r.result)] for r in results] == [f"p{i}" for i in range(400)]
 
 
+def test_call_many_params_checked_skips_only_the_schema_check(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    client = client_for(portal, tmp_path)
+    bad = [("crm.lead.add", {"fields": {"TITLE": "b", "PHONE": "+1"}})]  # PHONE must be a list
+    [local] = client.call_many(bad)
+    assert isinstance(local.error, ValidationError) and client.requests_sent == 0
+    [sent] = client.call_many(bad, params_checked=True)  # the caller vouches: sent as it is
+    assert client.requests_sent == 1 and sent.error is not None
+    assert not isinstance(sent.error, ValidationError)
+    [nested] = client.call_many([("batch", {"cmd": {}})], params_checked=True)
+    assert isinstance(nested.error, UsageError) and client.requests_sent == 1
+
+
 def test_call_many_refuses_parallel_below_one(portal: Sandbox, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="parallel"):
         list(client_for(portal, tmp_path).call_many([("user.current", {})], parallel=0))

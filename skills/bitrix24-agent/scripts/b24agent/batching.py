@@ -48,14 +48,19 @@ def check_method_name(method: Any) -> str:
     return name
 
 
-def check_command(method: Any, params: Any) -> str:
-    """Validate one batch command; return its clean method name (UsageError/ValidationError)."""
+def check_command(method: Any, params: Any, *, params_checked: bool = False) -> str:
+    """Validate one batch command; return its clean method name (UsageError/ValidationError).
+
+    ``params_checked``: the caller already ran ``validate_params`` on these params (the CLI
+    checks a whole batch file before sending any of it), so the schema check is not repeated.
+    """
     name = check_method_name(method)
     if name.lower() == "batch":
         raise UsageError(
             "batch cannot contain batch (ERROR_BATCH_METHOD_NOT_ALLOWED)", code="INVALID_BATCH"
         )
-    validate_params(name, params)
+    if not params_checked:
+        validate_params(name, params)
     return name
 
 
@@ -68,8 +73,9 @@ class BatchPlan:
     methods: dict[str, str]
 
 
-def plan_batch(commands: Commands) -> BatchPlan:
-    """Validate and encode up to 50 commands (a name -> (method, params) map, or a sequence)."""
+def plan_batch(commands: Commands, *, params_checked: bool = False) -> BatchPlan:
+    """Validate and encode up to 50 commands (a name -> (method, params) map, or a sequence);
+    ``params_checked`` as in ``check_command``."""
     if isinstance(commands, Mapping):
         items = [(str(name), *command) for name, command in commands.items()]
     else:
@@ -86,7 +92,7 @@ def plan_batch(commands: Commands) -> BatchPlan:
     strings: dict[str, str] = {}
     for name, method, params in items:
         try:
-            methods[name] = check_command(method, params)
+            methods[name] = check_command(method, params, params_checked=params_checked)
         except UsageError as exc:
             exc.message = f"batch command {name}: {exc.message}"
             exc.args = (exc.message,)

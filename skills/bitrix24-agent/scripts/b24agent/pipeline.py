@@ -105,6 +105,8 @@ class CallRequest:
     guards: Guards = field(default_factory=Guards)
     #: Batches of a batch file sent at once (call_many's ``parallel``).
     parallel: int = 1
+    #: The calls' params were validated already (the CLI checks a batch file as it reads it).
+    params_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,13 +295,15 @@ class Pipeline:
                 first.method, first.params, limit=request.limit, progress=self._progress
             )
             return Outcome("items", stream=rows)
-        return Outcome("calls", stream=self._call_many(request.calls, request.parallel))
+        return Outcome("calls", stream=self._call_many(request))
 
-    def _call_many(self, calls: tuple[Call, ...], parallel: int) -> Iterator[CallOutcome]:
+    def _call_many(self, request: CallRequest) -> Iterator[CallOutcome]:
+        calls = request.calls
         outcomes = self._get_client().call_many(
             ((call.method, call.params) for call in calls),
             progress=self._progress,
-            parallel=parallel,
+            parallel=request.parallel,
+            params_checked=request.params_checked,
         )
         return (CallOutcome(calls[o.index], o.result, o.error) for o in outcomes)
 
@@ -401,7 +405,7 @@ class Pipeline:
 
         def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
             try:
-                done.extend(self._call_many(calls, request.parallel))
+                done.extend(self._call_many(request))
             except B24Error as exc:
                 if not done:
                     raise

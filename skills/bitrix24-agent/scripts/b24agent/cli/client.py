@@ -382,7 +382,9 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
             )
         lines = read_batch_file(args.batch_file, stdin=stdin)
         calls = tuple(Call(line.method, line.params, line.line) for line in lines)
-        return CallRequest("batch_file", calls, guards=guards, parallel=args.parallel or 1)
+        return CallRequest(
+            "batch_file", calls, guards=guards, parallel=args.parallel or 1, params_checked=True
+        )
     if args.parallel is not None:
         raise UsageError("--parallel applies only to --batch-file", code="USAGE")
     if args.execute_plan is not None:

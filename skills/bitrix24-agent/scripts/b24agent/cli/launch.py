@@ -21,7 +21,7 @@ import sys
 
 from . import warm_wire
 
-__all__ = ["main"]
+__all__ = ["main", "server_command", "server_env"]
 
 #: The worker took the call: from here on, falling back in-process could run it twice.
 STARTED = b"S"
@@ -152,28 +152,37 @@ class _Waiter:
         return EXIT_OUTCOME_UNKNOWN
 
 
-def _start_server(where: str) -> None:
-    """Start the server in the background for the next call; this call runs here meanwhile."""
-    import subprocess
-
+def server_command(where: str) -> list[str]:
+    """The command that runs the warm server for socket ``where`` (it needs this folder on its
+    path when the skill folder is used without being installed)."""
     scripts = os.path.dirname(warm_wire.PACKAGE_DIR)
     code = (
         f"import sys; sys.path.insert(0, {scripts!r}); "
         "from b24agent.cli.warm_server import main; sys.exit(main())"
     )
-    # No B24_* values (credentials) in the server's own environment: each call brings its own.
-    env = {
+    return [sys.executable, "-c", code, where]
+
+
+def server_env(environ: dict[str, str]) -> dict[str, str]:
+    """The server's own environment: no B24_* values (credentials); each call brings its own."""
+    return {
         key: value
-        for key, value in os.environ.items()
+        for key, value in environ.items()
         if not key.startswith("B24_") or key.startswith("B24_SERVER")
     }
+
+
+def _start_server(where: str) -> None:
+    """Start the server in the background for the next call; this call runs here meanwhile."""
+    import subprocess
+
     try:  # noqa: SIM105 - the import-light style of this module
         subprocess.Popen(
-            [sys.executable, "-c", code, where],
+            server_command(where),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=env,
+            env=server_env(dict(os.environ)),
             cwd="/",  # hold no caller's folder open; each call brings its own
             start_new_session=True,
         )
