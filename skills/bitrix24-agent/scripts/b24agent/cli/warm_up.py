@@ -55,7 +55,7 @@ def rehearse() -> None:
     # spare worker from taking calls for that long.
     thread = threading.Thread(target=portal.serve_forever, args=(POLL_S,), daemon=True)
     thread.start()
-    saved_env, saved_streams = dict(os.environ), (sys.stdout, sys.stderr)
+    saved_env, saved_streams, saved_argv = dict(os.environ), (sys.stdout, sys.stderr), sys.argv
     try:
         with (
             tempfile.TemporaryDirectory() as folder,
@@ -66,9 +66,11 @@ def rehearse() -> None:
             os.environ["B24_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/rest/1/{STUB_CODE}/"
             os.environ["B24_STATE_DIR"] = folder
             sys.stdout = sys.stderr = nowhere
-            run_call(["user.current"])
+            sys.argv = ["b24", "user.current"]  # the parser is cached under this program name
+            run_call(sys.argv[1:])
     finally:
         sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
         portal.shutdown()
