@@ -10,6 +10,7 @@ from __future__ import annotations
 import compileall
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -256,6 +257,23 @@ def cost(run: Measured, complete: bool) -> dict[str, Any]:
         "rejections": run.rejections,
         "peak_mb": round(run.peak_mb, 1),
         "error": "" if complete else " ".join(run.stderr.strip().splitlines()[-1:]),
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one contender as one figure: the median wall time (the machine's noise
+    is as large as the gaps between contenders), the worst of everything else, every wall time
+    kept in ``walls``; complete only if every run was."""
+    failed = [r for r in runs if not r["complete"]]
+    return {
+        **runs[0],
+        "complete": not failed,
+        "requests": max(r["requests"] for r in runs),
+        "rejections": max(r["rejections"] for r in runs),
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "wall_s": round(statistics.median(r["wall_s"] for r in runs), 2),
+        "walls": [r["wall_s"] for r in runs],
+        "error": failed[0]["error"] if failed else "",
     }
 
 

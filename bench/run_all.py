@@ -31,8 +31,8 @@ FULL: list[tuple[str, list[str]]] = [
 ]
 ANALYSIS_MARKER = "<!-- analysis -->"
 QUICK_ARGS: dict[str, list[str]] = {
-    "bench_export.py": ["--leads", "10000"],
-    "bench_writes.py": ["--calls", "200"],
+    "bench_export.py": ["--leads", "10000", "--runs", "1"],
+    "bench_writes.py": ["--calls", "200", "--runs", "1"],
     "bench_cli.py": ["--runs", "10"],
     "bench_shared_limiter.py": ["--processes", "4", "--calls", "20"],
     "bench_worker_drain.py": ["--events", "2000"],
