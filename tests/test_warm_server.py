@@ -148,6 +148,32 @@ def test_ctrl_c_and_a_killed_caller_both_interrupt_the_call(
         assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
 
 
+def test_a_signal_the_caller_ignores_is_ignored_by_its_call(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    portal.admin("faults", {"rules": [{"method": "crm.lead.get", "error": None, "delay_ms": 1500}]})
+    lead = portal.rest("crm.lead.add", {"fields": {"TITLE": "nohup"}}).json()["result"]
+    before = portal.stats()["requests"]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "crm.lead.get", "--params", json.dumps({"id": lead})],
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as under nohup
+    )
+    deadline = time.monotonic() + 30
+    while portal.stats()["requests"] == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["result"]["TITLE"] == "nohup"
+
+
 def test_a_worker_that_dies_mid_call_is_an_unknown_outcome(
     portal: Sandbox, cli: Cli, runtime: Path
 ) -> None:
@@ -218,11 +244,12 @@ _text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("
     ),
     cwd=_text,
     umask=st.integers(0, 0o777),
+    ignored=st.lists(st.sampled_from([1, 2, 15]), unique=True),
 )
 def test_requests_decode_to_what_was_encoded(
-    argv: list[str], env: dict[str, str], cwd: str, umask: int
+    argv: list[str], env: dict[str, str], cwd: str, umask: int, ignored: list[int]
 ) -> None:
-    frame = warm_wire.encode_request(argv, env, cwd, umask)
+    frame = warm_wire.encode_request(argv, env, cwd, umask, ignored)
     assert warm_wire.frame_length(frame) == len(frame) - 4
-    request = warm_wire.decode_request(frame[4:])
-    assert (request.argv, request.env, request.cwd, request.umask) == (argv, env, cwd, umask)
+    got = warm_wire.decode_request(frame[4:])
+    assert (got.argv, got.env, got.cwd, got.umask, got.ignored) == (argv, env, cwd, umask, ignored)

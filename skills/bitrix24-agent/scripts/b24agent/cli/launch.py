@@ -23,11 +23,14 @@ from . import warm_wire
 
 __all__ = ["main", "server_command", "server_env"]
 
-#: The worker took the call: from here on, falling back in-process could run it twice.
-STARTED = b"S"
+#: Worker to caller: the request arrived; it waits for GO and starts nothing before.
+READY = b"S"
+#: Caller to worker: run it. Only the caller decides, so a call is never run twice: a caller
+#: that gave up (timeout, Ctrl-C) closes instead, and a worker that reads EOF just exits.
+GO = b"G"
 #: Followed by the exit code and a newline: the call is over and its output flushed.
 EXITED = b"X"
-#: Signals passed on to the worker; the worker reacts as this process would have.
+#: Signals passed on to the worker (unless ignored here); it reacts as this process would have.
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 #: What this side prints if the worker vanishes mid-call (killed, out of memory): exit 7.
 WORKER_LOST = (
@@ -36,10 +39,10 @@ WORKER_LOST = (
     'repeating it (B24_SERVER=off runs calls in-process)", "retryable": false}}\n'
 )
 EXIT_OUTCOME_UNKNOWN = 7
-#: A worker says it started at once; a server that stays silent this long is not serving, and
-#: the call runs here instead (the worker never starts once its caller has left).
+#: A worker answers READY at once; a server that stays silent this long is not serving, and
+#: the call runs here instead.
 TAKE_TIMEOUT_S = 10.0
-#: Ctrl-C before the worker took the call: nothing was sent, nothing will be.
+#: A signal before GO: nothing was sent, nothing will be.
 CANCELLED = (
     '{"error": {"code": "INTERRUPTED", "message": "interrupted before the call started", '
     '"hint": "nothing was sent to the portal", "retryable": true}}\n'
@@ -52,10 +55,9 @@ def main() -> int:
     where = warm_wire.address() if warm_wire.enabled() else None
     if where is not None:
         try:
-            code = _through_server(where)
-        except KeyboardInterrupt:
-            os.write(2, CANCELLED.encode())
-            return EXIT_INTERRUPTED
+            code = _ServedCall(where).run()
+        except KeyboardInterrupt:  # before our handlers were in place: nothing was sent
+            code = _say(CANCELLED, EXIT_INTERRUPTED)
         if code is not None:
             # The worker wrote the output and this process holds nothing to flush: skip the
             # interpreter's teardown, 2 ms of a 25 ms call.
@@ -65,25 +67,12 @@ def main() -> int:
     return run_here()
 
 
-def _through_server(where: str) -> int | None:
-    """The call's exit code via the server; None when the server did not take the call."""
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        sock.connect(where)
+def _say(line: str, code: int) -> int:
+    try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
+        os.write(2, line.encode())
     except OSError:
-        sock.close()
-        _start_server(where)
-        return None
-    try:
-        request = warm_wire.encode_request(sys.argv, dict(os.environ), os.getcwd(), _umask())
-        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
-        sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        sock.settimeout(TAKE_TIMEOUT_S)
-        return _Waiter(sock).exit_code()
-    except OSError:
-        return None  # a closed stdin/stdout, a server that went away before taking the call
-    finally:
-        sock.close()
+        pass  # stderr is gone; the exit code still tells
+    return code
 
 
 def _umask() -> int:
@@ -92,64 +81,96 @@ def _umask() -> int:
     return current
 
 
-class _Waiter:
-    """Waits for the worker's exit code, passing this process's signals on to it."""
+class _ServedCall:
+    """One call through the server: request, go-ahead, relayed signals, exit code.
 
-    def __init__(self, sock: _socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
+    ``run`` returns None only while nothing can have run (no server, or it never got READY
+    to us), and the caller then runs the call itself.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.started = False
+        self.pending: list[int] = []
         self.fatal: int | None = None
-        self.signalled = False
 
-    def exit_code(self) -> int | None:
-        previous = {sig: _signal.signal(sig, self._forward) for sig in FORWARDED}
+    def run(self) -> int | None:
+        ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
+        relayed = [s for s in FORWARDED if s not in ignored]
+        previous = {sig: _signal.signal(sig, self._on_signal) for sig in relayed}
         try:
-            return self._read()
+            return self._run(ignored)
         finally:
+            self.sock.close()
             for sig, handler in previous.items():
                 _signal.signal(sig, handler)
 
-    def _forward(self, signum: int, _frame: object) -> None:
-        # Sent even before the worker said it started: it reads signals only after the
-        # request, so a Ctrl-C at any moment reaches the call, never a fallback run.
-        self.signalled = True
+    def _on_signal(self, signum: int, _frame: object) -> None:
         if signum != _signal.SIGINT:
             self.fatal = signum
-        try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
-            self.sock.send(bytes([signum]))
-        except OSError:
-            pass  # the worker is already gone; the read below reports it
+        self.pending.append(signum)
+        if self.started:
+            self._relay()
 
-    def _read(self) -> int | None:
-        while True:
-            try:
-                chunk = self.sock.recv(64)
+    def _relay(self) -> None:
+        while self.pending:
+            signum = self.pending.pop(0)
+            try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
+                self.sock.send(bytes([signum]))
             except OSError:
-                if self.started:
-                    return self._lost()
-                raise  # not taken: the caller runs the call here
+                pass  # the worker is already gone; the read reports it
+
+    def _run(self, ignored: list[int]) -> int | None:
+        try:
+            self.sock.connect(self.where)
+        except OSError:
+            _start_server(self.where)
+            return None
+        try:
+            request = warm_wire.encode_request(
+                sys.argv, dict(os.environ), os.getcwd(), _umask(), ignored
+            )
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            self.sock.settimeout(TAKE_TIMEOUT_S)
+            if self.sock.recv(1) != READY:
+                return None  # the server went away before taking the call
+        except OSError:
+            return None  # a closed stdin/stdout, a silent or vanished server
+        if self.pending:
+            return self._cancelled()
+        try:
+            self.sock.settimeout(None)  # the call itself may take as long as it takes
+            self.sock.sendall(GO)
+            self.started = True
+            self._relay()  # a signal that came between the check above and GO
+            return self._exit_code()
+        except OSError:
+            return self._lost()
+
+    def _exit_code(self) -> int:
+        buffer = b""
+        while not (buffer.startswith(EXITED) and buffer.endswith(b"\n")):
+            chunk = self.sock.recv(64)
             if not chunk:
-                if self.started:
-                    return self._lost()
-                if self.signalled:
-                    raise KeyboardInterrupt  # not taken, and not to be run here either
-                return None
-            self.buffer += chunk
-            if not self.started and self.buffer.startswith(STARTED):
-                self.started = True
-                self.sock.settimeout(None)  # the call itself may take as long as it takes
-                self.buffer = self.buffer[len(STARTED) :]
-            if self.started and self.buffer.startswith(EXITED) and self.buffer.endswith(b"\n"):
-                return int(self.buffer[len(EXITED) : -1])
+                return self._lost()
+            buffer += chunk
+        return int(buffer[len(EXITED) : -1])
+
+    def _cancelled(self) -> int:
+        self._die_of_fatal_signal()
+        return _say(CANCELLED, EXIT_INTERRUPTED)
 
     def _lost(self) -> int:
+        self._die_of_fatal_signal()
+        return _say(WORKER_LOST, EXIT_OUTCOME_UNKNOWN)
+
+    def _die_of_fatal_signal(self) -> None:
+        """After a TERM or HUP, end the way this process would have ended without a server."""
         if self.fatal is not None:
-            # The worker died of the TERM/HUP passed to it: end the same way.
             _signal.signal(self.fatal, _signal.SIG_DFL)
             os.kill(os.getpid(), self.fatal)
-        os.write(2, WORKER_LOST.encode())
-        return EXIT_OUTCOME_UNKNOWN
 
 
 def server_command(where: str) -> list[str]:

@@ -101,7 +101,7 @@ def _warm_up() -> None:
     import b24agent
 
     _import_tree(b24agent.__path__, "b24agent.")
-    warm_up.rehearse()
+    _rehearse()
     gc.collect()
     gc.freeze()
 
@@ -115,6 +115,12 @@ def _import_tree(path: list[str], prefix: str) -> None:
         imported = importlib.import_module(module.name)
         if module.ispkg:
             _import_tree(imported.__path__, module.name + ".")
+
+
+def _rehearse() -> None:
+    """Best effort: a rehearsal that fails (say, no loopback port) only makes calls slower."""
+    with contextlib.suppress(Exception):
+        warm_up.rehearse()
 
 
 class _Server:
@@ -170,7 +176,7 @@ class _Server:
             os.close(self.stop_write)
             # Rehearse again in this process: its first call would otherwise spend 4 ms
             # copying the parent's memory pages it writes to (reference counts).
-            warm_up.rehearse()
+            _rehearse()
             conn = self._accept()
             if conn is not None:
                 os.write(self.notify, TAKEN + os.getpid().to_bytes(4, "big"))

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: First field of every request; bumped when the framing changes.
-MAGIC = b"b24-warm-1"
+MAGIC = b"b24-warm-2"
 #: AF_UNIX paths longer than this do not fit ``sockaddr_un`` (108 bytes with the final NUL).
 MAX_SOCKET_PATH = 100
 #: The package this module belongs to, whose code the stamp covers.
@@ -73,9 +73,11 @@ def private_folder(environ: os._Environ[str] | dict[str, str] = os.environ) -> s
 
 
 def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
-    """A short hash of what a server would run: the environment (``sys.prefix``, so ``python``
-    and ``python3`` of one venv agree), the interpreter version, the package and its mtimes."""
-    parts = [sys.prefix, sys.version, package_dir]
+    """A short hash of what a server would run and where: the environment (``sys.prefix``, so
+    ``python`` and ``python3`` of one venv agree), interpreter version and flags, the package
+    and its mtimes, and this process's namespaces and cgroup, so a caller in a container or
+    sandbox never reaches a server started outside it (nor the other way round)."""
+    parts = [sys.prefix, sys.version, str(sys.flags), package_dir, *_confinement()]
     pending = [package_dir]
     while pending:
         with os.scandir(pending.pop()) as entries:
@@ -84,8 +86,25 @@ def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
                     if entry.name != "__pycache__":
                         pending.append(entry.path)
                 elif entry.name.endswith((".py", ".json")):
-                    parts.append(f"{entry.name}:{entry.stat().st_mtime_ns}")
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    parts.append(f"{entry.path}:{mtime}")
     return f"{zlib.crc32(chr(0).join(sorted(parts)).encode()):08x}"
+
+
+def _confinement() -> list[str]:
+    """The namespaces (mount, network, pid, user) and cgroup of this process."""
+    found = []
+    for kind in ("mnt", "net", "pid", "user"):
+        try:
+            found.append(os.readlink(f"/proc/self/ns/{kind}"))
+        except OSError:
+            found.append(f"{kind}:?")
+    try:
+        with open("/proc/self/cgroup", "rb") as cgroup:
+            found.append(cgroup.read().decode(errors="replace"))
+    except OSError:
+        found.append("cgroup:?")
+    return found
 
 
 def address(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | None:
@@ -93,23 +112,34 @@ def address(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | No
     folder = private_folder(environ)
     if folder is None:
         return None
-    path = os.path.join(folder, f"b24-{code_stamp()}.sock")
+    try:
+        stamp = code_stamp()
+    except OSError:
+        return None  # a module vanished mid-scan (an upgrade under way): run this call here
+    path = os.path.join(folder, f"b24-{stamp}.sock")
     return path if len(path.encode()) <= MAX_SOCKET_PATH else None
 
 
 class Request:
     """One call as the server receives it: what the process would have had itself."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str, umask: int) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], cwd: str, umask: int, ignored: list[int]
+    ) -> None:
         self.argv = argv
         self.env = env
         self.cwd = cwd
         self.umask = umask
+        #: Signals the caller ignores (``nohup``, a background job): the worker ignores them too.
+        self.ignored = ignored
 
 
-def encode_request(argv: list[str], env: dict[str, str], cwd: str, umask: int) -> bytes:
+def encode_request(
+    argv: list[str], env: dict[str, str], cwd: str, umask: int, ignored: list[int]
+) -> bytes:
     """NUL-separated fields (argv and environment strings cannot hold NUL), length-prefixed."""
-    fields = [MAGIC, os.fsencode(cwd), b"%d" % umask, b"%d" % len(argv)]
+    signals = b",".join(b"%d" % signum for signum in ignored)
+    fields = [MAGIC, os.fsencode(cwd), b"%d" % umask, signals, b"%d" % len(argv)]
     fields += [os.fsencode(arg) for arg in argv]
     fields += [os.fsencode(key) + b"=" + os.fsencode(value) for key, value in env.items()]
     body = b"\0".join(fields)
@@ -124,16 +154,18 @@ def frame_length(head: bytes) -> int:
 def decode_request(body: bytes) -> Request:
     """The inverse of ``encode_request`` (body without the length); ValueError when malformed."""
     fields = body.split(b"\0")
-    if len(fields) < 4 or fields[0] != MAGIC:
+    if len(fields) < 5 or fields[0] != MAGIC:
         raise ValueError("not a b24 warm-server request")
-    cwd, umask, count = os.fsdecode(fields[1]), int(fields[2]), int(fields[3])
-    argv = [os.fsdecode(arg) for arg in fields[4 : 4 + count]]
+    cwd, umask = os.fsdecode(fields[1]), int(fields[2])
+    ignored = [int(signum) for signum in fields[3].split(b",") if signum]
+    count = int(fields[4])
+    argv = [os.fsdecode(arg) for arg in fields[5 : 5 + count]]
     if len(argv) != count:
         raise ValueError("truncated argument list")
     env = {}
-    for pair in fields[4 + count :]:
+    for pair in fields[5 + count :]:
         key, sep, value = pair.partition(b"=")
         if not sep:
             raise ValueError("malformed environment entry")
         env[os.fsdecode(key)] = os.fsdecode(value)
-    return Request(argv, env, cwd, umask)
+    return Request(argv, env, cwd, umask, ignored)

@@ -14,10 +14,15 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
+import time
 
 from . import warm_wire
-from .launch import EXITED, STARTED
+from .client import main as run_call
+from .common import as_b24_error
+from .launch import EXITED, GO, READY
+from .output import dump_line
 
 __all__ = ["serve_call"]
 
@@ -28,10 +33,28 @@ RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def serve_call(conn: socket.socket) -> None:
-    """Serve the call on ``conn`` if it comes from this user; the caller falls back otherwise."""
+    """Serve the call on ``conn`` if it comes from this user and the caller says go."""
     if not _same_user(conn):
         return
     request, fds = _receive(conn)
+    conn.sendall(READY)
+    if conn.recv(1) != GO:
+        return  # the caller gave up or was interrupted first: it never started, nor will it
+    _become_the_caller(request, fds)
+    threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
+    try:
+        code = run_call(request.argv[1:])
+    except KeyboardInterrupt as exc:  # relayed before the call's own handling was in place
+        sys.stderr.write(dump_line(as_b24_error(exc).to_json()) + "\n")
+        code = as_b24_error(exc).exit_code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # e.g. stdout's reader left; the call reported it
+            stream.flush()
+    conn.sendall(EXITED + b"%d\n" % code)
+
+
+def _become_the_caller(request: warm_wire.Request, fds: list[int]) -> None:
+    """Take the caller's stdio, folder, umask, environment, time zone and signal dispositions."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -39,21 +62,15 @@ def serve_call(conn: socket.socket) -> None:
     os.umask(request.umask)
     os.environ.clear()
     os.environ.update(request.env)
+    time.tzset()
+    tempfile.tempdir = None  # found again from this environment's TMPDIR
     sys.argv = request.argv
     sys.stdin, sys.stdout, sys.stderr = _stdio()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    conn.sendall(STARTED)  # from here on the caller will not run the call itself
-    threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
-
-    from .client import main as run_call
-
-    code = run_call(request.argv[1:])
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError):  # e.g. stdout's reader left; the call reported it
-            stream.flush()
-    conn.sendall(EXITED + b"%d\n" % code)
+    for sig in request.ignored:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _same_user(conn: socket.socket) -> bool:
