@@ -194,20 +194,6 @@ class WarmServer:
         return usage.ru_maxrss / 1024
 
 
-def measure_warm(
-    sandbox: Sandbox,
-    argv: list[str],
-    env: dict[str, str],
-    workdir: Path,
-    stdin: bytes | None = None,
-    timeout_s: float = 900,
-) -> Measured:
-    """``measure`` of a b24 call served by a warm server; peak memory includes the server's."""
-    server = WarmServer(env, workdir / "rt")
-    run = measure(sandbox, argv, server.env, workdir, stdin=stdin, timeout_s=timeout_s)
-    return replace(run, peak_mb=max(run.peak_mb, server.reap()))
-
-
 def run_contender(
     sandbox: Sandbox,
     name: str,
@@ -220,7 +206,9 @@ def run_contender(
     B24_SERVER=off)" in their own process, the rest (library and peer jobs) as they are."""
     env = b24_env(sandbox, workdir / "state")
     if name.endswith("(CLI)"):
-        return measure_warm(sandbox, argv, env, workdir, stdin=stdin, timeout_s=timeout_s)
+        server = WarmServer(env, workdir / "rt")
+        run = measure(sandbox, argv, server.env, workdir, stdin=stdin, timeout_s=timeout_s)
+        return replace(run, peak_mb=max(run.peak_mb, server.reap()))  # the server's counts too
     if "B24_SERVER=off" in name:
         env["B24_SERVER"] = "off"
     return measure(sandbox, argv, env, workdir, stdin=stdin, timeout_s=timeout_s)
