@@ -20,6 +20,7 @@ import cli_support
 import pytest
 from b24agent.cli.client import build_parser
 from cli_support import ERROR_KEYS, SCRIPT
+from client_support import oauth_env, secrets_of
 from conftest import Sandbox
 
 
@@ -84,33 +85,20 @@ class Cli:
             assert set(run.error()) == ERROR_KEYS
 
 
-def _secrets(portal: Sandbox) -> list[str]:
-    oauth = portal.oauth
-    keys = ("client_secret", "access_token", "refresh_token", "application_token")
-    return [portal.webhook["code"], *(oauth[k] for k in keys)]
-
-
 def _oauth_env(portal: Sandbox) -> dict[str, str]:
-    oauth = portal.oauth
-    return {
-        "B24_DOMAIN": portal.url,
-        "B24_AUTH_MODE": "oauth",
-        "B24_CLIENT_ID": oauth["client_id"],
-        "B24_CLIENT_SECRET": oauth["client_secret"],
-        "B24_ACCESS_TOKEN": oauth["access_token"],
-        "B24_REFRESH_TOKEN": oauth["refresh_token"],
-        "B24_OAUTH_SERVER": oauth["server"],
-    }
+    """The OAuth credentials alone: the Cli sets its own state folder and HOME."""
+    env = oauth_env(portal, Path("unused"))
+    return {k: v for k, v in env.items() if k not in ("B24_STATE_DIR", "HOME")}
 
 
 @pytest.fixture
 def cli(portal: Sandbox, tmp_path: Path) -> Cli:
-    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url}, _secrets(portal))
+    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url}, secrets_of(portal))
 
 
 @pytest.fixture
 def oauth_cli(portal: Sandbox, tmp_path: Path) -> Cli:
-    return Cli(tmp_path, _oauth_env(portal), _secrets(portal))
+    return Cli(tmp_path, _oauth_env(portal), secrets_of(portal))
 
 
 def _requests(portal: Sandbox) -> int:
