@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCRIPTS := skills/bitrix24-agent/scripts
 
-.PHONY: install test lint format demo bench sandbox clean
+.PHONY: install test lint format demo bench sandbox references clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -31,11 +32,15 @@ test: lint
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 demo: $(STAMP)
-	$(PY) -m b24agent.demo
+	$(PY) -m b24agent.cli.demo
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py --results bench/RESULTS.md
+
+# Regenerate the catalog's reference pages after a change to the catalog or tools/.
+references: $(STAMP)
+	$(PY) -m tools.build_references
 
 sandbox: $(STAMP)
 	$(PY) $(SCRIPTS)/sandbox_portal.py --seed-demo

@@ -79,7 +79,7 @@ def write_b24pysdk_call_batches(count: int) -> int:
 
 
 def _b24() -> Any:
-    from b24agent.client import Bitrix24Client
+    from b24agent.rest.client import Bitrix24Client
     from b24agent.settings import load_settings
 
     return Bitrix24Client(load_settings())

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from b24agent.cli import launch, warm_wire
+from b24agent.cli.warm import launch
+from b24agent.cli.warm import wire as warm_wire
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "skills" / "bitrix24-agent" / "scripts"

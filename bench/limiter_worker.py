@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from b24agent.client import Bitrix24Client
 from b24agent.errors import B24Error
+from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import load_settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from b24agent.client import Bitrix24Client
+from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import Settings, load_settings
 from conftest import Sandbox
 

@@ -8,8 +8,8 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from b24agent.audit import AuditEvent, AuditLog, param_keys
-from b24agent.auditchain import GENESIS_HASH, chain_files, head_path, verify
+from b24agent.guard.audit import AuditEvent, AuditLog, param_keys
+from b24agent.guard.auditchain import GENESIS_HASH, chain_files, head_path, verify
 from b24agent.redact import Redactor
 
 SECRET = "sekret-webhook-code-1234567890"
@@ -70,7 +70,7 @@ def test_edited_line_is_named(tmp_path: Path, index: int) -> None:
 
 
 def test_edited_line_with_recomputed_hash_breaks_the_next_link(tmp_path: Path) -> None:
-    from b24agent.auditchain import seal
+    from b24agent.guard.auditchain import seal
 
     log = tmp_path / "audit.jsonl"
     _write(log, 5)
@@ -212,8 +212,8 @@ def test_concurrent_writers_form_one_chain(tmp_path: Path) -> None:
 
 
 def test_check_raises_with_exit_1_naming_the_line(tmp_path: Path) -> None:
-    from b24agent.auditchain import AuditChainError, check
     from b24agent.errors import UsageError
+    from b24agent.guard.auditchain import AuditChainError, check
 
     log = tmp_path / "audit.jsonl"
     with pytest.raises(UsageError):

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from b24agent.auth import token_store_path
-from b24agent.client import Bitrix24Client
 from b24agent.errors import AuthError, ConfigError
+from b24agent.rest.auth import token_store_path
+from b24agent.rest.client import Bitrix24Client
 from client_support import client_for, oauth_env, secrets_of, settings_for
 from conftest import Sandbox
 
@@ -27,7 +27,7 @@ PROCESSES = 10
 WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
-from b24agent.client import Bitrix24Client
+from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import load_settings
 
 go = Path(sys.argv[1])

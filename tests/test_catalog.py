@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 from b24agent import catalog
-from b24agent.catalog import build, loader, rules
+from b24agent.catalog import loader
 from b24agent.errors import ConfigError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tools import build_catalog as build
+from tools import catalog_rules as rules
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CANDIDATES = (ROOT.parent / "shared", Path("/work/shared"))
@@ -436,10 +439,10 @@ def test_a_method_outside_every_pack_stops_the_build() -> None:
 
 
 def _run_builder(methods: Path, events: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    """The builder as its docs say to run it: ``python -m b24agent.catalog.build``."""
+    """The builder as its docs say to run it: ``python -m tools.build_catalog``."""
     args = ["--methods", str(methods), "--events", str(events), "--out", str(out)]
     return subprocess.run(
-        [sys.executable, "-m", "b24agent.catalog.build", *args], capture_output=True, text=True
+        [sys.executable, "-m", "tools.build_catalog", *args], capture_output=True, text=True
     )
 
 
@@ -461,5 +464,5 @@ def test_builder_reproduces_the_committed_catalog(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"wrote {out}: ")
     assert out.read_bytes() == loader.DATA_FILE.read_bytes(), (
-        "methods.json is stale: rerun python -m b24agent.catalog.build and commit it"
+        "methods.json is stale: rerun python -m tools.build_catalog and commit it"
     )

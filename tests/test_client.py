@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from b24agent.batching import parse_batch, plan_batch
 from b24agent.errors import (
     ApiError,
     NotFoundError,
@@ -16,7 +15,8 @@ from b24agent.errors import (
     UsageError,
     ValidationError,
 )
-from b24agent.results import CallResult
+from b24agent.rest.batching import parse_batch, plan_batch
+from b24agent.rest.results import CallResult
 from client_support import client_for
 from conftest import Sandbox
 from hypothesis import given

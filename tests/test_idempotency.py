@@ -20,8 +20,8 @@ from b24agent.errors import (
     RateLimitError,
     ValidationError,
 )
-from b24agent.idempotency import IdempotencyStore, auto_key, request_fingerprint, validate_key
-from b24agent.safewrite import run_write
+from b24agent.guard.idempotency import IdempotencyStore, auto_key, request_fingerprint, validate_key
+from b24agent.guard.safewrite import run_write
 from race_support import race
 
 FP = request_fingerprint("crm.lead.add", "v2", {"fields": {"TITLE": "a"}})

@@ -12,7 +12,7 @@ keep the user's ``B24_STATE_DIR`` so the OAuth token store stays the one every p
 Without ``B24_RUN_INTEGRATION`` the same checks run against the sandbox the ``portal`` fixture
 starts, with exact expectations where the sandbox's contents are known, so this file always runs.
 
-The last tests run ``python -m b24agent.demo`` (what ``make demo`` runs) end to end.
+The last tests run ``python -m b24agent.cli.demo`` (what ``make demo`` runs) end to end.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def test_demo_runs_end_to_end_with_every_step_green(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("B24_")}
     env["TMPDIR"] = str(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "b24agent.demo"],
+        [sys.executable, "-m", "b24agent.cli.demo"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -276,7 +276,7 @@ def test_demo_stops_at_the_first_surprise_and_keeps_secrets_hidden(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that fails (and blurts its webhook URL on stderr) makes the demo exit 1."""
-    from b24agent import demo
+    from b24agent.cli import demo
 
     leak = tmp_path / "leaked-url.txt"
     broken = tmp_path / "broken_client.py"

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from b24agent.client import Bitrix24Client
 from b24agent.errors import OperationTimeLimitError
-from b24agent.limiter import BucketModel, RateLimiter, _MemoryStore
+from b24agent.rest.client import Bitrix24Client
+from b24agent.rest.limiter import BucketModel, RateLimiter, _MemoryStore
 from b24agent.settings import Settings
 from client_support import settings_for, webhook_env
 from conftest import ROOT, Sandbox

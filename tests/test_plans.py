@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from b24agent.diffing import changes, preview, record_ref
 from b24agent.errors import ConflictError, NotFoundError, UsageError
-from b24agent.plans import PlanStore
+from b24agent.guard.diffing import changes, preview, record_ref
+from b24agent.guard.plans import PlanStore
 from b24agent.redact import Redactor
 from race_support import race
 

@@ -6,7 +6,7 @@ import pytest
 from b24agent import catalog
 from b24agent.encoding import build_batch_command
 from b24agent.errors import ConfigError, PolicyError, ValidationError
-from b24agent.policy import Gates, assess, authorize, check_packs, commands_of, listed
+from b24agent.guard.policy import Gates, assess, authorize, check_packs, commands_of, listed
 from hypothesis import given
 from hypothesis import strategies as st
 

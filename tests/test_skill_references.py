@@ -1,7 +1,7 @@
 """The generated references (packs.md, catalog-<pack>.md) match the catalog and stay affordable.
 
 If a test here fails after a catalog change, regenerate with
-``python -m b24agent.catalog.references`` and commit the result.
+``python -m tools.build_references`` and commit the result.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from b24agent import catalog
-from b24agent.catalog import references
+
+from tools import build_references as references
 
 REFS = Path(__file__).resolve().parents[1] / "skills" / "bitrix24-agent" / "references"
 ROW = re.compile(r"^\| `([a-z0-9_.]+)` \| (\w+) \| ([^|]*) \| ([^|]*) \| ([^|]*) \|$", re.M)
@@ -42,7 +43,7 @@ def _indexed(text: str) -> set[str]:
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "b24agent.catalog.references", *args],
+        [sys.executable, "-m", "tools.build_references", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -50,7 +51,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_committed_references_match_the_catalog() -> None:
-    assert references.check(REFS) == [], "run: python -m b24agent.catalog.references"
+    assert references.check(REFS) == [], "run: python -m tools.build_references"
 
 
 def test_check_flags_edited_missing_and_stale_files_and_write_repairs_them(tmp_path: Path) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 
 import jsonschema
 import pytest
-from b24agent import auditchain, idempotency, plans, schemas
+from b24agent.guard import auditchain, idempotency, plans
+from b24agent.rest import schemas
 from b24agent.worker import checkpoint
 from conftest import ROOT
 
-SCHEMA_FOLDER = ROOT / "skills" / "bitrix24-agent" / "scripts" / "b24agent" / "schemas"
+SCHEMA_FOLDER = ROOT / "skills" / "bitrix24-agent" / "scripts" / "b24agent" / "rest" / "schemas"
 #: methods.json maps method patterns to schema names; it is a table, not a schema.
 BUNDLED = sorted(p.stem for p in SCHEMA_FOLDER.glob("*.json") if p.stem != "methods")
 STATE_CONSTANTS = {

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from b24agent.cli import warm_wire
+from b24agent.cli.warm import wire as warm_wire
 from cli_support import SCRIPT, Cli, Run, check
 from conftest import Sandbox
 from hypothesis import given

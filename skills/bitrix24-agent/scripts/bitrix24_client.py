@@ -3,7 +3,7 @@
 
 Thin on purpose: it puts this folder on sys.path so the bundled b24agent package is found when
 the skill folder is copied alone, and works the same when the package is installed. The call
-goes to the warm server when one runs (see b24agent/cli/launch.py), so nothing heavy is
+goes to the warm server when one runs (see b24agent/cli/warm/launch.py), so nothing heavy is
 imported here; os.path rather than pathlib for the same reason.
 """
 
@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from b24agent.cli.launch import main
+from b24agent.cli.warm.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 This is the only module that reads ``os.environ`` for a call: every other module receives a
 ``Settings``, so tests and programs can build one explicitly and nothing changes behind their
-back. (``cli/warm_wire.py`` reads B24_SERVER before anything is imported, to pick where the call
+back. (``cli/warm/wire.py`` reads B24_SERVER before anything is imported, to pick where the call
 runs; the warm server reads B24_SERVER_IDLE_SEC; neither reaches a call's ``Settings``.)
 
 Layers, later wins: ``.env`` (python-dotenv; ``--env-file`` or ``./.env``) < the real environment

@@ -126,5 +126,5 @@ def load(path: Path = DATA_FILE) -> Catalog:
         raise ConfigError(
             f"the method catalog {path} is missing or damaged ({type(exc).__name__}: {exc})",
             code="CATALOG_UNREADABLE",
-            hint="reinstall the skill, or rebuild it with python -m b24agent.catalog.build",
+            hint="reinstall the skill: its method catalog is missing or damaged",
         ) from exc

@@ -1,6 +1,6 @@
 """``b24`` / ``bitrix24_client.py``: one guarded Bitrix24 REST call, a batch file or an export.
 
-This module parses flags and prints; every call goes through ``b24agent.pipeline`` so the guard
+This module parses flags and prints; every call goes through ``guard/pipeline.py`` so the guard
 rails cannot be skipped. Agents drive it from a shell, so its contract is strict: stdout carries
 only the result, a failure is one JSON line on stderr plus a documented exit code, it never
 prompts and never shows a traceback. Heavy imports (requests, jsonschema, the catalog data) are
@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from ..client import CallResult
     from ..errors import B24Error
-    from ..pipeline import CallOutcome, CallRequest, Outcome
+    from ..guard.pipeline import CallOutcome, CallRequest, Outcome
+    from ..rest.client import CallResult
     from ..settings import Settings
     from .output import Printer
 
@@ -247,7 +247,7 @@ class _Cli:
 
             return self._print_list((catalog.explain(m) for m in args.explain), args, lines=True)
         if args.verify_audit is not None:
-            from ..pipeline import verify_audit
+            from ..guard.pipeline import verify_audit
 
             settings = _load_settings(args, require_credentials=False)
             self.mask = default_mask(settings.secrets())
@@ -272,7 +272,7 @@ class _Cli:
         return 0
 
     def _call(self, request: CallRequest, settings: Settings, args: argparse.Namespace) -> int:
-        from ..pipeline import Pipeline
+        from ..guard.pipeline import Pipeline
         from .output import Progress
 
         verb, noun = ("sent", "calls") if request.mode == "batch_file" else ("exported", "rows")
@@ -361,7 +361,7 @@ def _batch_failure(failures: list[CallOutcome], total: int) -> B24Error:
 def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
     """Turn flags and inputs into a CallRequest; every usage mistake is caught here."""
     from ..errors import UsageError
-    from ..pipeline import Call, CallRequest, Guards
+    from ..guard.pipeline import Call, CallRequest, Guards
     from .inputs import read_batch_file, read_params
 
     guards = Guards(

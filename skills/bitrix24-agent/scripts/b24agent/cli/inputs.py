@@ -79,7 +79,7 @@ def read_batch_file(spec: str, *, stdin: TextIO | None = None) -> list[BatchLine
     Validating every line first is the point: a typo on line 90 must not leave lines 1-89 done
     and the rest not, which an agent would then have to untangle.
     """
-    from ..schemas import validate_batch_line  # jsonschema is only paid for when used
+    from ..rest.schemas import validate_batch_line  # jsonschema is only paid for when used
 
     text, where = _read_source(spec, "--batch-file", stdin or sys.stdin)
     lines = list(_batch_lines(text, where, validate_batch_line))

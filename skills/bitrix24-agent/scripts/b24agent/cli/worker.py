@@ -329,7 +329,7 @@ class _Run:
         return settings
 
     def execute(self) -> int:
-        from ..client import Bitrix24Client
+        from ..rest.client import Bitrix24Client
         from ..worker.checkpoint import Checkpoint
         from ..worker.dlq import DeadLetterQueue
         from ..worker.handlers import SinkHandler, build_handler

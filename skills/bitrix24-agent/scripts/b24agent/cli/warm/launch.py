@@ -1,0 +1,211 @@
+"""``b24``'s entry point: hand the call to the warm server, or run it in this process.
+
+A cold ``b24 user.current`` spends 250 ms importing requests, jsonschema, tenacity and filelock
+before its first byte goes out; an agent makes hundreds of such calls. The warm server
+(``warm/server.py``) has them imported already and forks a worker per call, so this side only
+sends its arguments, environment, folder and umask, and passes its own stdin, stdout and stderr
+(SCM_RIGHTS): the worker reads and writes them directly and the output is byte for byte what
+the call would print in-process. The exit code comes back last.
+
+The first call (no server yet) runs here as before and starts the server for the next one.
+``B24_SERVER=off`` keeps every call in its own process. Nothing is ever run twice: the call
+falls back to this process only when the server did not take it.
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import os
+import sys
+
+from . import wire
+
+__all__ = ["main", "server_command", "server_env"]
+
+#: Worker to caller: the request arrived; it waits for GO and starts nothing before.
+READY = b"S"
+#: Caller to worker: run it. Only the caller decides, so a call is never run twice: a caller
+#: that gave up (timeout, Ctrl-C) closes instead, and a worker that reads EOF just exits.
+GO = b"G"
+#: Followed by the exit code and a newline: the call is over and its output flushed.
+EXITED = b"X"
+#: Signals passed on to the worker (unless ignored here); it reacts as this process would have.
+FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+#: What this side prints if the worker vanishes mid-call (killed, out of memory): exit 7.
+WORKER_LOST = (
+    '{"error": {"code": "WARM_WORKER_LOST", "message": "the b24 server\'s worker ended before '
+    'the call did", "hint": "a write may or may not have happened; check the portal before '
+    'repeating it (B24_SERVER=off runs calls in-process)", "retryable": false}}\n'
+)
+EXIT_OUTCOME_UNKNOWN = 7
+#: A worker answers READY at once; a server that stays silent this long is not serving, and
+#: the call runs here instead.
+TAKE_TIMEOUT_S = 10.0
+#: A signal before GO: nothing was sent, nothing will be.
+CANCELLED = (
+    '{"error": {"code": "INTERRUPTED", "message": "interrupted before the call started", '
+    '"hint": "nothing was sent to the portal", "retryable": true}}\n'
+)
+EXIT_INTERRUPTED = 130
+
+
+def main() -> int:
+    """Run ``b24`` with ``sys.argv``; the exit code is the call's, wherever it ran."""
+    where = wire.address() if wire.enabled() else None
+    if where is not None:
+        try:
+            code = _ServedCall(where).run()
+        except KeyboardInterrupt:  # before our handlers were in place: nothing was sent
+            code = _say(CANCELLED, EXIT_INTERRUPTED)
+        if code is not None:
+            # The worker wrote the output and this process holds nothing to flush: skip the
+            # interpreter's teardown, 2 ms of a 25 ms call.
+            os._exit(code)
+    from ..client import main as run_here
+
+    return run_here()
+
+
+def _say(line: str, code: int) -> int:
+    try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
+        os.write(2, line.encode())
+    except OSError:
+        pass  # stderr is gone; the exit code still tells
+    return code
+
+
+def _umask() -> int:
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
+class _ServedCall:
+    """One call through the server: request, go-ahead, relayed signals, exit code.
+
+    ``run`` returns None only while nothing can have run (no server, or it never got READY
+    to us), and the caller then runs the call itself.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.started = False
+        self.pending: list[int] = []
+        self.fatal: int | None = None
+
+    def run(self) -> int | None:
+        ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
+        relayed = [s for s in FORWARDED if s not in ignored]
+        previous = {sig: _signal.signal(sig, self._on_signal) for sig in relayed}
+        try:
+            return self._run(ignored)
+        finally:
+            self.sock.close()
+            for sig, handler in previous.items():
+                _signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum != _signal.SIGINT:
+            self.fatal = signum
+        self.pending.append(signum)
+        if self.started:
+            self._relay()
+
+    def _relay(self) -> None:
+        while self.pending:
+            signum = self.pending.pop(0)
+            try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
+                self.sock.send(bytes([signum]))
+            except OSError:
+                pass  # the worker is already gone; the read reports it
+
+    def _run(self, ignored: list[int]) -> int | None:
+        try:
+            self.sock.connect(self.where)
+        except OSError:
+            _start_server(self.where)
+            return None
+        try:
+            request = wire.encode_request(
+                sys.argv, dict(os.environ), os.getcwd(), _umask(), ignored
+            )
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            self.sock.settimeout(TAKE_TIMEOUT_S)
+            if self.sock.recv(1) != READY:
+                return None  # the server went away before taking the call
+        except OSError:
+            return None  # a closed stdin/stdout, a silent or vanished server
+        if self.pending:
+            return self._cancelled()
+        try:
+            self.sock.settimeout(None)  # the call itself may take as long as it takes
+            self.sock.sendall(GO)
+            self.started = True
+            self._relay()  # a signal that came between the check above and GO
+            return self._exit_code()
+        except OSError:
+            return self._lost()
+
+    def _exit_code(self) -> int:
+        buffer = b""
+        while not (buffer.startswith(EXITED) and buffer.endswith(b"\n")):
+            chunk = self.sock.recv(64)
+            if not chunk:
+                return self._lost()
+            buffer += chunk
+        return int(buffer[len(EXITED) : -1])
+
+    def _cancelled(self) -> int:
+        self._die_of_fatal_signal()
+        return _say(CANCELLED, EXIT_INTERRUPTED)
+
+    def _lost(self) -> int:
+        self._die_of_fatal_signal()
+        return _say(WORKER_LOST, EXIT_OUTCOME_UNKNOWN)
+
+    def _die_of_fatal_signal(self) -> None:
+        """After a TERM or HUP, end the way this process would have ended without a server."""
+        if self.fatal is not None:
+            _signal.signal(self.fatal, _signal.SIG_DFL)
+            os.kill(os.getpid(), self.fatal)
+
+
+def server_command(where: str) -> list[str]:
+    """The command that runs the warm server for socket ``where`` (it needs this folder on its
+    path when the skill folder is used without being installed)."""
+    scripts = os.path.dirname(wire.PACKAGE_DIR)
+    code = (
+        f"import sys; sys.path.insert(0, {scripts!r}); "
+        "from b24agent.cli.warm.server import main; sys.exit(main())"
+    )
+    return [sys.executable, "-c", code, where]
+
+
+def server_env(environ: dict[str, str]) -> dict[str, str]:
+    """The server's own environment: no B24_* values (credentials); each call brings its own."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if not key.startswith("B24_") or key.startswith("B24_SERVER")
+    }
+
+
+def _start_server(where: str) -> None:
+    """Start the server in the background for the next call; this call runs here meanwhile."""
+    import subprocess
+
+    try:  # noqa: SIM105 - the import-light style of this module
+        subprocess.Popen(
+            server_command(where),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=server_env(dict(os.environ)),
+            cwd="/",  # hold no caller's folder open; each call brings its own
+            start_new_session=True,
+        )
+    except OSError:
+        pass  # no server this time; the call itself does not depend on it

@@ -1,0 +1,89 @@
+"""A rehearsal call for the warm server, so forked workers find every lazy cost already paid.
+
+Importing modules is not enough: the first real call in a process also compiles regexes, builds
+filelock's and jsonschema's caches, parses HTTP headers through ``email`` and reads the catalog.
+Measured on a worker, those first-time costs were half its 13 ms. So the server, once, runs the
+most common call (``user.current``) end to end against a stub portal on a loopback port, with a
+throwaway state folder and a webhook code that means nothing; its output goes nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+
+__all__ = ["rehearse"]
+
+#: What the stub portal answers to anything: a minimal success envelope.
+STUB_ANSWER = json.dumps(
+    {"result": {"ID": "1"}, "time": {"start": 0, "finish": 0, "duration": 0, "processing": 0}}
+).encode()
+#: How often the stub portal checks for shutdown (seconds).
+POLL_S = 0.002
+#: Not a secret: the stub portal accepts any code.
+STUB_CODE = "warmupwarmupwarmup"
+
+
+class _StubPortal(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 5  # a kept-alive connection must not hold up the server's shutdown
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(STUB_ANSWER)))
+        self.end_headers()
+        self.wfile.write(STUB_ANSWER)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silent: the server has no terminal."""
+
+
+def rehearse() -> None:
+    """Run ``b24 user.current`` once against a stub portal; leave the environment as it was."""
+    from ..client import main as run_call
+
+    portal = http.server.HTTPServer(("127.0.0.1", 0), _StubPortal)
+    # A short poll so shutdown() returns at once; the default half second would keep the
+    # spare worker from taking calls for that long.
+    thread = threading.Thread(target=portal.serve_forever, args=(POLL_S,), daemon=True)
+    thread.start()
+    saved_env, saved_streams, saved_argv = dict(os.environ), (sys.stdout, sys.stderr), sys.argv
+    try:
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            open(os.devnull, "w") as nowhere,
+            _chdir(folder),
+        ):
+            port = portal.server_address[1]
+            os.environ["B24_WEBHOOK_URL"] = f"http://127.0.0.1:{port}/rest/1/{STUB_CODE}/"
+            os.environ["B24_STATE_DIR"] = folder
+            sys.stdout = sys.stderr = nowhere
+            sys.argv = ["b24", "user.current"]  # the parser is cached under this program name
+            run_call(sys.argv[1:])
+    finally:
+        sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        portal.shutdown()
+        portal.server_close()
+        thread.join()  # the server forks next: it must be back to one thread
+
+
+@contextlib.contextmanager
+def _chdir(folder: str) -> Iterator[None]:
+    """``contextlib.chdir``, which Python 3.10 lacks."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)

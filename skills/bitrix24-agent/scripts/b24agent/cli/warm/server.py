@@ -1,0 +1,214 @@
+"""The warm server behind ``b24``: everything imported once, a forked worker per call.
+
+Why: a cold ``b24`` spends 250 ms importing before its first request, 30x a ``curl``. This
+process imports the CLI's whole stack, rehearses a call, and keeps ``SPARES`` forked workers
+waiting for connections; each has rehearsed again in its own memory. A call then costs a connect
+and its own work (``worker.py``). Each worker serves exactly one call and exits, so nothing
+(settings, tokens, limiter, environment) carries over from one call to the next.
+
+Only the caller's own user can reach the socket (a 0700 folder; workers check SO_PEERCRED).
+The parent only forks: a new spare for each one taken. After ``B24_SERVER_IDLE_SEC`` (default
+300) without a call it removes the socket and tells the spares to leave; a connection that was
+still queued then sees the socket close before any worker took it, and its caller runs the call
+itself. Started by ``b24`` (``launch.py``), detached, with no B24_* values in its environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import os
+import pkgutil
+import select
+import socket
+import sys
+import time
+
+from filelock import FileLock
+
+from . import rehearsal
+from .worker import serve_call
+
+__all__ = ["main"]
+
+DEFAULT_IDLE_S = 300.0
+#: Workers kept waiting: one can rehearse while the other takes the next call.
+SPARES = 2
+#: What a spare tells the parent when it takes a call: this byte, then its pid (4 bytes).
+TAKEN = b"T"
+#: How often the parent checks on its spares and the idle deadline (seconds).
+CHECK_EVERY_S = 1.0
+#: Modules no ``b24`` call runs: the sandbox portal, the offline worker, the demo
+#: and the other front ends.
+NOT_FOR_CALLS = (
+    "b24agent.sandbox",
+    "b24agent.worker",
+    "b24agent.cli.demo",
+    "b24agent.cli.sandbox",
+    "b24agent.cli.worker",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``server.py SOCKET``: serve until idle."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: server.py SOCKET (started by b24; see B24_SERVER)", file=sys.stderr)
+        return 2
+    try:
+        idle_s = float(os.environ.get("B24_SERVER_IDLE_SEC", DEFAULT_IDLE_S))
+    except ValueError:
+        idle_s = DEFAULT_IDLE_S
+    listener = _listen(args[0])
+    if listener is None:
+        return 0  # another server answers on this socket
+    _warm_up()
+    _Server(args[0], listener, idle_s).run()
+    return 0
+
+
+def _listen(address: str) -> socket.socket | None:
+    """Bind ``address`` unless a live server holds it; a stale socket file is replaced."""
+    with FileLock(address + ".lock", mode=0o600):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+            return None
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file itself: this user only
+        try:
+            listener.bind(address)
+        finally:
+            os.umask(old_umask)
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+
+
+def _warm_up() -> None:
+    """Import every module a call may need and rehearse one, so workers do none of it; then
+    keep those objects out of the GC, whose passes would copy their pages into each worker."""
+    import netrc  # noqa: F401 - requests imports it on each request, to look for credentials
+
+    import b24agent
+
+    _import_tree(b24agent.__path__, "b24agent.")
+    _rehearse()
+    gc.collect()
+    gc.freeze()
+
+
+def _import_tree(path: list[str], prefix: str) -> None:
+    """Import every module below ``path`` except those in NOT_FOR_CALLS (not even packages'
+    ``__init__``, which ``pkgutil.walk_packages`` would import to look inside)."""
+    for module in pkgutil.iter_modules(path, prefix):
+        if module.name.startswith(NOT_FOR_CALLS):
+            continue
+        imported = importlib.import_module(module.name)
+        if module.ispkg:
+            _import_tree(imported.__path__, module.name + ".")
+
+
+def _rehearse() -> None:
+    """Best effort: a rehearsal that fails (say, no loopback port) only makes calls slower."""
+    with contextlib.suppress(Exception):
+        rehearsal.rehearse()
+
+
+class _Server:
+    """The parent: keeps SPARES workers waiting and leaves when idle."""
+
+    def __init__(self, address: str, listener: socket.socket, idle_s: float) -> None:
+        self.address = address
+        self.listener = listener
+        self.idle_s = idle_s
+        self.notices, self.notify = os.pipe()
+        os.set_blocking(self.notices, False)
+        self.stop_read, self.stop_write = os.pipe()
+        self.spares: set[int] = set()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.idle_s
+        try:
+            for _ in range(SPARES):
+                self._fork_spare()
+            while time.monotonic() < deadline:
+                select.select([self.notices], [], [], CHECK_EVERY_S)
+                gone = _reap()
+                # Drained after reaping: a worker writes its notice before it can exit, so
+                # every reaped worker that took a call is discarded from the spares here.
+                for pid in self._taken():
+                    self.spares.discard(pid)
+                    self._fork_spare()
+                    deadline = time.monotonic() + self.idle_s
+                if self.spares & gone:
+                    break  # a spare died without a call: a bug; clients fall back and restart us
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address)
+            self.listener.close()
+            os.close(self.stop_write)  # every spare still waiting sees this and leaves
+
+    def _taken(self) -> list[int]:
+        """Pids of the spares that took a call since the last look."""
+        try:
+            notices = os.read(self.notices, 4096)
+        except BlockingIOError:
+            return []
+        return [int.from_bytes(notices[i + 1 : i + 5], "big") for i in range(0, len(notices), 5)]
+
+    def _fork_spare(self) -> None:
+        pid = os.fork()
+        if pid:
+            self.spares.add(pid)
+            return
+        code = 0
+        try:
+            os.close(self.notices)
+            os.close(self.stop_write)
+            # Rehearse again in this process: its first call would otherwise spend 4 ms
+            # copying the parent's memory pages it writes to (reference counts).
+            _rehearse()
+            conn = self._accept()
+            if conn is not None:
+                os.write(self.notify, TAKEN + os.getpid().to_bytes(4, "big"))
+                for fd in (self.notify, self.stop_read):
+                    os.close(fd)
+                self.listener.close()
+                conn.setblocking(True)
+                serve_call(conn)
+        except BaseException:
+            code = 1
+        os._exit(code)
+
+    def _accept(self) -> socket.socket | None:
+        """The next connection, or None once the parent says stop (or is gone)."""
+        while True:
+            ready, _, _ = select.select([self.listener, self.stop_read], [], [])
+            if self.stop_read in ready:
+                return None
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                continue  # the other spare took it
+            return conn
+
+
+def _reap() -> set[int]:
+    """Collect finished children; their pids."""
+    gone = set()
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return gone
+        if pid == 0:
+            return gone
+        gone.add(pid)

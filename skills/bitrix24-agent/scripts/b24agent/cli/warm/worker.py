@@ -1,0 +1,131 @@
+"""One call inside a warm-server worker: take over the caller's process state, run, report.
+
+The worker was forked from the warm server and has accepted one connection. It becomes the
+process the caller would have been: the caller's argv, environment, folder, umask and
+stdin/stdout/stderr (received as file descriptors), default signal handling. Then it runs
+``b24agent.cli.client.main``, flushes, and sends the exit code back; the caller exits with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+from ..client import main as run_call
+from ..common import as_b24_error
+from ..output import dump_line
+from . import wire
+from .launch import EXITED, GO, READY
+
+__all__ = ["serve_call"]
+
+#: Longest request accepted: argv plus the environment (a real one is a few KB).
+MAX_REQUEST_BYTES = 1 << 20
+#: Signals a caller may pass on: it reacts to them as it would in its own process.
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def serve_call(conn: socket.socket) -> None:
+    """Serve the call on ``conn`` if it comes from this user and the caller says go."""
+    if not _same_user(conn):
+        return
+    request, fds = _receive(conn)
+    conn.sendall(READY)
+    if conn.recv(1) != GO:
+        return  # the caller gave up or was interrupted first: it never started, nor will it
+    _become_the_caller(request, fds)
+    threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
+    try:
+        code = run_call(request.argv[1:])
+    except KeyboardInterrupt as exc:  # relayed before the call's own handling was in place
+        sys.stderr.write(dump_line(as_b24_error(exc).to_json()) + "\n")
+        code = as_b24_error(exc).exit_code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # e.g. stdout's reader left; the call reported it
+            stream.flush()
+    conn.sendall(EXITED + b"%d\n" % code)
+
+
+def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
+    """Take the caller's stdio, folder, umask, environment, time zone and signal dispositions."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request.cwd)
+    os.umask(request.umask)
+    os.environ.clear()
+    os.environ.update(request.env)
+    time.tzset()
+    tempfile.tempdir = None  # found again from this environment's TMPDIR
+    sys.argv = request.argv
+    sys.stdin, sys.stdout, sys.stderr = _stdio()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in request.ignored:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """The kernel's word on who connected (struct ucred: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], sys.byteorder) == os.getuid()
+
+
+def _receive(conn: socket.socket) -> tuple[wire.Request, list[int]]:
+    """Read exactly one framed request (later bytes are signals) and the three stdio fds."""
+    head, fds, _flags, _addr = socket.recv_fds(conn, 4, 3)
+    head += _read_exactly(conn, 4 - len(head))
+    size = wire.frame_length(head)
+    if size > MAX_REQUEST_BYTES or len(fds) != 3:
+        raise ValueError("not a b24 request")
+    return wire.decode_request(_read_exactly(conn, size)), fds
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = conn.recv(size - len(data))
+        if not more:
+            raise EOFError("the caller left before sending its request")
+        data += more
+    return data
+
+
+def _stdio() -> tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]:
+    """Text streams over the caller's fds, buffered as Python buffers its own: stdout by line
+    on a terminal and by block otherwise, stderr by line."""
+    encoding = os.environ.get("PYTHONIOENCODING", "utf-8").partition(":")[0] or "utf-8"
+    line_buffered_stdout = 1 if os.isatty(1) else -1
+    return (
+        open(0, encoding=encoding, closefd=False),
+        open(1, "w", encoding=encoding, closefd=False, buffering=line_buffered_stdout),
+        open(2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1),
+    )
+
+
+def _relay_signals(conn: socket.socket) -> None:
+    """Each byte from the caller is a signal to raise here; the caller gone is a Ctrl-C.
+
+    Raised on the main thread, so a blocking read there is interrupted rather than finished.
+    """
+    main = threading.main_thread().ident
+    assert main is not None
+    while True:
+        try:
+            data = conn.recv(16)
+        except OSError:
+            data = b""
+        if not data:
+            signal.pthread_kill(main, signal.SIGINT)
+            return
+        for signum in data:
+            if signum in RELAYED:
+                signal.pthread_kill(main, signum)

@@ -1,0 +1,160 @@
+"""The audit log: one hash-chained JSONL line per CLI call, secrets masked, rotated by size.
+
+Who ran what, when, with which outcome, must be answerable after the fact, and the answer must be
+trustworthy: each line is chained to the one before it (see ``auditchain``), so an edited, deleted
+or reordered line is caught by ``verify``. Lines are appended under a file lock, so many processes
+writing at once still form one chain. Param values are not logged by default (only their keys and
+a digest), because CRM data is personal data; ``params_mode="full"`` logs them, secrets masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..fingerprint import canonical_json, digest
+from ..state import CorruptStateError, file_lock, write_json_atomic
+from .auditchain import GENESIS_HASH, chain_files, head_path, read_head, rotation_path, seal
+
+if TYPE_CHECKING:
+    from ..redact import Redactor
+
+__all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "param_keys"]
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+Outcome = Literal["ok", "error", "refused", "replayed", "planned"]
+_TAIL_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What one call did; ``error`` is the error code when the outcome is error or refused."""
+
+    request_id: str
+    portal: str
+    method: str
+    risk: str
+    outcome: Outcome
+    duration_ms: float
+    params: Any = None
+    api: str = "v2"
+    plan_id: str | None = None
+    idempotency_key: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+def param_keys(params: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf key in ``params`` (``fields.TITLE``), values left out."""
+    if not isinstance(params, Mapping):
+        return [prefix] if prefix else []
+    keys: list[str] = []
+    for key, value in params.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        keys.extend(param_keys(value, path) if isinstance(value, Mapping) and value else [path])
+    return sorted(keys)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _last_line_hash(path: Path) -> str | None:
+    """``hash`` of the last line of ``path``, reading only its tail."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        handle.seek(max(0, end - _TAIL_CHUNK))
+        tail = handle.read().rstrip(b"\n")
+    if not tail:
+        return None
+    try:
+        return json.loads(tail.rsplit(b"\n", 1)[-1])["hash"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class AuditLog:
+    """Appends audit lines to ``path``, chaining them and rotating the file past ``max_bytes``."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        redactor: Redactor,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        params_mode: Literal["digest", "full"] = "digest",
+    ) -> None:
+        self.path = path
+        self._redactor = redactor
+        self._max_bytes = max_bytes
+        self._params_mode = params_mode
+
+    def entry(self, event: AuditEvent) -> dict[str, Any]:
+        """The masked line content for ``event`` (before chaining)."""
+        entry: dict[str, Any] = {
+            "ts": _now_iso(),
+            "request_id": event.request_id,
+            "portal": event.portal,
+            "method": event.method,
+            "api": event.api,
+            "risk": event.risk,
+            "outcome": event.outcome,
+            "exit_code": event.exit_code,
+            "duration_ms": round(event.duration_ms, 1),
+            "plan_id": event.plan_id,
+            "idempotency_key": event.idempotency_key,
+            "error": event.error,
+            "param_keys": param_keys(event.params),
+            "params_digest": digest(event.params),
+        }
+        if self._params_mode == "full":
+            entry["params"] = event.params
+        return self._redactor.mask_obj(entry)
+
+    def write(self, event: AuditEvent) -> dict[str, Any]:
+        """Append ``event`` as one chained line and return the line as written."""
+        entry = self.entry(event)
+        with file_lock(self.path):
+            line = seal(entry, self._last_hash())
+            data = (canonical_json(line) + "\n").encode("utf-8")
+            self._rotate_if_needed(len(data))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            write_json_atomic(head_path(self.path), {"hash": line["hash"]})
+        return line
+
+    def _last_hash(self) -> str:
+        """The newest hash: the head file when trustworthy, else the newest file's last line.
+
+        The head wins over the file so that a line deleted from the end is still detected after
+        the next append (the new line then points at a hash the file no longer holds).
+        """
+        try:
+            head = read_head(self.path)
+        except CorruptStateError:
+            head = None
+        if head:
+            return head
+        for path in reversed(chain_files(self.path)):
+            last = _last_line_hash(path)
+            if last:
+                return last
+        return GENESIS_HASH
+
+    def _rotate_if_needed(self, incoming: int) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size and size + incoming > self._max_bytes:
+            os.replace(self.path, rotation_path(self.path))

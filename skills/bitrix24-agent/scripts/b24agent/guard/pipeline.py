@@ -1,0 +1,525 @@
+"""The guarded call path: every CLI call passes here, through the same stages in the same order.
+
+Why one place: the guard rails (packs, confirmations, plans, idempotency, audit) are only worth
+anything if no path around them exists. The CLI builds a ``CallRequest``, this module decides,
+calls the client and hands back an ``Outcome`` for the CLI to print. Stages of ``Pipeline.run``:
+
+1. assess       the risk of every call; a ``batch`` is judged command by command, unknown
+                methods are writes (policy.assess)
+2. policy       packs / method allowlist, confirmation gates by risk, require-plan
+                (policy.authorize; a plan stands for --confirm-write, not --confirm-destructive)
+3. plan         ``--plan-only`` stores the call (plans.PlanStore); ``--execute-plan ID`` loads,
+                checks and claims the plan, then sends exactly the stored call
+4. idempotency  a write runs under a key, explicit or derived from the call itself, through
+                safewrite.run_write: replay, conflict, reconcile, or send once
+5. dispatch     client.call, client.iter_all (export) or client.call_many (batch file)
+6. audit        one hash-chained line per request, whatever the outcome (audit.AuditLog)
+
+Plan execution does not take an idempotency key: the plan's one-time claim already makes it run
+at most once. Reads are never idempotency-tracked.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import (
+    B24Error,
+    ConfigError,
+    ConflictError,
+    OutcomeUnknownError,
+    PolicyError,
+    UsageError,
+)
+from ..redact import Redactor
+from ..rest.results import CallResult
+from . import policy
+from .audit import AuditEvent, AuditLog
+from .auditchain import check
+from .batchrecord import dump_outcomes, load_outcomes
+from .idempotency import IdempotencyStore, auto_key, validate_key
+from .plans import PlanStore
+from .safewrite import Send, WriteOutcome, run_write
+
+if TYPE_CHECKING:
+    from ..rest.client import Bitrix24Client
+    from ..settings import Settings
+
+__all__ = [
+    "Call",
+    "CallOutcome",
+    "CallRequest",
+    "Guards",
+    "Outcome",
+    "Pipeline",
+    "verify_audit",
+]
+
+Mode = Literal["call", "export", "batch_file"]
+#: How a batch file is named in audit lines and idempotency fingerprints.
+BATCH_FILE = "batch-file"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One REST call; ``line`` is its batch-file line, used in messages and output."""
+
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"line {self.line} ({self.method})" if self.line else self.method
+
+
+@dataclass(frozen=True)
+class Guards:
+    """This run's safety flags; settings-level ones (packs, require_plan) live in Settings."""
+
+    confirm_write: bool = False
+    confirm_destructive: bool = False
+    allow_unlisted: bool = False
+    plan_only: bool = False
+    execute_plan: str | None = None
+    idempotency_key: str | None = None
+    idempotency: bool = True
+    idempotency_resolve: Literal["done", "failed"] | None = None
+    audit: bool = True
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """What the CLI asks for: one call, a full export of one list call, or a batch file."""
+
+    mode: Mode
+    calls: tuple[Call, ...]
+    api: str = "v2"
+    limit: int | None = None
+    guards: Guards = field(default_factory=Guards)
+    #: Batches of a batch file sent at once (call_many's ``parallel``).
+    parallel: int = 1
+    #: The calls' params were validated already (the CLI checks a batch file as it reads it).
+    params_checked: bool = False
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """The outcome of one batch-file call, in file order: a result or an error."""
+
+    call: Call
+    result: Any = None
+    error: B24Error | None = None
+
+
+@dataclass
+class Outcome:
+    """What the CLI prints. ``response`` for a call; ``stream`` yields dict rows for an export
+    and ``CallOutcome`` for a batch file, lazily, so output starts before the work ends;
+    ``document`` is printed as it is (a stored plan). ``notes`` go to stderr after a success."""
+
+    kind: Literal["response", "items", "calls", "document"]
+    response: CallResult | None = None
+    stream: Iterator[Any] | None = None
+    document: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Record:
+    """What this request's audit line will say; the stages fill it in as they learn it."""
+
+    method: str
+    params: Any
+    api: str
+    risk: str = "write"
+    outcome: str = "ok"
+    plan_id: str | None = None
+    idempotency_key: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def of(cls, request: CallRequest) -> _Record:
+        if request.mode == "batch_file":
+            return cls(BATCH_FILE, _batch_file_params(request.calls), request.api)
+        first = request.calls[0]
+        return cls(first.method, dict(first.params), request.api)
+
+
+def _batch_file_params(calls: tuple[Call, ...]) -> dict[str, Any]:
+    return {"calls": [{"method": c.method, "params": dict(c.params)} for c in calls]}
+
+
+def _program() -> str:
+    """How this CLI was started, for the "run it with" line of a plan."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "b24"
+    return f"python3 {argv0}" if argv0.endswith(".py") else Path(argv0).name
+
+
+def _stored_response(body: Mapping[str, Any]) -> CallResult:
+    """A CallResult rebuilt from a stored (or reconciled) body; nothing was sent for it."""
+    return CallResult(
+        result=body.get("result"),
+        total=body.get("total"),
+        next=body.get("next"),
+        time=dict(body.get("time") or {}),
+        body=dict(body),
+        http_status=200,
+        replayed=True,
+    )
+
+
+def _check_flags(request: CallRequest) -> None:
+    """Flag combinations that cannot mean anything sensible are usage errors (exit 2)."""
+    g = request.guards
+    if g.idempotency_key is not None and not g.idempotency:
+        raise UsageError(
+            "--idempotency-key and --no-idempotency contradict each other", code="USAGE"
+        )
+    if g.idempotency_resolve and not g.idempotency:
+        raise UsageError("--idempotency-resolve needs idempotency on", code="USAGE")
+    if g.plan_only and request.mode != "call":
+        raise UsageError(
+            "--plan-only plans one call; it cannot be combined with --batch-file or --all",
+            code="USAGE",
+            hint="plan the calls one by one, or review the batch file and run it confirmed",
+        )
+    if g.plan_only and (g.idempotency_key or g.idempotency_resolve):
+        raise UsageError(
+            "--plan-only takes no idempotency flags: a plan runs at most once by itself",
+            code="USAGE",
+        )
+
+
+class Pipeline:
+    """Runs requests for one portal; owns the client, so use it as a context manager."""
+
+    def __init__(
+        self, settings: Settings, *, progress: Callable[[int], None] | None = None
+    ) -> None:
+        self._settings = settings
+        self._progress = progress
+        self._client: Bitrix24Client | None = None
+        self._redactor = Redactor(settings.secrets())
+
+    def mask(self, text: str) -> str:
+        """Mask secrets in ``text``, including tokens the client learned while running."""
+        return self._redactor.mask(text)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _get_client(self) -> Bitrix24Client:
+        if self._client is None:
+            from ..rest.client import Bitrix24Client  # requests is imported only when calling
+
+            self._client = Bitrix24Client(self._settings)
+            self._redactor = self._client.redactor
+        return self._client
+
+    def _read(self, method: str, params: Mapping[str, Any]) -> Any:
+        """A read made for the safety layer itself (plan previews, staleness, reconciling)."""
+        return self._get_client().call(method, params, write=False).result
+
+    def _gates(self, guards: Guards) -> policy.Gates:
+        settings = self._settings
+        return policy.Gates(
+            packs=settings.packs,
+            method_allowlist=settings.method_allowlist,
+            allow_unlisted=guards.allow_unlisted,
+            confirm_write=guards.confirm_write,
+            confirm_destructive=guards.confirm_destructive,
+            require_plan=settings.require_plan,
+        )
+
+    def _plans(self) -> PlanStore:
+        settings = self._settings
+        return PlanStore(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self, request: CallRequest) -> Outcome:
+        """Check every guard for every call first, then dispatch; audit whatever happens."""
+        record = _Record.of(request)
+        try:
+            outcome = self._run(request, record)
+        except BaseException as exc:
+            self._audit(request, record, exc)
+            raise
+        if outcome.stream is None:
+            self._audit(request, record)
+        else:
+            outcome.stream = self._audited(outcome.stream, request, record)
+        return outcome
+
+    def _run(self, request: CallRequest, record: _Record) -> Outcome:
+        guards = request.guards
+        if guards.execute_plan:
+            return self._execute_plan(request, record)
+        _check_flags(request)
+        assessment = policy.assess(
+            (c.method, c.params, c.label if c.line else None) for c in request.calls
+        )
+        record.risk = assessment.risk
+        policy.authorize(assessment, self._gates(guards), "plan" if guards.plan_only else "call")
+        if guards.plan_only:
+            return self._make_plan(request, assessment, record)
+        if request.mode == "export" or not assessment.writes or not guards.idempotency:
+            return self._dispatch(request)
+        if request.mode == "batch_file":
+            return self._batch_file_once(request, record)
+        return self._call_once(request, record)
+
+    def _dispatch(self, request: CallRequest) -> Outcome:
+        client = self._get_client()
+        first = request.calls[0]
+        if request.mode == "call":
+            response = client.call(first.method, first.params, api=request.api)
+            return Outcome("response", response=response)
+        if request.mode == "export":
+            rows = client.iter_all(
+                first.method, first.params, limit=request.limit, progress=self._progress
+            )
+            return Outcome("items", stream=rows)
+        return Outcome("calls", stream=self._call_many(request))
+
+    def _call_many(self, request: CallRequest) -> Iterator[CallOutcome]:
+        calls = request.calls
+        outcomes = self._get_client().call_many(
+            ((call.method, call.params) for call in calls),
+            progress=self._progress,
+            parallel=request.parallel,
+            params_checked=request.params_checked,
+        )
+        return (CallOutcome(calls[o.index], o.result, o.error) for o in outcomes)
+
+    # --- plans -----------------------------------------------------------------------------------
+    def _make_plan(
+        self, request: CallRequest, assessment: policy.Assessment, record: _Record
+    ) -> Outcome:
+        call = request.calls[0]
+        gates = self._gates(request.guards)
+        plan = self._plans().create(
+            method=call.method,
+            api=request.api,
+            params=call.params,
+            risk=assessment.risk,
+            packs=list(gates.enabled_packs),
+            read=self._read,
+            mask=self._redactor.mask_obj,
+            unlisted=not policy.listed(assessment, gates),
+        )
+        record.outcome, record.plan_id = "planned", plan.id
+        document = {"plan": plan.summary(), "execute": plan.command(_program())}
+        return Outcome("document", document=document)
+
+    def _execute_plan(self, request: CallRequest, record: _Record) -> Outcome:
+        guards = request.guards
+        first = request.calls[0]
+        if request.mode != "call" or first.method or first.params or guards.plan_only:
+            raise UsageError(
+                "--execute-plan runs exactly the stored call: give no METHOD, params or mode",
+                code="USAGE",
+            )
+        store = self._plans()
+        record.plan_id = guards.execute_plan
+        plan = store.load(guards.execute_plan or "")
+        record.method, record.params, record.api = plan.method, plan.params, plan.api
+        assessment = policy.assess([(plan.method, plan.params, None)])
+        record.risk = assessment.risk
+        policy.authorize(assessment, self._gates(guards), "execute")
+        store.check_fresh(plan, self._read)
+        store.claim(plan)
+        response = self._get_client().call(plan.method, plan.params, api=plan.api)
+        return Outcome("response", response=response, notes=[f"ran plan {plan.id} (now spent)"])
+
+    # --- idempotent writes ----------------------------------------------------------------------
+    def _write_once(
+        self, request: CallRequest, record: _Record, method: str, params: Any, send: Send
+    ) -> WriteOutcome:
+        """Run ``send`` under the request's key (given, or derived from the call itself)."""
+        settings = self._settings
+        given = request.guards.idempotency_key
+        key = validate_key(given) if given else auto_key(method, request.api, params)
+        record.idempotency_key = key
+        store = IdempotencyStore(
+            settings.idempotency_dir,
+            ttl_s=settings.idempotency_ttl_s,
+            auto_window_s=settings.auto_idempotency_window_s,
+        )
+        written = run_write(
+            store,
+            key=key,
+            auto=given is None,
+            method=method,
+            api=request.api,
+            params=params,
+            send=send,
+            read=self._read,
+            mask=self._redactor.mask_obj,
+            resolve=request.guards.idempotency_resolve,
+        )
+        if written.how == "replayed":
+            record.outcome = "replayed"
+        return written
+
+    def _call_once(self, request: CallRequest, record: _Record) -> Outcome:
+        call = request.calls[0]
+        sent: list[CallResult] = []
+
+        def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
+            sent.append(
+                self._get_client().call(
+                    call.method, params, api=request.api, idempotency_key=header_key
+                )
+            )
+            return sent[-1].body
+
+        written = self._write_once(request, record, call.method, dict(call.params), send)
+        response = sent[-1] if written.how == "sent" else _stored_response(written.body)
+        return Outcome("response", response=response, notes=[n for n in [written.note] if n])
+
+    def _batch_file_once(self, request: CallRequest, record: _Record) -> Outcome:
+        """A batch file is one unit for idempotency: its per-line outcomes are the response.
+
+        Sending is not streamed here, because the record must hold every line's outcome. If a
+        line's outcome is unknown, or the run stops after some lines were sent, the key becomes
+        outcome-unknown; the lines done so far are still printed.
+        """
+        calls = request.calls
+        done: list[CallOutcome] = []
+
+        def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
+            try:
+                done.extend(self._call_many(request))
+            except B24Error as exc:
+                if not done:
+                    raise
+                raise _Stopped(len(done), len(calls), exc) from exc
+            body = dump_outcomes(done)
+            if any(isinstance(o.error, OutcomeUnknownError) for o in done):
+                raise _Stopped(len(done), len(calls), None)
+            return body
+
+        params = _batch_file_params(calls)
+        try:
+            written = self._write_once(request, record, BATCH_FILE, params, send)
+        except _Stopped as stopped:
+            return Outcome("calls", stream=stopped.stream(done))
+        if written.how == "sent":
+            return Outcome("calls", stream=iter(done))
+        stored = [
+            CallOutcome(calls[i], result, error) for i, result, error in load_outcomes(written.body)
+        ]
+        return Outcome("calls", stream=iter(stored), notes=[n for n in [written.note] if n])
+
+    # --- audit -----------------------------------------------------------------------------------
+    def _audited(
+        self, stream: Iterator[Any], request: CallRequest, record: _Record
+    ) -> Iterator[Any]:
+        """``stream`` with the audit line written when it ends, fails or is abandoned."""
+        failed: BaseException | None = None
+        try:
+            for item in stream:
+                if isinstance(item, CallOutcome) and item.error is not None:
+                    record.outcome = "error"
+                yield item
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            self._audit(request, record, failed)
+
+    def _audit(
+        self, request: CallRequest, record: _Record, exc: BaseException | None = None
+    ) -> None:
+        """Append the request's line. A log that cannot be written is an error too, but never
+        hides the call's own error."""
+        if not request.guards.audit:
+            return
+        outcome, code, exit_code = record.outcome, None, 0
+        if isinstance(exc, B24Error):
+            outcome = "refused" if isinstance(exc, (PolicyError, ConflictError)) else "error"
+            code, exit_code = exc.code or type(exc).__name__, exc.exit_code
+        elif exc is not None:
+            # Interrupted, or our own bug: the CLI reports 130 / 7 for these.
+            outcome, code = "error", type(exc).__name__
+            exit_code = 130 if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) else 7
+        elif record.outcome == "error":
+            code, exit_code = "BATCH_FILE_ERRORS", 1
+        settings = self._settings
+        log = AuditLog(
+            Path(settings.audit_file),
+            redactor=self._redactor,
+            max_bytes=settings.audit_max_bytes,
+            params_mode=settings.audit_params,  # type: ignore[arg-type]
+        )
+        event = AuditEvent(
+            request_id=record.request_id,
+            portal=settings.portal_key,
+            method=record.method,
+            risk=record.risk,
+            outcome=outcome,  # type: ignore[arg-type]
+            duration_ms=(time.monotonic() - record.started) * 1000.0,
+            params=record.params,
+            api=record.api,
+            plan_id=record.plan_id,
+            idempotency_key=record.idempotency_key,
+            error=code,
+            exit_code=exit_code,
+        )
+        try:
+            log.write(event)
+        except OSError as failure:
+            reason = failure.strerror or type(failure).__name__
+            if exc is not None and isinstance(exc, B24Error):
+                exc.hint = f"{exc.hint} (the audit log {log.path} was not written: {reason})"
+                return
+            raise ConfigError(
+                f"cannot write the audit log {log.path}: {reason}; the call itself ended "
+                f"'{outcome}'",
+                code="AUDIT_UNWRITABLE",
+                hint="fix B24_AUDIT_FILE / --audit-file, or run with --no-audit",
+            ) from failure
+
+
+class _Stopped(Exception):
+    """A batch file whose run left some writes' outcome unknown (see _batch_file_once)."""
+
+    def __init__(self, sent: int, total: int, cause: B24Error | None) -> None:
+        super().__init__(f"batch file stopped after {sent} of {total} calls")
+        self.cause = cause
+        self.error = OutcomeUnknownError(
+            f"the batch file stopped after {sent} of {total} calls"
+            + (f": {cause.message}" if cause else " with calls of unknown outcome"),
+            code="BATCH_FILE_UNKNOWN",
+            hint="the calls printed ran or may have run; check the portal, then send only "
+            "what is missing (or repeat with --idempotency-resolve failed to send all again)",
+        )
+
+    def stream(self, done: list[CallOutcome]) -> Iterator[CallOutcome]:
+        yield from done
+        if self.cause is not None:
+            raise self.error
+
+
+def verify_audit(settings: Settings, path: str | None) -> dict[str, Any]:
+    """Check the audit log's hash chain (``path`` or settings.audit_file) and report on it.
+
+    Returns the JSON report the CLI prints; a broken chain raises AuditChainError (exit 1).
+    """
+    return check(Path(path) if path else Path(settings.audit_file)).to_json()

@@ -1,0 +1,253 @@
+"""Two-phase writes: ``--plan-only`` stores a call for review, ``--execute-plan ID`` runs it once.
+
+A plan is only worth its review if what runs later is exactly what was reviewed, on the portal it
+was reviewed for, soon after, at most once, and against the record as it was. So a plan file
+holds the call (method, api, params), its risk, the portal, the packs in force, a params digest
+and, for single-record updates and deletes, the record's fingerprint and a preview; it is signed
+with an HMAC key kept (0600) next to the plans, so an edited file is refused. Execution checks,
+in order: the id's shape, the signature, the portal, the TTL, that it was not run before, that
+the record is unchanged, and then claims it with an exclusive create so that of two racing
+executions exactly one runs. Every refusal is a ConflictError (exit 5) saying why.
+
+The id comes from ``secrets.token_urlsafe``: knowing one plan's id tells nothing about another's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConflictError, NotFoundError, UsageError
+from ..fingerprint import canonical_json, digest
+from ..state import CorruptStateError, create_exclusive, read_json
+from .diffing import Reader, fetch, preview, record_fingerprint, record_ref
+
+__all__ = ["Plan", "PlanStore"]
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_KEY_FILE = ".plan-signing-key.json"
+_KEY_SCHEMA = {
+    "type": "object",
+    "required": ["key"],
+    "properties": {"key": {"type": "string", "minLength": 64}},
+}
+_PLAN_SCHEMA = {"type": "object", "required": ["plan", "signature"]}
+#: Spent and expired plans are removed this long after they expire.
+_KEEP_AFTER_EXPIRY_S = 3600.0
+
+
+def _new_id() -> str:
+    """32 random URL-safe characters behind ``p-``: the prefix keeps an id that would start
+    with ``-`` from being read as a flag by ``--execute-plan ID``."""
+    return "p-" + secrets.token_urlsafe(24)
+
+
+@dataclass
+class Plan:
+    """One stored call. ``target`` addresses the record it changes (None for other calls)."""
+
+    id: str
+    portal: str
+    method: str
+    api: str
+    params: dict[str, Any]
+    risk: str
+    packs: list[str]
+    params_digest: str
+    created_at: float
+    expires_at: float
+    target: dict[str, Any] | None = None
+    record_fingerprint: str | None = None
+    preview: dict[str, Any] | None = None
+    unlisted: bool = False
+
+    def command(self, program: str) -> str:
+        """The exact command that runs this plan, with the flags its execution still needs."""
+        flags = [f"--execute-plan {self.id}"]
+        if self.risk == "destructive":
+            flags.append("--confirm-destructive")
+        if self.unlisted:
+            flags.append("--allow-unlisted")
+        return " ".join([program, *flags])
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--plan-only`` prints (the caller masks secrets)."""
+        shown = {k: v for k, v in asdict(self).items() if k != "target"}
+        for stamp in ("created_at", "expires_at"):
+            shown[stamp] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(shown[stamp]))
+        return shown
+
+
+def _fingerprint_of(plan: Plan, read: Reader) -> str:
+    ref = record_ref(plan.method, plan.params)
+    assert ref is not None
+    return record_fingerprint(fetch(ref, read))
+
+
+class PlanStore:
+    """Plans of one portal: one signed JSON file per plan plus a claim marker once it runs."""
+
+    def __init__(self, directory: Path, *, portal: str, ttl_s: float) -> None:
+        self.directory = directory
+        self.portal = portal
+        self.ttl_s = ttl_s
+
+    # --- signing -----------------------------------------------------------------------------
+    def _key(self) -> bytes:
+        """The HMAC key, made once per plan folder; racing first uses agree on one key."""
+        path = self.directory / _KEY_FILE
+        create_exclusive(path, {"key": secrets.token_hex(32)})
+        return bytes.fromhex(read_json(path, schema=_KEY_SCHEMA)["key"])
+
+    def _sign(self, body: Mapping[str, Any]) -> str:
+        return hmac.new(self._key(), canonical_json(body).encode("utf-8"), "sha256").hexdigest()
+
+    # --- paths -------------------------------------------------------------------------------
+    def _path(self, plan_id: str) -> Path:
+        return self.directory / f"{plan_id}.json"
+
+    def _claim_path(self, plan_id: str) -> Path:
+        return self.directory / f"{plan_id}.claimed"
+
+    # --- phase 1 -----------------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        method: str,
+        api: str,
+        params: Mapping[str, Any],
+        risk: str,
+        packs: list[str],
+        read: Reader,
+        mask: Callable[[Any], Any],
+        unlisted: bool = False,
+    ) -> Plan:
+        """Store a plan; for a single-record change, read the record (it must exist) first.
+
+        ``mask`` is the redactor: params holding a secret are refused (masking them would change
+        the call), and the stored preview is masked. ``unlisted``: the call is outside the packs
+        and allowlist, so running it will need ``--allow-unlisted`` again.
+        """
+        if mask(dict(params)) != dict(params):
+            raise UsageError(
+                "these params hold a secret (a configured credential, or a field such as "
+                "'password'); plan files never store secrets",
+                code="PLAN_WITH_SECRET",
+                hint="run the call directly with its confirmation flag instead of --plan-only",
+            )
+        now = time.time()
+        plan = Plan(
+            id=_new_id(),
+            portal=self.portal,
+            method=method,
+            api=api,
+            params=dict(params),
+            risk=risk,
+            packs=list(packs),
+            params_digest=digest(dict(params)),
+            created_at=now,
+            expires_at=now + self.ttl_s,
+            unlisted=unlisted,
+        )
+        ref = record_ref(method, params)
+        if ref is not None:
+            record = fetch(ref, read)
+            if record is None:
+                raise NotFoundError(
+                    f"{method}: the record {ref.get_params} does not exist ({ref.get_method})",
+                    code="NOT_FOUND",
+                    hint="check the id; list the entity to find valid ids",
+                )
+            plan.target = {ref.get_method: ref.get_params}
+            plan.record_fingerprint = record_fingerprint(record)
+            plan.preview = mask(preview(ref, record))
+        self.sweep(now)
+        body = asdict(plan)
+        create_exclusive(self._path(plan.id), {"plan": body, "signature": self._sign(body)})
+        return plan
+
+    # --- phase 2 -----------------------------------------------------------------------------
+    def load(self, plan_id: str) -> Plan:
+        """The plan, if it may still run: genuine, for this portal, unexpired and unspent."""
+        if not _ID.match(plan_id or ""):
+            raise UsageError(
+                f"--execute-plan: {plan_id!r} is not a plan id",
+                hint="pass the id --plan-only printed",
+            )
+        path = self._path(plan_id)
+        try:
+            stored = read_json(path, schema=_PLAN_SCHEMA)
+        except CorruptStateError as exc:
+            raise _refuse(plan_id, "its file is damaged", "PLAN_TAMPERED", exc.reason) from None
+        if stored is None:
+            raise _refuse(
+                plan_id, "no such plan here (never made, or removed after expiry)", "PLAN_NOT_FOUND"
+            )
+        body = stored["plan"]
+        if not hmac.compare_digest(str(stored["signature"]), self._sign(body)):
+            raise _refuse(
+                plan_id,
+                "its file was changed after it was made (signature mismatch)",
+                "PLAN_TAMPERED",
+            )
+        plan = Plan(**body)
+        if plan.portal != self.portal:
+            raise _refuse(
+                plan_id, f"it was made for another portal ({plan.portal})", "PLAN_OTHER_PORTAL"
+            )
+        if time.time() > plan.expires_at:
+            raise _refuse(plan_id, "it expired (B24_PLAN_TTL_SEC)", "PLAN_EXPIRED")
+        if self._claim_path(plan_id).exists():
+            raise _refuse(plan_id, "it was already executed; a plan runs once", "PLAN_SPENT")
+        return plan
+
+    def check_fresh(self, plan: Plan, read: Reader) -> None:
+        """Refuse when the record the plan reviewed changed (or vanished) since."""
+        if plan.record_fingerprint is None:
+            return
+        if _fingerprint_of(plan, read) != plan.record_fingerprint:
+            raise _refuse(
+                plan.id,
+                f"the record it changes ({plan.target}) was modified or deleted since the plan "
+                "was made",
+                "PLAN_STALE",
+            )
+
+    def claim(self, plan: Plan) -> None:
+        """Take the plan's one run; of racing executions exactly one gets past here."""
+        marker = {"claimed_at": time.time(), "pid": os.getpid()}
+        if not create_exclusive(self._claim_path(plan.id), marker):
+            raise _refuse(plan.id, "it was already executed; a plan runs once", "PLAN_SPENT")
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove plans (and claim markers) that expired over an hour ago; returns how many."""
+        cutoff = (now or time.time()) - self.ttl_s - _KEEP_AFTER_EXPIRY_S
+        removed = 0
+        if not self.directory.is_dir():
+            return removed
+        for path in self.directory.iterdir():
+            if path.suffix not in (".json", ".claimed") or path.name == _KEY_FILE:
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _refuse(plan_id: str, why: str, code: str, detail: str = "") -> ConflictError:
+    extra = f" ({detail})" if detail else ""
+    return ConflictError(
+        f"plan {plan_id} refused: {why}{extra}",
+        code=code,
+        hint="make a new plan with --plan-only and review it again",
+    )

@@ -1,0 +1,237 @@
+"""One HTTP exchange with the portal: build the address, send JSON, turn the answer into a
+success envelope or the right B24Error. No retries here (retrying.py decides those).
+
+Every failure is classified by what it proves about the call: refused before sending
+(connection refused, DNS, connect timeout) means the portal never saw it; a timeout, a dropped
+connection or an unreadable answer after sending means it may have run. Answers are read by
+their ``error`` string first, whatever the status (a 200 can carry an error). Malformed answers
+(HTML, truncated or wrong-shaped JSON, empty body) become errors that describe the answer's type
+and size, never its text: an HTML error page may echo the request URL and with it the webhook
+code. Messages never include the URL either, for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
+
+from .. import __version__
+from ..errors import (
+    B24Error,
+    ConfigError,
+    UsageError,
+    error_from_v3,
+    not_sent,
+    server_fault,
+)
+from ..settings import Settings
+from .auth import Credential
+
+__all__ = ["Envelope", "Transport", "new_session"]
+
+USER_AGENT = f"bitrix24-agent/{__version__}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A success answer: the parsed body and what the headers said."""
+
+    body: dict[str, Any]
+    http_status: int
+    replayed: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def time(self) -> dict[str, Any]:
+        timing = self.body.get("time")
+        return timing if isinstance(timing, dict) else {}
+
+
+def new_session(pool_size: int = 10) -> requests.Session:
+    """A keep-alive session. urllib3 must never resend on its own (Retry 0): only the retry
+    policy knows whether a call may be repeated."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+    return session
+
+
+class Transport:
+    """Sends one request per ``send`` call over a shared keep-alive session."""
+
+    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+        self.session = session or new_session()
+        self._base = settings.base_url.rstrip("/")
+        self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._count_lock = threading.Lock()
+        self.requests_sent = 0
+
+    def url(self, method: str, credential: Credential, api: str) -> str:
+        section = "rest/api/" if api == "v3" else "rest/"
+        return f"{self._base}/{section}{credential.path_prefix}{method}"
+
+    def send(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        credential: Credential,
+        *,
+        api: str = "v2",
+        write: bool,
+        idempotency_key: str | None = None,
+    ) -> Envelope:
+        """POST ``params`` as JSON to ``method``; return the success envelope or raise."""
+        headers = {"Content-Type": "application/json", **credential.headers}
+        if idempotency_key is not None and api == "v3":
+            headers["Idempotency-Key"] = idempotency_key
+        try:
+            data = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"{method}: params cannot be sent as JSON ({type(exc).__name__})",
+                code="INVALID_PARAMS",
+            ) from None
+        reply = self._exchange(method, data, headers, credential, api=api, write=write)
+        return decode(reply, method=method, api=api, write=write)
+
+    def _exchange(
+        self,
+        method: str,
+        data: bytes,
+        headers: dict[str, str],
+        credential: Credential,
+        *,
+        api: str,
+        write: bool,
+    ) -> requests.Response:
+        try:
+            reply = self.session.post(
+                self.url(method, credential, api),
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            if _reached_wire(exc):
+                self._count()
+            raise network_error(exc, method=method, write=write) from None
+        self._count()
+        return reply
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.requests_sent += 1
+
+
+def network_error(exc: requests.RequestException, *, method: str, write: bool) -> B24Error:
+    """Classify a requests failure by whether the request can have reached the portal."""
+    name = type(exc).__name__
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+        return ConfigError(
+            f"{method}: the portal address is not a valid URL", code="CONFIG_INVALID"
+        )
+    if not _reached_wire(exc) and not isinstance(exc, requests.exceptions.SSLError):
+        return not_sent(
+            "CONNECTION_FAILED",
+            f"{method}: could not connect to the portal ({name}); the call was not sent",
+            hint="check the network and B24_DOMAIN; safe to retry",
+        )
+    if isinstance(exc, requests.exceptions.SSLError):
+        return not_sent(
+            "TLS_FAILED",
+            f"{method}: the TLS handshake with the portal failed; the call was not sent",
+            hint="check the portal's certificate and the system CA store",
+        )
+    what = (
+        "timed out waiting for the answer"
+        if isinstance(exc, requests.Timeout)
+        else "lost the connection"
+    )
+    return server_fault(
+        "NETWORK_ERROR",
+        f"{method}: {what} after sending ({name})",
+        None,
+        write=write,
+        hint="the portal may be slow or overloaded",
+    )
+
+
+def _reached_wire(exc: requests.RequestException) -> bool:
+    """False when the request provably never left: no TCP connection, or the TLS handshake
+    failed (the HTTP request is written only after it)."""
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+        return not isinstance(reason, NewConnectionError)
+    return not isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema))
+
+
+def _describe(reply: requests.Response) -> str:
+    kind = (reply.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    return f"HTTP {reply.status_code}, {kind}, {len(reply.content)} bytes"
+
+
+def _malformed(reply: requests.Response, what: str, *, method: str, write: bool) -> B24Error:
+    return server_fault(
+        "MALFORMED_RESPONSE",
+        f"{method}: the portal's answer is {what} ({_describe(reply)})",
+        reply.status_code,
+        write=write,
+        hint="a proxy or the portal failed mid-answer; check B24_DOMAIN if it persists",
+    )
+
+
+def decode(reply: requests.Response, *, method: str, api: str, write: bool) -> Envelope:
+    """Turn an HTTP answer into an Envelope, or raise the B24Error it means."""
+    if reply.is_redirect:
+        # The portal answered with a redirect instead of running anything: a moved portal or
+        # http->https. The Location is not shown, since it may repeat the webhook path.
+        raise ConfigError(
+            f"{method}: the portal address redirects (HTTP {reply.status_code}); nothing was run",
+            code="PORTAL_REDIRECT",
+            hint="set B24_DOMAIN / B24_WEBHOOK_URL to the portal's current https address",
+            http_status=reply.status_code,
+        )
+    if not reply.content.strip():
+        raise _malformed(reply, "empty", method=method, write=write)
+    try:
+        body = json.loads(reply.content)
+    except (ValueError, UnicodeDecodeError):
+        text = reply.content.lstrip()[:1]
+        what = "an HTML page" if text == b"<" else "not valid JSON (truncated?)"
+        raise _malformed(reply, what, method=method, write=write) from None
+    if not isinstance(body, dict):
+        raise _malformed(
+            reply, f"JSON {type(body).__name__}, not an object", method=method, write=write
+        )
+    if "error" in body and body["error"] is not None:
+        raise _error(body, reply, write=write)
+    if "result" not in body:
+        raise _malformed(reply, "JSON without result or error", method=method, write=write)
+    if reply.status_code >= 400:
+        raise _malformed(reply, "a result with an error status", method=method, write=write)
+    for key in ("total", "next"):
+        if key in body and not isinstance(body[key], int):
+            raise _malformed(reply, f"JSON with a non-integer {key}", method=method, write=write)
+    replayed = reply.headers.get("Idempotent-Replayed", "").strip().lower() == "true"
+    return Envelope(body, reply.status_code, replayed and api == "v3", dict(reply.headers))
+
+
+def _error(body: dict[str, Any], reply: requests.Response, *, write: bool) -> B24Error:
+    error = error_from_v3(body, reply.status_code, write=write)
+    timing = body.get("time") if isinstance(body.get("time"), dict) else {}
+    reset_at = body.get("operating_reset_at") or timing.get("operating_reset_at")
+    if isinstance(reset_at, (int, float)):
+        error.details.setdefault("operating_reset_at", int(reset_at))
+    return error
