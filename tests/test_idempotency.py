@@ -20,8 +20,9 @@ from b24agent.errors import (
     RateLimitError,
     ValidationError,
 )
-from b24agent.guard.idempotency import IdempotencyStore, auto_key, request_fingerprint, validate_key
+from b24agent.guard.idempotency import IdempotencyStore, auto_key, request_fingerprint
 from b24agent.guard.safewrite import run_write
+from b24agent.rest.idempotency_key import validate_idempotency_key
 from race_support import race
 
 FP = request_fingerprint("crm.lead.add", "v2", {"fields": {"TITLE": "a"}})
@@ -82,10 +83,10 @@ def _run(store, send, *, key="k-1", method="crm.lead.add", params=None, read=Non
 
 
 def test_key_shape_is_checked() -> None:
-    assert validate_key("form-123") == "form-123"
+    assert validate_idempotency_key("form-123") == "form-123"
     for bad in ("", "x" * 256, "tab\tkey", "ключ"):
         with pytest.raises(ValidationError):
-            validate_key(bad)
+            validate_idempotency_key(bad)
 
 
 def test_fingerprint_ignores_key_order_and_method_case() -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from b24agent.errors import ConflictError, NotFoundError, UsageError
+from b24agent.errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from b24agent.guard.diffing import changes, preview, record_ref
 from b24agent.guard.plans import PlanStore
 from b24agent.redact import Redactor
@@ -143,10 +143,13 @@ def test_edited_plan_is_refused(tmp_path: Path) -> None:
 def test_garbled_plan_file_is_refused(tmp_path: Path) -> None:
     store = _store(tmp_path)
     plan = _plan(store)
-    (tmp_path / "plans" / f"{plan.id}.json").write_text("{garbage")
-    with pytest.raises(ConflictError) as err:
+    (tmp_path / "plans" / f"{plan.id}.json").write_text('{"garbage": "sk-secret-value')
+    with pytest.raises(CorruptStateError) as err:
         store.load(plan.id)
-    assert err.value.code == "PLAN_TAMPERED"
+    # Corrupt state is one error whoever finds it: STATE_CORRUPT, exit 4, the path named and
+    # the content never quoted.
+    assert err.value.code == "STATE_CORRUPT" and err.value.exit_code == 4
+    assert plan.id in err.value.message and "sk-secret-value" not in str(err.value.to_json())
 
 
 def test_plan_runs_once(tmp_path: Path) -> None:

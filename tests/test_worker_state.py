@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from b24agent.state import CorruptStateError
+from b24agent.state import CorruptStateError, JsonlWriter, read_jsonl
 from b24agent.worker.checkpoint import Checkpoint
-from b24agent.worker.jsonl import JsonlWriter, read_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

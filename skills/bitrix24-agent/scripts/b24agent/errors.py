@@ -9,6 +9,7 @@
     │   └── ValidationError               a parameter fails its schema (names the field)
     ├── PolicyError ............... 3  blocked by our own guards (says which flag allows it)
     ├── ConfigError ............... 4  a setting is missing or malformed (names the variable)
+    │   └── CorruptStateError             STATE_CORRUPT: a state file moved aside (path only)
     ├── AuthError ................. 4  credentials the portal rejects and a refresh cannot fix
     │   └── TokenExpiredError             expired_token: refreshed once, then the call repeated
     ├── ConflictError ............. 5  idempotency key in use or reused; stale or spent plan
@@ -38,6 +39,7 @@ __all__ = [
     "B24Error",
     "ConfigError",
     "ConflictError",
+    "CorruptStateError",
     "Interrupted",
     "MethodNotFoundError",
     "NotFoundError",
@@ -127,6 +129,38 @@ class PolicyError(B24Error):
 
 class ConfigError(B24Error):
     exit_code = 4
+
+
+class CorruptStateError(ConfigError):
+    """A state file exists but cannot be trusted; it has been moved aside to ``moved_to``.
+
+    The one way corrupt state is reported, whoever finds it (token store, limiter, plans,
+    idempotency records, audit head, worker checkpoint): code ``STATE_CORRUPT``, exit 4, and a
+    message that names the path and never quotes the content, because a damaged token store or
+    plan may hold secrets. ``reason`` (which may quote the content) stays on the object for
+    callers that only need to know *that* it broke, and is never printed; ``at`` (a line
+    number, never content) may say where.
+    """
+
+    def __init__(
+        self, path: Any, moved_to: Any, reason: str, *, at: str = "", hint: str = ""
+    ) -> None:
+        self.path = path
+        self.moved_to = moved_to
+        self.reason = reason
+        self.at = at
+        where = f" at {at}" if at else ""
+        moved = f"; moved aside to {moved_to}" if moved_to else ""
+        super().__init__(
+            f"state file {path} is corrupt{where}{moved}",
+            code="STATE_CORRUPT",
+            hint=hint
+            or "restore the file from the moved copy, or leave it moved to start that state afresh",
+        )
+
+    def with_hint(self, hint: str) -> CorruptStateError:
+        """The same error with the hint of the state it belongs to (what starting afresh means)."""
+        return CorruptStateError(self.path, self.moved_to, self.reason, at=self.at, hint=hint)
 
 
 class AuthError(B24Error):

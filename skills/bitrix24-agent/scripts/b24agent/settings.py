@@ -228,7 +228,8 @@ class _Env:
 # --- addresses ------------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP: where plain http (and a listening socket) is allowed."""
     if host == "localhost":
         return True
     try:
@@ -253,7 +254,7 @@ def _origin(env: _Env, name: str, text: str, *, allow_path: Callable[[str], bool
         raise env.fail(name, "an address without path, query or fragment")
     if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", parts.netloc.rsplit("@", 1)[-1]):
         raise env.fail(name, "a host name of letters, digits, dots and dashes")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise ConfigError(
             f"{name} uses plain http for a non-loopback host",
             code="CONFIG_INSECURE",

@@ -17,36 +17,32 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jsonschema
 from filelock import FileLock
 from jsonschema.validators import validator_for
 
+from .errors import CorruptStateError
+
 __all__ = [
-    "CorruptStateError",
+    "JsonlWriter",
     "StateBox",
+    "complete_length",
     "create_exclusive",
     "file_lock",
     "fsync_dir",
+    "last_line",
     "locked_json",
     "move_aside",
     "read_json",
+    "read_jsonl",
     "write_json_atomic",
 ]
 
 LOCK_TIMEOUT_S = 60.0
-
-
-class CorruptStateError(ValueError):
-    """A state file exists but cannot be trusted; it has been moved aside to ``moved_to``."""
-
-    def __init__(self, path: Path, moved_to: Path | None, reason: str) -> None:
-        self.path = path
-        self.moved_to = moved_to
-        self.reason = reason
-        where = f"; moved aside to {moved_to}" if moved_to else ""
-        super().__init__(f"state file {path} is corrupt ({reason}){where}")
+#: How much of a JSON Lines file's end is read at a time when looking for its last line.
+_TAIL_CHUNK = 64 * 1024
 
 
 def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
@@ -180,3 +176,123 @@ def locked_json(
         yield box
         if not box.discard and json.dumps(box.data, sort_keys=True) != before:
             write_json_atomic(path, box.data, mode=mode)
+
+
+# JSON Lines: append-only logs (audit log, worker journal, DLQ, sink).
+
+
+class JsonlWriter:
+    """An append-only JSONL file kept open; ``append`` returns once the line is on disk."""
+
+    def __init__(self, path: Path, *, mode: int = 0o600) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        if created:
+            fsync_dir(path.parent)
+        _drop_torn_tail(path, self._fd)
+
+    def append(self, record: Any, *, sync: bool = True) -> None:
+        """Write ``record`` as one line; with ``sync`` (default) fsync before returning.
+
+        Without ``sync`` the line survives the process being killed (it is in the page cache)
+        but not a power cut until ``sync()``; callers use that only for records whose loss can
+        cause a repeat, never a loss.
+        """
+        self.append_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")), sync=sync)
+
+    def append_text(self, line: str, *, sync: bool = True) -> None:
+        """Write one already-encoded JSON line (the audit chain hashes its exact bytes)."""
+        os.write(self._fd, (line + "\n").encode("utf-8"))
+        if sync:
+            os.fsync(self._fd)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def truncate(self) -> None:
+        """Empty the file (its records were folded into a snapshot that is already on disk)."""
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop_torn_tail(path: Path, fd: int) -> None:
+    """Cut a partial last line left by a crash, so the next record starts on a line of its own
+    (that partial record was never acknowledged to anyone, so nothing is lost)."""
+    with path.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        complete = complete_length(handle)
+    if complete < end:
+        os.ftruncate(fd, complete)
+        os.fsync(fd)
+
+
+def complete_length(handle: BinaryIO) -> int:
+    """How many bytes of an append-only file are whole lines: where a torn last line (a crash
+    in the middle of an append) begins. Reads only the tail: a log may hold millions of lines."""
+    end = handle.seek(0, os.SEEK_END)
+    position = end
+    while position > 0:
+        step = min(_TAIL_CHUNK, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        if position + step == end and chunk.endswith(b"\n"):
+            return end
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            return position + cut + 1
+    return 0
+
+
+def last_line(path: Path) -> bytes | None:
+    """The last whole line of ``path`` (without its newline), skipping a torn tail; None when
+    the file holds no whole line. The one tail reader: the audit chain and the worker use it."""
+    with path.open("rb") as handle:
+        end = complete_length(handle)
+        position, tail = end - 1, b""  # tail: the bytes read so far, before the final newline
+        while position > 0:
+            step = min(_TAIL_CHUNK, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+            cut = tail.rfind(b"\n")
+            if cut >= 0:
+                return tail[cut + 1 :]
+        return tail if end > 0 else None
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of ``path`` (none when absent). A torn last line is skipped; any other line
+    that is not a JSON object raises CorruptStateError naming the file and line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    lines = raw.split(b"\n")
+    complete = raw.endswith(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last = number == len(lines)
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if last and not complete:
+                return  # the crash tail: written but never fsynced as a whole line
+            raise CorruptStateError(path, None, f"not JSON: {exc}", at=f"line {number}") from None
+        if not isinstance(record, dict):
+            raise CorruptStateError(path, None, "not a JSON object", at=f"line {number}")
+        yield record

@@ -375,6 +375,7 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
         idempotency_resolve=args.idempotency_resolve,
         audit=not args.no_audit,
     )
+    _check_guard_flags(args)
     api = "v3" if args.rest_v3 else "v2"
     exporting = args.all or args.limit is not None
     if args.batch_file is not None:
@@ -412,6 +413,30 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
     call = Call(args.method or "", read_params(args.params, stdin=stdin))
     mode = "export" if exporting else "call"
     return CallRequest(mode, (call,), api=api, limit=args.limit, guards=guards)
+
+
+def _check_guard_flags(args: argparse.Namespace) -> None:
+    """Guard flags that contradict each other are usage errors (exit 2), found before anything
+    is read or sent. They live here, not in the guard: only the CLI speaks in flags."""
+    from ..errors import UsageError
+
+    if args.idempotency_key is not None and args.no_idempotency:
+        raise UsageError(
+            "--idempotency-key and --no-idempotency contradict each other", code="USAGE"
+        )
+    if args.idempotency_resolve and args.no_idempotency:
+        raise UsageError("--idempotency-resolve needs idempotency on", code="USAGE")
+    if args.plan_only and (args.batch_file is not None or args.all or args.limit is not None):
+        raise UsageError(
+            "--plan-only plans one call; it cannot be combined with --batch-file or --all",
+            code="USAGE",
+            hint="plan the calls one by one, or review the batch file and run it confirmed",
+        )
+    if args.plan_only and (args.idempotency_key or args.idempotency_resolve):
+        raise UsageError(
+            "--plan-only takes no idempotency flags: a plan runs at most once by itself",
+            code="USAGE",
+        )
 
 
 def _batch_clashes(args: argparse.Namespace) -> list[tuple[str, bool]]:

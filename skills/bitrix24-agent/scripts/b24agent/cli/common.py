@@ -4,7 +4,6 @@ mapping, so ``b24`` and ``b24-offline-worker`` keep one contract (one JSON line,
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NoReturn
 
@@ -48,8 +47,6 @@ def as_b24_error(exc: BaseException) -> B24Error:
     """Map anything that ends a run to the error taxonomy, so it prints as one JSON line."""
     from .. import errors
 
-    # state.py pulls in jsonschema; if it was never imported, exc cannot be one of its errors.
-    state = sys.modules.get("b24agent.state")
     if isinstance(exc, errors.B24Error):
         return exc
     if isinstance(exc, BrokenPipeError):
@@ -63,14 +60,6 @@ def as_b24_error(exc: BaseException) -> B24Error:
             "interrupted",
             code="INTERRUPTED",
             hint="if a write was in flight it may or may not have run; check before repeating it",
-        )
-    if state is not None and isinstance(exc, state.CorruptStateError):
-        # Only the paths: the parse reason may quote the file's content, tokens included.
-        moved = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
-        return errors.ConfigError(
-            f"state file {exc.path} is corrupt{moved}",
-            code="STATE_CORRUPT",
-            hint="restore the file or delete it to start that state afresh",
         )
     # A bug of ours: if it struck while a write was in flight, the write may have run, so
     # the fail-safe answer is "outcome unknown" (harmless for reads, honest for writes).

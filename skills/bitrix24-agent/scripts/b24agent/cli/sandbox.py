@@ -11,7 +11,6 @@ Exit codes: 0 stopped cleanly · 2 usage (bad flag, non-loopback host without --
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import signal
 import sqlite3
@@ -24,6 +23,7 @@ from ..sandbox import methods  # noqa: F401  (importing registers every method h
 from ..sandbox.config import PLAN_LIMITS, Credentials, SandboxConfig
 from ..sandbox.portal import Portal
 from ..sandbox.server import SandboxServer
+from ..settings import is_loopback_host
 
 #: What ``--seed-demo`` puts in the store (Store.seed kinds).
 DEMO_COUNTS = {"crm.lead": 12, "crm.deal": 6, "crm.contact": 8, "crm.company": 4, "tasks.task": 5}
@@ -66,15 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def startup_line(portal: Portal) -> dict[str, Any]:
     """The one JSON line printed at start."""
     creds, url = portal.credentials, portal.base_url
@@ -102,7 +93,7 @@ def _fail(code: int, message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not _is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback_host(args.host) and not args.allow_remote:
         return _fail(2, f"refusing to listen on non-loopback host {args.host}; --allow-remote")
     if args.latency_ms < 0 or not 0 <= args.port <= 65535:
         return _fail(2, "--latency-ms must be >= 0 and --port in 0..65535")

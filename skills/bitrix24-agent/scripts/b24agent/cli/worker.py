@@ -269,8 +269,7 @@ def _worker_error(exc: Exception) -> Exception:
     """Failures in the worker's own terms: corrupt or unwritable state is ConfigError (exit 4),
     and a lost answer is TransientError (exit 6, not 7): the checkpoint and adoption recover
     whatever it may have reserved, so running the worker again is always safe."""
-    from ..errors import ConfigError, OutcomeUnknownError, TransientError
-    from ..state import CorruptStateError
+    from ..errors import ConfigError, CorruptStateError, OutcomeUnknownError, TransientError
 
     if isinstance(exc, OutcomeUnknownError):
         return TransientError(
@@ -281,11 +280,9 @@ def _worker_error(exc: Exception) -> Exception:
         )
 
     if isinstance(exc, CorruptStateError):
-        return ConfigError(
-            str(exc),
-            code="STATE_CORRUPT",
-            hint="start the worker again: it adopts the reservations it held back from the "
-            "portal (events it had already handled may be delivered once more)",
+        return exc.with_hint(
+            "start the worker again: it adopts the reservations it held back from the "
+            "portal (events it had already handled may be delivered once more)"
         )
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""

@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..errors import CorruptStateError
 from ..fingerprint import canonical_json, digest
-from ..state import CorruptStateError, file_lock, write_json_atomic
+from ..state import JsonlWriter, file_lock, last_line, write_json_atomic
 from .auditchain import GENESIS_HASH, chain_files, head_path, read_head, rotation_path, seal
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ __all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "param_keys
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 Outcome = Literal["ok", "error", "refused", "replayed", "planned"]
-_TAIL_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,12 @@ def _now_iso() -> str:
 
 
 def _last_line_hash(path: Path) -> str | None:
-    """``hash`` of the last line of ``path``, reading only its tail."""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        end = handle.tell()
-        handle.seek(max(0, end - _TAIL_CHUNK))
-        tail = handle.read().rstrip(b"\n")
-    if not tail:
+    """``hash`` of the last whole line of ``path`` (a torn tail from a crash is skipped)."""
+    line = last_line(path)
+    if not line:
         return None
     try:
-        return json.loads(tail.rsplit(b"\n", 1)[-1])["hash"]
+        return json.loads(line)["hash"]
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -122,14 +118,10 @@ class AuditLog:
         entry = self.entry(event)
         with file_lock(self.path):
             line = seal(entry, self._last_hash())
-            data = (canonical_json(line) + "\n").encode("utf-8")
-            self._rotate_if_needed(len(data))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            text = canonical_json(line)
+            self._rotate_if_needed(len(text.encode("utf-8")) + 1)
+            with JsonlWriter(self.path) as log:
+                log.append_text(text)
             write_json_atomic(head_path(self.path), {"hash": line["hash"]})
         return line
 

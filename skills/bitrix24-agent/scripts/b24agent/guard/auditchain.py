@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import B24Error, UsageError
+from ..errors import B24Error, CorruptStateError, UsageError
 from ..fingerprint import digest
-from ..state import CorruptStateError, read_json
+from ..state import read_json
 
 __all__ = [
     "GENESIS_HASH",
@@ -175,7 +175,8 @@ def verify(log: Path) -> VerifyReport:
     try:
         head = read_head(log)
     except CorruptStateError as exc:
-        report.broken = BrokenLine(str(exc.path), 0, f"head file unreadable: {exc.reason}")
+        moved = f", moved aside to {exc.moved_to}" if exc.moved_to else ""
+        report.broken = BrokenLine(str(exc.path), 0, f"the head file is corrupt{moved}")
         return report
     report.anchored = head is not None
     if head is not None and head != expected:

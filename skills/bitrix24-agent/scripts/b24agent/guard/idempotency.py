@@ -35,9 +35,9 @@ from typing import Any, Literal
 from filelock import FileLock
 
 from .. import catalog
-from ..errors import ConflictError, OutcomeUnknownError, ValidationError
+from ..errors import ConflictError, CorruptStateError, OutcomeUnknownError
 from ..fingerprint import digest
-from ..state import CorruptStateError, create_exclusive, file_lock, read_json, write_json_atomic
+from ..state import create_exclusive, file_lock, read_json, write_json_atomic
 
 __all__ = [
     "IdempotencyStore",
@@ -45,11 +45,9 @@ __all__ = [
     "auto_key",
     "request_fingerprint",
     "since",
-    "validate_key",
 ]
 
 State = Literal["in_progress", "done", "outcome_unknown"]
-_MAX_KEY = 255
 _RECORD_SCHEMA = {
     "type": "object",
     "required": ["key", "fingerprint", "state", "expires_at", "attempt", "external_id"],
@@ -58,17 +56,6 @@ _RECORD_SCHEMA = {
         "expires_at": {"type": "number"},
     },
 }
-
-
-def validate_key(key: str) -> str:
-    """An Idempotency-Key is 1 to 255 printable ASCII characters (rest-v3.md)."""
-    if not 1 <= len(key) <= _MAX_KEY or not all(" " <= ch <= "~" for ch in key):
-        raise ValidationError(
-            "--idempotency-key must be 1 to 255 printable ASCII characters",
-            code="INVALID_IDEMPOTENCY_KEY",
-            hint="use e.g. a UUID or 'form-<submission id>'",
-        )
-    return key
 
 
 def request_fingerprint(method: str, api: str, params: Any) -> str:

@@ -38,12 +38,13 @@ from ..errors import (
     UsageError,
 )
 from ..redact import Redactor
+from ..rest.idempotency_key import validate_idempotency_key
 from ..rest.results import CallResult
 from . import policy
 from .audit import AuditEvent, AuditLog
 from .auditchain import check
 from .batchrecord import dump_outcomes, load_outcomes
-from .idempotency import IdempotencyStore, auto_key, validate_key
+from .idempotency import IdempotencyStore, auto_key
 from .plans import PlanStore
 from .safewrite import Send, WriteOutcome, run_write
 
@@ -176,28 +177,6 @@ def _stored_response(body: Mapping[str, Any]) -> CallResult:
     )
 
 
-def _check_flags(request: CallRequest) -> None:
-    """Flag combinations that cannot mean anything sensible are usage errors (exit 2)."""
-    g = request.guards
-    if g.idempotency_key is not None and not g.idempotency:
-        raise UsageError(
-            "--idempotency-key and --no-idempotency contradict each other", code="USAGE"
-        )
-    if g.idempotency_resolve and not g.idempotency:
-        raise UsageError("--idempotency-resolve needs idempotency on", code="USAGE")
-    if g.plan_only and request.mode != "call":
-        raise UsageError(
-            "--plan-only plans one call; it cannot be combined with --batch-file or --all",
-            code="USAGE",
-            hint="plan the calls one by one, or review the batch file and run it confirmed",
-        )
-    if g.plan_only and (g.idempotency_key or g.idempotency_resolve):
-        raise UsageError(
-            "--plan-only takes no idempotency flags: a plan runs at most once by itself",
-            code="USAGE",
-        )
-
-
 class Pipeline:
     """Runs requests for one portal; owns the client, so use it as a context manager."""
 
@@ -270,7 +249,6 @@ class Pipeline:
         guards = request.guards
         if guards.execute_plan:
             return self._execute_plan(request, record)
-        _check_flags(request)
         assessment = policy.assess(
             (c.method, c.params, c.label if c.line else None) for c in request.calls
         )
@@ -332,7 +310,7 @@ class Pipeline:
         first = request.calls[0]
         if request.mode != "call" or first.method or first.params or guards.plan_only:
             raise UsageError(
-                "--execute-plan runs exactly the stored call: give no METHOD, params or mode",
+                "a plan runs exactly the stored call: the request gives no method, params or mode",
                 code="USAGE",
             )
         store = self._plans()
@@ -354,7 +332,7 @@ class Pipeline:
         """Run ``send`` under the request's key (given, or derived from the call itself)."""
         settings = self._settings
         given = request.guards.idempotency_key
-        key = validate_key(given) if given else auto_key(method, request.api, params)
+        key = validate_idempotency_key(given) if given else auto_key(method, request.api, params)
         record.idempotency_key = key
         store = IdempotencyStore(
             settings.idempotency_dir,

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConflictError, NotFoundError, UsageError
+from ..errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from ..fingerprint import canonical_json, digest
-from ..state import CorruptStateError, create_exclusive, read_json
+from ..state import create_exclusive, read_json
 from .diffing import Reader, fetch, preview, record_fingerprint, record_ref
 
 __all__ = ["Plan", "PlanStore"]
@@ -185,7 +185,7 @@ class PlanStore:
         try:
             stored = read_json(path, schema=_PLAN_SCHEMA)
         except CorruptStateError as exc:
-            raise _refuse(plan_id, "its file is damaged", "PLAN_TAMPERED", exc.reason) from None
+            raise exc.with_hint("make a new plan and review it again") from None
         if stored is None:
             raise _refuse(
                 plan_id, "no such plan here (never made, or removed after expiry)", "PLAN_NOT_FOUND"

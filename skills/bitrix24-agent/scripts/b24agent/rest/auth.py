@@ -30,7 +30,7 @@ import requests
 from filelock import Timeout as LockTimeout
 
 from .. import state
-from ..errors import AuthError, ConfigError, TransientError, error_from_portal
+from ..errors import AuthError, ConfigError, CorruptStateError, TransientError, error_from_portal
 from ..settings import Settings
 from .schemas import load_schema
 
@@ -296,14 +296,10 @@ class _StoreGuard:
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         self._lock.release()
-        if isinstance(exc, state.CorruptStateError):
-            # The reason may quote token values, so only the path and where it went are shown.
-            moved = f"; moved aside to {exc.moved_to}" if exc.moved_to else ""
-            raise ConfigError(
-                f"the token store {self._path} is corrupt{moved}",
-                code="CONFIG_INVALID",
-                hint="set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN again (the newest tokens may "
-                "be recoverable from the moved file)",
+        if isinstance(exc, CorruptStateError):
+            raise exc.with_hint(
+                "set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN again (the newest tokens may be "
+                "recoverable from the moved file)"
             ) from None
         if isinstance(exc, LockTimeout):
             raise TransientError(

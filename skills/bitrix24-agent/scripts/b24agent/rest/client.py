@@ -27,7 +27,6 @@ from ..errors import (
     PolicyError,
     RateLimitError,
     UsageError,
-    ValidationError,
 )
 from ..redact import Redactor
 from ..settings import Settings
@@ -43,6 +42,7 @@ from .batching import (
     parse_batch,
     plan_batch,
 )
+from .idempotency_key import validate_idempotency_key
 from .inflight import InFlight
 from .limiter import make_limiter
 from .results import BatchResult, CallResult, ItemOutcome
@@ -59,15 +59,6 @@ _SYSTEMIC = (AuthError, ConfigError, UsageError, PolicyError)
 def default_is_write(method: str) -> bool:
     """Fail closed: anything the catalog does not know to be a read is a write."""
     return risk_of(method) != "read"
-
-
-def _check_idempotency_key(key: str) -> None:
-    if not (1 <= len(key) <= 255 and all(" " <= ch <= "~" for ch in key)):
-        raise ValidationError(
-            "an idempotency key is 1 to 255 printable ASCII characters",
-            code="INVALID_IDEMPOTENCY_KEY",
-            details={"field": "idempotency_key"},
-        )
 
 
 _Chunk = list[tuple[int, tuple[str, Mapping[str, Any]]]]
@@ -163,7 +154,7 @@ class Bitrix24Client:
             params = dict(params or {})
             validate_params(method, params, api=api)
             if idempotency_key is not None:
-                _check_idempotency_key(idempotency_key)
+                validate_idempotency_key(idempotency_key)
             if write is None:
                 write = self.is_write(method, params)
             envelope = self._send(method, params, api, write, idempotency_key)

@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 from filelock import Timeout as LockTimeout
 
 from .. import state
-from ..errors import ConfigError, OperationTimeLimitError, TransientError
+from ..errors import ConfigError, CorruptStateError, OperationTimeLimitError, TransientError
 from ..settings import Settings
 from .schemas import load_schema
 
@@ -115,12 +115,8 @@ class _FileStore:
                 data = state.read_json(self._path, default={}, schema=self._schema)
                 result = change(data)
                 state.write_json_atomic(self._path, data, mode=0o600)
-        except state.CorruptStateError as exc:
-            raise ConfigError(
-                str(exc),
-                code="CONFIG_INVALID",
-                hint="the limiter starts afresh on the next call",
-            ) from None
+        except CorruptStateError as exc:
+            raise exc.with_hint("the limiter starts afresh on the next call") from None
         except LockTimeout:
             raise TransientError(
                 f"the rate limiter file {self._path} stayed locked too long",

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..state import CorruptStateError, move_aside, read_json, write_json_atomic
+from ..errors import CorruptStateError
+from ..state import JsonlWriter, move_aside, read_json, read_jsonl, write_json_atomic
 from .delivery import event_id, public_row
-from .jsonl import JsonlWriter, read_jsonl
 
 __all__ = ["OUTCOMES", "Checkpoint", "Reservation"]
 
@@ -147,7 +147,7 @@ class Checkpoint:
         except CorruptStateError as exc:
             # Like a corrupt snapshot: moved aside and reported; the next start redelivers
             # what it recorded (repeats, never losses) instead of failing forever.
-            raise CorruptStateError(exc.path, move_aside(exc.path), exc.reason) from None
+            raise CorruptStateError(exc.path, move_aside(exc.path), exc.reason, at=exc.at) from None
         self._journal = JsonlWriter(self.journal_path)
         return self
 
@@ -156,7 +156,7 @@ class Checkpoint:
             pid, key, outcome = record.get("pid"), record.get("id"), record.get("outcome")
             if not (isinstance(pid, str) and isinstance(key, str) and outcome in OUTCOMES):
                 raise CorruptStateError(
-                    self.journal_path, None, f"line {number} is not a worker journal record"
+                    self.journal_path, None, "not a worker journal record", at=f"line {number}"
                 )
             reservation = self.reservations.get(pid)
             target = reservation.outcomes if reservation else self._orphans.setdefault(pid, {})

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..state import JsonlWriter, read_jsonl
 from .delivery import Delivery
-from .jsonl import JsonlWriter, read_jsonl
 
 __all__ = ["DeadLetterQueue"]
 

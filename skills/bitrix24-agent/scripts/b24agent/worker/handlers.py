@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import UsageError
+from ..state import JsonlWriter
 from .delivery import Delivery
-from .jsonl import JsonlWriter
 
 __all__ = [
     "PERMANENT_EXIT_CODE",

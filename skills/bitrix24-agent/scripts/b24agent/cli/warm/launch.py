@@ -23,13 +23,6 @@ from . import wire
 
 __all__ = ["main", "server_command", "server_env"]
 
-#: Worker to caller: the request arrived; it waits for GO and starts nothing before.
-READY = b"S"
-#: Caller to worker: run it. Only the caller decides, so a call is never run twice: a caller
-#: that gave up (timeout, Ctrl-C) closes instead, and a worker that reads EOF just exits.
-GO = b"G"
-#: Followed by the exit code and a newline: the call is over and its output flushed.
-EXITED = b"X"
 #: Signals passed on to the worker (unless ignored here); it reacts as this process would have.
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 #: What this side prints if the worker vanishes mid-call (killed, out of memory): exit 7.
@@ -134,7 +127,7 @@ class _ServedCall:
             fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             self.sock.settimeout(TAKE_TIMEOUT_S)
-            if self.sock.recv(1) != READY:
+            if self.sock.recv(1) != wire.READY:
                 return None  # the server went away before taking the call
         except OSError:
             return None  # a closed stdin/stdout, a silent or vanished server
@@ -142,7 +135,7 @@ class _ServedCall:
             return self._cancelled()
         try:
             self.sock.settimeout(None)  # the call itself may take as long as it takes
-            self.sock.sendall(GO)
+            self.sock.sendall(wire.GO)
             self.started = True
             self._relay()  # a signal that came between the check above and GO
             return self._exit_code()
@@ -151,12 +144,12 @@ class _ServedCall:
 
     def _exit_code(self) -> int:
         buffer = b""
-        while not (buffer.startswith(EXITED) and buffer.endswith(b"\n")):
+        while not (buffer.startswith(wire.EXITED) and buffer.endswith(b"\n")):
             chunk = self.sock.recv(64)
             if not chunk:
                 return self._lost()
             buffer += chunk
-        return int(buffer[len(EXITED) : -1])
+        return int(buffer[len(wire.EXITED) : -1])
 
     def _cancelled(self) -> int:
         self._die_of_fatal_signal()

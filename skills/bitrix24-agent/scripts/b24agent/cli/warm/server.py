@@ -27,7 +27,7 @@ import time
 
 from filelock import FileLock
 
-from . import rehearsal
+from . import rehearsal, wire
 from .worker import serve_call
 
 __all__ = ["main"]
@@ -35,8 +35,6 @@ __all__ = ["main"]
 DEFAULT_IDLE_S = 300.0
 #: Workers kept waiting: one can rehearse while the other takes the next call.
 SPARES = 2
-#: What a spare tells the parent when it takes a call: this byte, then its pid (4 bytes).
-TAKEN = b"T"
 #: How often the parent checks on its spares and the idle deadline (seconds).
 CHECK_EVERY_S = 1.0
 #: Modules no ``b24`` call runs: the sandbox portal, the offline worker, the demo
@@ -178,7 +176,7 @@ class _Server:
             _rehearse()
             conn = self._accept()
             if conn is not None:
-                os.write(self.notify, TAKEN + os.getpid().to_bytes(4, "big"))
+                os.write(self.notify, wire.TAKEN + os.getpid().to_bytes(4, "big"))
                 for fd in (self.notify, self.stop_read):
                     os.close(fd)
                 self.listener.close()

@@ -17,7 +17,11 @@ import sys
 import zlib
 
 __all__ = [
+    "EXITED",
+    "GO",
     "MAGIC",
+    "READY",
+    "TAKEN",
     "Request",
     "address",
     "code_stamp",
@@ -34,6 +38,15 @@ MAGIC = b"b24-warm-2"
 MAX_SOCKET_PATH = 100
 #: The package this module belongs to, whose code the stamp covers.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Worker to caller: the request arrived; it waits for GO and starts nothing before.
+READY = b"S"
+#: Caller to worker: run it. Only the caller decides, so a call is never run twice: a caller
+#: that gave up (timeout, Ctrl-C) closes instead, and a worker that reads EOF just exits.
+GO = b"G"
+#: Followed by the exit code and a newline: the call is over and its output flushed.
+EXITED = b"X"
+#: What a spare tells the parent when it takes a call: this byte, then its pid (4 bytes).
+TAKEN = b"T"
 #: Values of B24_SERVER that keep every call in its own process.
 OFF_VALUES = ("off", "0", "no", "false")
 

@@ -22,7 +22,7 @@ from ..client import main as run_call
 from ..common import as_b24_error
 from ..output import dump_line
 from . import wire
-from .launch import EXITED, GO, READY
+from .wire import EXITED, GO, READY
 
 __all__ = ["serve_call"]
 
