@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCRIPTS := skills/bitrix24-agent/scripts
 
-.PHONY: install test lint format demo bench sandbox references clean
+.PHONY: install test lint format demo bench sandbox references runtimes clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,22 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The Codex CLI whose own skill loader tests/test_runtimes.py runs on the skill folder; npm
+# installs it with its native binary in a few seconds. Without npm the test skips (.ci/run
+# installs node and makes it fail instead).
+CODEX_VERSION := 0.171.0
+CODEX := $(VENV)/node/node_modules/.bin/codex
+
+$(CODEX): | $(PY)
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node @openai/codex@$(CODEX_VERSION); \
+	else echo "make: npm not found; the Codex loader test will skip" >&2; fi
+
+runtimes: $(STAMP) $(CODEX)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_runtimes.py
+
 # Two workers: the suite is mostly waiting on subprocesses and sockets, and 2 cores is the target.
-test: lint
+test: lint $(CODEX)
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 demo: $(STAMP)

@@ -186,6 +186,36 @@ def test_dotenv_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert (s.base_url, s.webhook_user_id) == ("https://b.bitrix24.com", 3)
 
 
+def test_without_a_local_env_the_state_folder_env_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings outside the skill folder: ~/.local/state/bitrix24-agent/.env by default, the
+    B24_STATE_DIR root when it is set, and a ./.env of the working folder comes first."""
+    monkeypatch.chdir(tmp_path)
+    default = tmp_path / ".local" / "state" / "bitrix24-agent" / ".env"
+    default.parent.mkdir(parents=True)
+    default.write_text(f"B24_WEBHOOK_URL=https://d.bitrix24.com/rest/4/{CODE}/\n")
+    assert load_settings(environ={"HOME": str(tmp_path)}).base_url == "https://d.bitrix24.com"
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / ".env").write_text(f"B24_WEBHOOK_URL=https://m.bitrix24.com/rest/4/{CODE}/\n")
+    s = load_settings(environ={"HOME": str(tmp_path), "B24_STATE_DIR": str(moved)})
+    assert s.base_url == "https://m.bitrix24.com"
+    (tmp_path / ".env").write_text(f"B24_WEBHOOK_URL=https://w.bitrix24.com/rest/4/{CODE}/\n")
+    assert load_settings(environ={"HOME": str(tmp_path)}).base_url == "https://w.bitrix24.com"
+
+
+def test_b24_env_file_names_the_file_and_must_exist(tmp_path: Path) -> None:
+    named = tmp_path / "portal.env"
+    named.write_text(f"B24_WEBHOOK_URL=https://n.bitrix24.com/rest/5/{CODE}/\n")
+    environ = {"HOME": str(tmp_path), "B24_ENV_FILE": "~/portal.env"}
+    assert load_settings(environ=environ).base_url == "https://n.bitrix24.com"
+    named.unlink()
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    assert "portal.env" in info.value.message and "B24_ENV_FILE" in info.value.hint
+
+
 def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
     error = config_error(tmp_path, HOOK, env_file=tmp_path / "nope.env")
     assert "nope.env" in error.message

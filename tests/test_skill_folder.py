@@ -80,21 +80,11 @@ def test_body_is_short() -> None:
     assert len(body.splitlines()) < 300
 
 
-def test_metadata_is_one_json_line_declaring_every_variable_the_code_reads() -> None:
-    raw = (SKILL / "SKILL.md").read_text(encoding="utf-8")
-    line = next(x for x in raw.splitlines() if x.startswith("metadata:"))
-    assert line.startswith("metadata: '{") and line.endswith("}'")
-    meta, _ = _frontmatter()
-    document = json.loads(meta["metadata"])
-    assert set(document) == {"openclaw", "clawdbot"}
-    block = document["openclaw"]
-    assert document["clawdbot"] == block
-    assert block["requires"] == {"bins": ["python3"], "env": ["B24_DOMAIN"]}
-    declared = {v["name"]: v for v in block["envVars"]}
-    assert block["primaryEnv"] in declared
-    assert set(declared) == _variables_in_code()
-    assert all(v["description"].strip() and "required" in v for v in declared.values())
-    assert [n for n, v in declared.items() if v["required"]] == ["B24_DOMAIN"]
+def test_every_variable_the_code_reads_is_documented_in_settings_md() -> None:
+    """The frontmatter is too small for them (test_runtimes.py); agents find them here."""
+    documented = set(VARIABLE.findall((SKILL / "references" / "settings.md").read_text()))
+    missing = _variables_in_code() - documented
+    assert not missing, f"add to references/settings.md: {sorted(missing)}"
 
 
 def test_variables_named_in_the_docs_exist_in_the_code() -> None:

@@ -5,8 +5,10 @@ This is the only module that reads ``os.environ`` for a call: every other module
 back. (``cli/warm/wire.py`` reads B24_SERVER before anything is imported, to pick where the call
 runs; the warm server reads B24_SERVER_IDLE_SEC; neither reaches a call's ``Settings``.)
 
-Layers, later wins: ``.env`` (python-dotenv; ``--env-file`` or ``./.env``) < the real environment
-< ``overrides``. Overrides keyed ``B24_*`` are read like environment variables; other keys name
+Layers, later wins: one env file (python-dotenv) < the real environment < ``overrides``. The
+file is ``--env-file``, else ``B24_ENV_FILE``, else ``./.env``, else ``.env`` in the state root
+(``~/.local/state/bitrix24-agent/.env``): settings live outside the skill folder, which runtimes
+copy and share. Overrides keyed ``B24_*`` are read like environment variables; other keys name
 ``Settings`` fields and replace them after parsing (CLI flags such as ``rate_limiter``).
 
 Variables (design.md "Configuration"; secrets marked *):
@@ -24,6 +26,7 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
   B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
+  B24_ENV_FILE            the env file to read (default ./.env, else .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
 
@@ -292,7 +295,8 @@ def _missing(names: str, why: str) -> ConfigError:
     return ConfigError(
         f"{names} not set: {why}",
         code="CONFIG_MISSING",
-        hint="set it in the environment or in .env (see .env.example)",
+        hint="set it in the environment or an env file: B24_ENV_FILE, ./.env, or .env in the "
+        "state folder (default ~/.local/state/bitrix24-agent); see .env.example",
     )
 
 
@@ -303,11 +307,11 @@ def _merged(
     env_file: str | None, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
 ) -> dict[str, str | None]:
     real = dict(os.environ if environ is None else environ)
-    path = Path(env_file) if env_file else Path.cwd() / ".env"
+    path, named = _env_file(env_file, real)
     from_file: dict[str, str | None] = {}
-    if env_file and not path.is_file():
+    if named and not path.is_file():
         raise ConfigError(
-            f"env file {path} not found", code="CONFIG_MISSING", hint="check --env-file"
+            f"env file {path} not found", code="CONFIG_MISSING", hint=f"check {named}"
         )
     if path.is_file():
         try:
@@ -321,6 +325,19 @@ def _merged(
         if key.startswith("B24_"):
             merged[key] = None if value is None else str(value)
     return merged
+
+
+def _env_file(env_file: str | None, real: Mapping[str, str]) -> tuple[Path, str | None]:
+    """The one env file to read, and the setting that named it (a named file must exist)."""
+    if env_file:
+        return Path(env_file), "--env-file"
+    env = _Env(real)
+    named = env.raw("B24_ENV_FILE")
+    home = Path(env.raw("HOME") or Path.home())
+    if named:
+        return env.path("B24_ENV_FILE", Path(named), home), "B24_ENV_FILE"
+    local = Path.cwd() / ".env"
+    return (local if local.is_file() else _state_root(env, home) / ".env"), None
 
 
 def _credentials(env: _Env) -> dict[str, Any]:
