@@ -244,7 +244,7 @@ _CODES: dict[str, tuple[str, str]] = {
     "insufficient_scope": (
         _AUTH,
         "the webhook or app lacks the scope this method needs; add it in the webhook/app "
-        "settings (see `--explain METHOD` for the scope)",
+        "settings (the method catalog names the scope each method needs)",
     ),
     "WRONG_AUTH_TYPE": (_AUTH, "this method needs OAuth app context; set B24_AUTH_MODE=oauth"),
     "user_access_error": (
@@ -272,8 +272,8 @@ _CODES: dict[str, tuple[str, str]] = {
     "NOT_FOUND": (_NOT_FOUND, "no record with this id; list the entity to find valid ids"),
     "ERROR_METHOD_NOT_FOUND": (
         _NO_METHOD,
-        "no such method here; check the name with `--explain`, or whether it is REST 3.0 only "
-        "(use --rest-v3) or needs a module the portal lacks",
+        "no such method here; check the name in the method catalog, or whether it is REST "
+        "3.0 only (call it through the v3 API) or needs a module the portal lacks",
     ),
     "ERROR_ARGUMENT": (_API, "a parameter is missing or has the wrong type"),
     "ERROR_CORE": (_API, "the method refused the parameters; read the message"),

@@ -43,11 +43,29 @@ def default_mask(secrets: Iterable[str] = ()) -> Callable[[str], str]:
     return Redactor(secrets).mask
 
 
+#: The library says what to do in its own terms (it serves the CLI, MCP and importers alike);
+#: for these codes the CLI says it with the flag that does it.
+CLI_HINTS = {
+    "OUTCOME_UNRESOLVED": "check the portal, then repeat the same command with "
+    "--idempotency-resolve failed (it did not happen: send it now) or --idempotency-resolve "
+    "done (it happened)",
+    "NOT_A_LIST_METHOD": "call it once without --all or --limit",
+    "AUDIT_LOG_MISSING": "pass the log's path: --verify-audit FILE (default: B24_AUDIT_FILE)",
+    "ERROR_METHOD_NOT_FOUND": "no such method here; check the name with --explain METHOD, or "
+    "whether it is REST 3.0 only (--rest-v3) or needs a module the portal lacks",
+    "insufficient_scope": "the webhook or app lacks the scope this method needs; add it in the "
+    "webhook/app settings (--explain METHOD names the scope)",
+    "WORKER_RUNNING": "stop the other worker first; to run one per host against the same "
+    "portal, give each its own B24_STATE_DIR and pass --no-adopt",
+}
+
+
 def as_b24_error(exc: BaseException) -> B24Error:
     """Map anything that ends a run to the error taxonomy, so it prints as one JSON line."""
     from .. import errors
 
     if isinstance(exc, errors.B24Error):
+        exc.hint = CLI_HINTS.get(exc.code, exc.hint)
         return exc
     if isinstance(exc, BrokenPipeError):
         return errors.Interrupted(

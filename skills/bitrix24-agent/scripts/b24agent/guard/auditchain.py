@@ -200,7 +200,7 @@ def check(log: Path) -> VerifyReport:
         raise UsageError(
             f"no audit log at {log}",
             code="AUDIT_LOG_MISSING",
-            hint="pass the log's path: --verify-audit FILE (default: B24_AUDIT_FILE)",
+            hint="give the log's path (default: B24_AUDIT_FILE)",
         )
     report = verify(log)
     if report.broken is not None:

@@ -255,6 +255,6 @@ def _unresolved(key: str, record: Mapping[str, Any]) -> OutcomeUnknownError:
         f"an earlier call with idempotency key {key!r} ({record.get('method')}, "
         f"{since(record['updated_at'])}) may or may not have run; refusing to send it again",
         code="OUTCOME_UNRESOLVED",
-        hint="check the portal, then repeat the same command with --idempotency-resolve failed "
-        "(it did not happen: send it now) or --idempotency-resolve done (it happened)",
+        hint="check the portal, then resolve the key as failed (it did not happen: send it "
+        "now) or done (it happened)",
     )

@@ -86,7 +86,7 @@ def plan_batch(commands: Commands, *, params_checked: bool = False) -> BatchPlan
         raise UsageError(
             f"a batch holds at most {MAX_COMMANDS} commands, got {len(items)}",
             code="INVALID_BATCH",
-            hint="use call_many (or --batch-file), which splits into batches of 50",
+            hint="send the calls through call_many, which splits them into batches of 50",
         )
     methods: dict[str, str] = {}
     strings: dict[str, str] = {}

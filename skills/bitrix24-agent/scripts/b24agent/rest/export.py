@@ -102,7 +102,7 @@ def rows_of(method: str, result: Any, shape: ListShape | None) -> list[Any]:
         raise UsageError(
             f"{method} does not return a list of rows, so it cannot be exported page by page",
             code="NOT_A_LIST_METHOD",
-            hint="call it once without --all",
+            hint="call it once instead of exporting it",
         )
     return value
 

@@ -31,7 +31,7 @@ def worker_lock(folder: Path) -> Iterator[Path]:
             f"another offline worker is already running for this portal (lock {lock.lock_file})",
             code="WORKER_RUNNING",
             hint="stop the other worker first; to run one per host against the same portal, give "
-            "each its own B24_STATE_DIR and pass --no-adopt",
+            "each its own B24_STATE_DIR and turn adoption of other workers' reservations off",
         ) from None
     try:
         yield Path(lock.lock_file)

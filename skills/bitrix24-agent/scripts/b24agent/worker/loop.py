@@ -234,7 +234,7 @@ class Worker:
             if not self.options.adopt:
                 log.warning(
                     "event.offline.get failed after sending; rows it may have reserved stay "
-                    "reserved on the portal (--no-adopt)"
+                    "reserved on the portal (adoption is off)"
                 )
             raise
         if not batch.rows:
