@@ -284,7 +284,7 @@ EXPLAIN_KEYS = {
         ("event.offline.list", ["B24_AUTH_MODE=oauth"]),
         ("placement.unbind", ["--packs platform", "--confirm-destructive", "B24_AUTH_MODE=oauth"]),
         ("batch", []),
-        ("no.such.method", ["--allow-unlisted", "--confirm-write"]),
+        ("no.such.method", ["B24_METHOD_ALLOWLIST", "--confirm-write"]),
     ],
 )
 def test_explain_shape_and_needs(method: str, needs: list[str]) -> None:

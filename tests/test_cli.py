@@ -365,7 +365,7 @@ def test_exit_1_when_the_portal_refuses(cli: Cli) -> None:
     [
         (["crm.lead.add", "--params", '{"fields": {"TITLE": "gate"}}'], "--confirm-write"),
         (["crm.lead.delete", "--params", '{"id": 1}', "--confirm-write"], "--confirm-destructive"),
-        (["no.such.method", "--allow-unlisted"], "--confirm-write"),
+        (["no.such.method", "--allow-unlisted"], "B24_ALLOW_FLAGS"),
         (
             ["batch", "--params", '{"cmd": {"a": "user.current", "b": "crm.lead.delete?id=1"}}'],
             "--confirm-destructive",
@@ -477,6 +477,7 @@ def test_secrets_masked_on_stdout_unless_asked_and_always_on_stderr(
         "result",
         "--no-mask-secrets",
         secret_in_stdout=True,
+        env={"B24_ALLOW_FLAGS": "no-mask-secrets"},
     )
     assert plain.json()["TITLE"] == f"<{code}>"
     _faults(
@@ -488,7 +489,13 @@ def test_secrets_masked_on_stdout_unless_asked_and_always_on_stderr(
             "status": 400,
         },
     )
-    refused = cli("crm.lead.get", "--params", params, "--no-mask-secrets")
+    refused = cli(
+        "crm.lead.get",
+        "--params",
+        params,
+        "--no-mask-secrets",
+        env={"B24_ALLOW_FLAGS": "no-mask-secrets"},
+    )
     assert refused.code == 1 and "echo ***" in refused.error()["message"]
 
 

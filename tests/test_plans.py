@@ -82,7 +82,7 @@ def test_delete_plan_shows_whole_record(tmp_path: Path) -> None:
     assert plan.command("b24") == f"b24 --execute-plan {plan.id} --confirm-destructive"
 
 
-def test_unlisted_plan_command_carries_allow_unlisted(tmp_path: Path) -> None:
+def test_unlisted_plan_is_marked_in_the_plan_not_on_its_command_line(tmp_path: Path) -> None:
     store = _store(tmp_path)
     plan = store.create(
         method="vendor.widget.add",
@@ -94,7 +94,7 @@ def test_unlisted_plan_command_carries_allow_unlisted(tmp_path: Path) -> None:
         mask=Redactor([]).mask_obj,
         unlisted=True,
     )
-    assert plan.command("b24") == f"b24 --execute-plan {plan.id} --allow-unlisted"
+    assert plan.command("b24") == f"b24 --execute-plan {plan.id}"
     assert store.load(plan.id).unlisted
 
 

@@ -52,7 +52,7 @@ def test_method_outside_enabled_packs_names_every_way_in() -> None:
     error = _refusal(_one(COMMS_WRITE), Gates(confirm_write=True))
     assert error.code == "METHOD_NOT_ALLOWED"
     assert "pack 'comms'" in error.message
-    for flag in ("--packs core,comms", f"--method-allowlist '{COMMS_WRITE}'", "--allow-unlisted"):
+    for flag in ("--packs core,comms", f"--method-allowlist '{COMMS_WRITE}'"):
         assert flag in error.hint
 
 
@@ -77,7 +77,7 @@ def test_allowlist_patterns_are_case_insensitive_fnmatch() -> None:
 
 def test_unknown_method_is_unlisted_and_a_write() -> None:
     error = _refusal(_one(UNKNOWN), Gates(confirm_write=True))
-    assert error.code == "METHOD_UNLISTED" and "--allow-unlisted" in error.hint
+    assert error.code == "METHOD_UNLISTED" and "B24_METHOD_ALLOWLIST" in error.hint
     error = _refusal(_one(UNKNOWN), Gates(allow_unlisted=True))
     assert "--confirm-write" in _text(error)
     authorize(_one(UNKNOWN), Gates(allow_unlisted=True, confirm_write=True))
@@ -206,4 +206,6 @@ def test_batch_risk_is_the_maximum_of_its_commands(methods: list[str]) -> None:
 def test_listed_ignores_allow_unlisted() -> None:
     assert listed(_one(WRITE), Gates())
     assert not listed(_one(UNKNOWN), Gates(allow_unlisted=True))
-    assert listed(_one(UNKNOWN), Gates(method_allowlist=("vendor.*",)))
+    vendor = ("vendor.*",)
+    assert listed(_one(UNKNOWN), Gates(method_allowlist=vendor, ceiling_allowlist=vendor))
+    assert not listed(_one(UNKNOWN), Gates(method_allowlist=("vendor.*",)))

@@ -125,7 +125,7 @@ def test_automatic_key_catches_an_accidental_double_run(portal: Sandbox, cli: Cl
     first, second = cli(*args), cli(*args)
     assert first.code == second.code == 0 and first.json() == second.json()
     assert "replayed" in second.err and len(_leads(portal, TITLE="twice")) == 1
-    assert cli(*args, "--no-idempotency").code == 0
+    assert cli(*args, "--no-idempotency", B24_ALLOW_FLAGS="no-idempotency").code == 0
     assert len(_leads(portal, TITLE="twice")) == 2
 
 
@@ -236,11 +236,14 @@ def test_destructive_plan_still_needs_confirm_destructive(portal: Sandbox, cli: 
     assert _leads(portal, ID=lead_id) == []
 
 
-def test_unlisted_plan_needs_allow_unlisted_again(cli: Cli) -> None:
-    shown = _plan(cli, "vendor.widget.add", {"x": 1}, "--allow-unlisted")
-    assert shown["execute"].endswith(f"--execute-plan {shown['plan']['id']} --allow-unlisted")
+def test_unlisted_plan_needs_the_operators_consent_again(cli: Cli) -> None:
+    consenting = cli.with_env(B24_ALLOW_FLAGS="allow-unlisted")
+    shown = _plan(consenting, "vendor.widget.add", {"x": 1}, "--allow-unlisted")
+    assert shown["execute"].endswith(f"--execute-plan {shown['plan']['id']}")
     refused = cli("--execute-plan", shown["plan"]["id"])
-    assert refused.code == 3 and refused.error()["code"] == "METHOD_UNLISTED"
+    assert refused.code == 3 and refused.error()["code"] == "FLAG_NOT_ALLOWED"
+    ran = consenting("--execute-plan", shown["plan"]["id"])  # the sandbox lacks the method
+    assert ran.code == 1 and ran.error()["code"] == "ERROR_METHOD_NOT_FOUND"
 
 
 def test_require_plan(portal: Sandbox, cli: Cli) -> None:
@@ -352,7 +355,7 @@ def test_audit_rotates_by_size_and_verifies_across_files(cli: Cli) -> None:
 
 
 def test_no_audit_writes_nothing(cli: Cli) -> None:
-    assert cli("crm.lead.list", "--no-audit").code == 0
+    assert cli("crm.lead.list", "--no-audit", B24_ALLOW_FLAGS="no-audit").code == 0
     assert list(cli.state.glob("*/audit.jsonl")) == []
 
 
@@ -466,7 +469,8 @@ def test_batch_file_run_twice_is_replayed(portal: Sandbox, cli: Cli, tmp_path: P
     assert first.out == second.out and len(first.out.splitlines()) == 3
     assert "replayed" in second.err and second.error()["code"] == first.error()["code"]
     assert len(_leads(portal, TITLE="bf")) == 2
-    assert cli("--batch-file", path, "--confirm-write", "--no-idempotency").code == 1
+    consenting = cli.with_env(B24_ALLOW_FLAGS="no-idempotency")
+    assert consenting("--batch-file", path, "--confirm-write", "--no-idempotency").code == 1
     assert len(_leads(portal, TITLE="bf")) == 4
 
 

@@ -21,6 +21,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_OAUTH_SERVER        token server (default https://oauth.bitrix.info)
   B24_APPLICATION_TOKEN*  the app's secret that proves an event came from the portal
   B24_PACKS  B24_METHOD_ALLOWLIST   comma lists; B24_REQUIRE_PLAN 0/1
+  B24_READ_ONLY 0/1       the operator refuses every write and destructive call
+  B24_ALLOW_FLAGS         widening flags the operator allows by name (WIDENING_FLAGS); none if unset
   B24_AUDIT_FILE  B24_AUDIT_PARAMS (digest|full)  B24_AUDIT_MAX_BYTES (rotate past this size)
   B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
@@ -29,6 +31,12 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_ENV_FILE            the env file to read (default ./.env, else .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
+
+The operator's ceiling: what the environment and env file say is the most a call may do. Flags
+only narrow it, so the fields a flag may replace (``packs``, ``method_allowlist``) are kept apart
+from the operator's own (``operator_packs``, ``operator_allowlist``); guard/policy.py runs a
+method only when both allow it. ``read_only`` and ``require_plan`` can be switched on by a flag,
+never off.
 
 Every problem is a ConfigError naming the variable; values of secret variables (and of the
 address variables, which may embed a webhook code) are never echoed.
@@ -50,7 +58,7 @@ from dotenv import dotenv_values
 
 from .errors import ConfigError
 
-__all__ = ["SECRET_VARIABLES", "Settings", "load_settings"]
+__all__ = ["SECRET_VARIABLES", "WIDENING_FLAGS", "Settings", "load_settings"]
 
 T = TypeVar("T")
 
@@ -67,6 +75,9 @@ SECRET_VARIABLES = frozenset(
         "B24_OAUTH_SERVER",
     }
 )
+
+#: Flags that lift a guard instead of narrowing one; each works only where B24_ALLOW_FLAGS names it.
+WIDENING_FLAGS = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency")
 
 DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 #: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
@@ -90,7 +101,15 @@ class Settings:
     application_token: str | None = field(default=None, repr=False)
     packs: tuple[str, ...] = ("core",)
     method_allowlist: tuple[str, ...] = ()
+    #: The operator's B24_PACKS (None: not set, every catalog pack may be chosen).
+    operator_packs: tuple[str, ...] | None = None
+    #: The operator's B24_METHOD_ALLOWLIST: methods the ceiling admits beyond its packs.
+    operator_allowlist: tuple[str, ...] = ()
     require_plan: bool = False
+    read_only: bool = False
+    allowed_flags: frozenset[str] = frozenset()
+    #: The env file these settings were read from (absolute), so a plan can name it again.
+    env_file: Path | None = None
     state_dir: Path = Path(".")
     audit_file: Path = Path("audit.jsonl")
     audit_params: str = "digest"
@@ -197,6 +216,12 @@ class _Env:
             raise ValueError(text)
 
         return self.parsed(name, default, parse, "1/0, true/false, yes/no or on/off")
+
+    def allowed_flags(self, name: str) -> frozenset[str]:
+        flags = self.names(name, ())
+        if any(flag not in WIDENING_FLAGS for flag in flags):
+            raise self.fail(name, "a comma list of " + ", ".join(WIDENING_FLAGS))
+        return frozenset(flags)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         def parse(text: str) -> str:
@@ -305,7 +330,8 @@ def _missing(names: str, why: str) -> ConfigError:
 
 def _merged(
     env_file: str | None, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
-) -> dict[str, str | None]:
+) -> tuple[dict[str, str | None], Path | None]:
+    """The merged variables, and the env file they came from (None when none was read)."""
     real = dict(os.environ if environ is None else environ)
     path, named = _env_file(env_file, real)
     from_file: dict[str, str | None] = {}
@@ -324,7 +350,7 @@ def _merged(
     for key, value in overrides.items():
         if key.startswith("B24_"):
             merged[key] = None if value is None else str(value)
-    return merged
+    return merged, (path.resolve() if from_file or path.is_file() else None)
 
 
 def _env_file(env_file: str | None, real: Mapping[str, str]) -> tuple[Path, str | None]:
@@ -419,7 +445,8 @@ def load_settings(
     look-ups, plan listing) run without a portal configured.
     """
     overrides = dict(overrides or {})
-    env = _Env(_merged(env_file, environ, overrides))
+    merged, loaded = _merged(env_file, environ, overrides)
+    env = _Env(merged)
     home = Path(env.raw("HOME") or Path.home())
     creds = _credentials(env)
     mode = _auth_mode(env, creds, require_credentials)
@@ -435,13 +462,20 @@ def load_settings(
         else DEFAULT_OAUTH_SERVER
     )
     state_dir = _state_root(env, home) / portal_key_of(creds["base_url"])
+    operator_packs = env.names("B24_PACKS", ())
+    operator_allowlist = env.names("B24_METHOD_ALLOWLIST", ())
     settings = Settings(
         **creds,
         auth_mode=mode,
         oauth_server=oauth_server,
-        packs=env.names("B24_PACKS", ("core",)),
-        method_allowlist=env.names("B24_METHOD_ALLOWLIST", ()),
+        packs=operator_packs or ("core",),
+        method_allowlist=operator_allowlist,
+        operator_packs=operator_packs if env.raw("B24_PACKS") is not None else None,
+        operator_allowlist=operator_allowlist,
         require_plan=env.flag("B24_REQUIRE_PLAN", False),
+        read_only=env.flag("B24_READ_ONLY", False),
+        allowed_flags=env.allowed_flags("B24_ALLOW_FLAGS"),
+        env_file=loaded,
         state_dir=state_dir,
         audit_file=env.path("B24_AUDIT_FILE", state_dir / "audit.jsonl", home),
         audit_params=env.choice("B24_AUDIT_PARAMS", "digest", ("digest", "full")),
@@ -465,6 +499,10 @@ def load_settings(
     return _apply_field_overrides(settings, overrides)
 
 
+#: Settings a flag may switch on but never off: the operator's word stands.
+_ONLY_NARROWING = ("read_only", "require_plan")
+
+
 def _apply_field_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
     fields = {f.name for f in dataclasses.fields(Settings)}
     changes = {k: v for k, v in overrides.items() if not k.startswith("B24_") and v is not None}
@@ -477,6 +515,8 @@ def _apply_field_overrides(settings: Settings, overrides: Mapping[str, Any]) -> 
         )
     for name, value in changes.items():
         current = getattr(settings, name)
+        if name in _ONLY_NARROWING:
+            changes[name] = bool(current or value)
         if isinstance(current, Path) and isinstance(value, str):
             changes[name] = Path(value)
         elif isinstance(current, tuple) and isinstance(value, (list, tuple)):

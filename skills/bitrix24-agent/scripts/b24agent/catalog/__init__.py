@@ -78,7 +78,7 @@ def pack_of(method: str) -> str | None:
 
 def _needs(risk: Risk, pack: str | None, *, app_only: bool, composite: bool) -> list[str]:
     """The CLI flags and settings a call will need (policy.py enforces them)."""
-    needs = ["--allow-unlisted"] if pack is None else []
+    needs = ["B24_METHOD_ALLOWLIST"] if pack is None else []
     if pack not in (None, "core"):
         needs.append(f"--packs {pack}")
     if not composite and risk != "read":

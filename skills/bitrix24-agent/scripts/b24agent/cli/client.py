@@ -33,7 +33,8 @@ exit codes:
   1    the portal refused the call (API error: Not found, ACCESS_DENIED, ERROR_ARGUMENT...);
        for --verify-audit: the hash chain is broken (the message names the first bad line)
   2    usage or validation error (unknown flag, malformed JSON, bad batch-file line)
-  3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist)
+  3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist;
+       or outside what the operator allows: B24_PACKS, B24_READ_ONLY, B24_ALLOW_FLAGS)
   4    auth or configuration (missing B24_DOMAIN, rejected credentials, corrupt state file)
   5    conflict (idempotency key in use or reused with other params; stale or spent plan)
   6    transient error, gave up after retries (QUERY_LIMIT_EXCEEDED, 5xx on a read): retry later
@@ -123,7 +124,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--mask-secrets",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="mask secrets in stdout (errors are always masked), e.g. --no-mask-secrets",
+        help="mask secrets in stdout (errors are always masked); turning it off works only "
+        "where the operator allows it, e.g. B24_ALLOW_FLAGS=no-mask-secrets",
     )
 
     guard = parser.add_argument_group("guard rails")
@@ -143,7 +145,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     guard.add_argument(
         "--allow-unlisted",
         action="store_true",
-        help="run a method outside the packs/allowlist once, e.g. a new method.get-checked one",
+        help="run a method outside the packs/allowlist once; works only where the operator "
+        "allows it, e.g. B24_ALLOW_FLAGS=allow-unlisted",
+    )
+    guard.add_argument(
+        "--read-only",
+        action="store_true",
+        help="refuse every write in this run (the operator's form: B24_READ_ONLY=1), e.g. "
+        "b24 --read-only crm.lead.list",
     )
     guard.add_argument(
         "--confirm-write", action="store_true", help="allow writes, e.g. crm.lead.add"
@@ -178,7 +187,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     guard.add_argument(
         "--no-idempotency",
         action="store_true",
-        help="do not dedupe this write, e.g. to add a second identical task",
+        help="do not dedupe this write (a new --idempotency-key does that without it); works "
+        "only where the operator allows it, e.g. B24_ALLOW_FLAGS=no-idempotency",
     )
     guard.add_argument(
         "--idempotency-resolve",
@@ -191,7 +201,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--audit-file", metavar="PATH", help="audit log path, e.g. --audit-file audit.jsonl"
     )
     guard.add_argument(
-        "--no-audit", action="store_true", help="skip the audit record, e.g. for a dry read loop"
+        "--no-audit",
+        action="store_true",
+        help="skip the audit record; works only where the operator allows it, e.g. "
+        "B24_ALLOW_FLAGS=no-audit",
     )
     guard.add_argument(
         "--verify-audit",
@@ -238,6 +251,11 @@ class _Cli:
 
     # --- commands ------------------------------------------------------------------------------
     def run(self, args: argparse.Namespace) -> int:
+        if not args.mask_secrets:
+            from ..guard.policy import check_widening
+
+            settings = _load_settings(args, require_credentials=False)
+            check_widening(["no-mask-secrets"], settings.allowed_flags)
         if args.list_packs:
             from .. import catalog
 
@@ -476,6 +494,7 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
         "packs": _split(args.packs),
         "method_allowlist": _split(args.method_allowlist),
         "require_plan": args.require_plan,
+        "read_only": args.read_only or None,
         "audit_file": args.audit_file,
     }
     return load_settings(

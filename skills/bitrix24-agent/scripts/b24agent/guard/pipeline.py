@@ -4,9 +4,11 @@ Why one place: the guard rails (packs, confirmations, plans, idempotency, audit)
 anything if no path around them exists. The CLI builds a ``CallRequest``, this module decides,
 calls the client and hands back an ``Outcome`` for the CLI to print. Stages of ``Pipeline.run``:
 
+0. widening     a flag that lifts a guard runs only where the operator allowed it by name
 1. assess       the risk of every call; a ``batch`` is judged command by command, unknown
                 methods are writes (policy.assess)
-2. policy       packs / method allowlist, confirmation gates by risk, require-plan
+2. policy       the operator's ceiling, packs / method allowlist, read-only, confirmation
+                gates by risk, require-plan
                 (policy.authorize; a plan stands for --confirm-write, not --confirm-destructive)
 3. plan         ``--plan-only`` stores the call (plans.PlanStore); ``--execute-plan ID`` loads,
                 checks and claims the plan, then sends exactly the stored call
@@ -25,7 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,6 +62,7 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "verify_audit",
+    "widening_flags",
 ]
 
 Mode = Literal["call", "export", "batch_file"]
@@ -177,6 +180,16 @@ def _stored_response(body: Mapping[str, Any]) -> CallResult:
     )
 
 
+def widening_flags(guards: Guards) -> list[str]:
+    """The flags of this run that would lift a guard (settings.WIDENING_FLAGS)."""
+    wanted = {
+        "allow-unlisted": guards.allow_unlisted,
+        "no-audit": not guards.audit,
+        "no-idempotency": not guards.idempotency,
+    }
+    return [flag for flag, on in wanted.items() if on]
+
+
 class Pipeline:
     """Runs requests for one portal; owns the client, so use it as a context manager."""
 
@@ -224,6 +237,9 @@ class Pipeline:
             confirm_write=guards.confirm_write,
             confirm_destructive=guards.confirm_destructive,
             require_plan=settings.require_plan,
+            read_only=settings.read_only,
+            ceiling_packs=settings.operator_packs,
+            ceiling_allowlist=settings.operator_allowlist,
         )
 
     def _plans(self) -> PlanStore:
@@ -235,6 +251,7 @@ class Pipeline:
         """Check every guard for every call first, then dispatch; audit whatever happens."""
         record = _Record.of(request)
         try:
+            policy.check_widening(widening_flags(request.guards), self._settings.allowed_flags)
             outcome = self._run(request, record)
         except BaseException as exc:
             self._audit(request, record, exc)
@@ -319,7 +336,10 @@ class Pipeline:
         record.method, record.params, record.api = plan.method, plan.params, plan.api
         assessment = policy.assess([(plan.method, plan.params, None)])
         record.risk = assessment.risk
-        policy.authorize(assessment, self._gates(guards), "execute")
+        if plan.unlisted:  # made with the operator's consent, which must still stand
+            policy.check_widening(["allow-unlisted"], self._settings.allowed_flags)
+        gates = replace(self._gates(guards), allow_unlisted=plan.unlisted)
+        policy.authorize(assessment, gates, "execute")
         store.check_fresh(plan, self._read)
         store.claim(plan)
         response = self._get_client().call(plan.method, plan.params, api=plan.api)
@@ -427,7 +447,7 @@ class Pipeline:
     ) -> None:
         """Append the request's line. A log that cannot be written is an error too, but never
         hides the call's own error."""
-        if not request.guards.audit:
+        if not request.guards.audit and "no-audit" in self._settings.allowed_flags:
             return
         outcome, code, exit_code = record.outcome, None, 0
         if isinstance(exc, B24Error):
@@ -471,7 +491,7 @@ class Pipeline:
                 f"cannot write the audit log {log.path}: {reason}; the call itself ended "
                 f"'{outcome}'",
                 code="AUDIT_UNWRITABLE",
-                hint="fix B24_AUDIT_FILE / --audit-file, or run with --no-audit",
+                hint="fix B24_AUDIT_FILE / --audit-file so the log can be written",
             ) from failure
 
 

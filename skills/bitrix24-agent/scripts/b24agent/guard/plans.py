@@ -73,8 +73,6 @@ class Plan:
         flags = [f"--execute-plan {self.id}"]
         if self.risk == "destructive":
             flags.append("--confirm-destructive")
-        if self.unlisted:
-            flags.append("--allow-unlisted")
         return " ".join([program, *flags])
 
     def summary(self) -> dict[str, Any]:
@@ -133,7 +131,7 @@ class PlanStore:
 
         ``mask`` is the redactor: params holding a secret are refused (masking them would change
         the call), and the stored preview is masked. ``unlisted``: the call is outside the packs
-        and allowlist, so running it will need ``--allow-unlisted`` again.
+        and allowlist, so running it needs the operator's consent to that again (B24_ALLOW_FLAGS).
         """
         if mask(dict(params)) != dict(params):
             raise UsageError(

@@ -1,27 +1,39 @@
-"""What may run: packs and the method allowlist, confirmation gates by risk, require-plan.
+"""What may run: the operator's ceiling, packs and the method allowlist, confirmation gates by
+risk, read-only, require-plan, and the flags that would widen a guard.
 
-An agent's mistake must be stopped before a request leaves the machine, and the refusal must tell
-it exactly which flag would allow the call, so a deliberate call costs one retry and an accidental
-one costs nothing. Rules, all fail-closed:
+The agent types the command; the operator decides what it may do. So an agent's mistake must be
+stopped before a request leaves the machine, the refusal must tell it what would allow the call
+when a narrowing flag can (``--confirm-write``, ``--packs`` within the ceiling), and what the
+operator would change when only the operator can; it never names a flag that lifts a guard.
+Rules, all fail-closed:
 
-- A method runs only when it is in an enabled pack (``B24_PACKS`` / ``--packs``, default core) or
-  matches a ``--method-allowlist`` pattern (fnmatch); ``--allow-unlisted`` lifts this for one call.
-  Unknown methods count as writes (catalog.risk_of).
+- The operator's ceiling (``B24_PACKS`` and ``B24_METHOD_ALLOWLIST`` in the environment or env
+  file) bounds every call: a method runs only inside it, whatever ``--packs`` or
+  ``--method-allowlist`` say; those flags choose within it (an intersection). With no
+  ``B24_PACKS`` the ceiling holds every catalog pack; an unknown method is inside it only when
+  the operator's allowlist names it.
+- Within the ceiling a method runs only when it is in an enabled pack (``--packs``, else
+  ``B24_PACKS``, else core) or matches an allowlist pattern (fnmatch). ``--allow-unlisted``
+  lifts both for one call, and only where the operator allowed that flag (``B24_ALLOW_FLAGS``).
 - ``write`` needs ``--confirm-write``; ``destructive`` needs ``--confirm-destructive``. Each class
   has its own flag: consenting to deletes does not silently consent to other writes.
+- ``B24_READ_ONLY=1`` (or the narrowing ``--read-only``) refuses every write and destructive call,
+  at every stage, plans included.
 - ``batch`` (and a batch file) is as risky as its riskiest command, and every command is checked
   against packs and allowlist on its own; a batch nested in a batch is refused.
 - With ``B24_REQUIRE_PLAN=1`` / ``--require-plan`` a write runs only from a plan.
+- Widening flags (settings.WIDENING_FLAGS) run only when ``B24_ALLOW_FLAGS`` names them.
 
-Stages: ``call`` (a direct call: all rules), ``plan`` (``--plan-only``: packs/allowlist only, a
-plan is inert), ``execute`` (``--execute-plan``: the plan stands for ``--confirm-write`` and for
-the plan requirement; a destructive plan still needs ``--confirm-destructive`` at execution,
-because deleting is the one step a reviewer must take twice on purpose).
+Stages: ``call`` (a direct call: all rules), ``plan`` (``--plan-only``: packs/allowlist and
+read-only, a plan is inert), ``execute`` (``--execute-plan``: the plan stands for
+``--confirm-write`` and for the plan requirement; a destructive plan still needs
+``--confirm-destructive`` at execution, because deleting is the one step a reviewer must take
+twice on purpose).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -38,6 +50,7 @@ __all__ = [
     "assess",
     "authorize",
     "check_packs",
+    "check_widening",
     "commands_of",
     "listed",
 ]
@@ -133,10 +146,22 @@ class Gates:
     confirm_write: bool = False
     confirm_destructive: bool = False
     require_plan: bool = False
+    read_only: bool = False
+    #: The operator's packs (None: every catalog pack) and allowlist: the ceiling.
+    ceiling_packs: tuple[str, ...] | None = None
+    ceiling_allowlist: tuple[str, ...] = ()
 
     @property
     def enabled_packs(self) -> tuple[str, ...]:
-        return tuple(p.strip().lower() for p in self.packs if p.strip().lower() != _NO_PACKS)
+        chosen = _pack_names(self.packs)
+        if self.ceiling_packs is None:
+            return chosen
+        ceiling = _pack_names(self.ceiling_packs)
+        return tuple(p for p in chosen if p in ceiling)
+
+
+def _pack_names(packs: Iterable[str]) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in packs if p.strip().lower() != _NO_PACKS)
 
 
 def check_packs(packs: Iterable[str]) -> None:
@@ -150,30 +175,81 @@ def check_packs(packs: Iterable[str]) -> None:
         )
 
 
+def check_widening(requested: Iterable[str], allowed: Collection[str]) -> None:
+    """Refuse a flag that would lift a guard unless the operator named it in B24_ALLOW_FLAGS."""
+    refused = [flag for flag in requested if flag not in allowed]
+    if refused:
+        raise PolicyError(
+            f"--{refused[0]} would lift a guard the operator set, and the operator has not "
+            "allowed it (B24_ALLOW_FLAGS)",
+            code="FLAG_NOT_ALLOWED",
+            hint="run the command without it; only the operator can allow it, by name, in "
+            "B24_ALLOW_FLAGS",
+        )
+
+
+def _inside_ceiling(command: Command, pack: str | None, gates: Gates) -> bool:
+    if catalog.match_allowlist(command.method, gates.ceiling_allowlist):
+        return True
+    if pack is None:
+        return False
+    return gates.ceiling_packs is None or pack in _pack_names(gates.ceiling_packs)
+
+
+def _outside_ceiling(command: Command, pack: str | None, gates: Gates) -> PolicyError:
+    if pack is None:
+        return PolicyError(
+            f"{command.label} is not in the method catalog (unknown methods count as writes), "
+            "and the operator's B24_METHOD_ALLOWLIST does not name it",
+            code="METHOD_UNLISTED",
+            hint=f"check the name in the official docs (b24 --explain {command.method}); the "
+            "operator allows it by adding it to B24_METHOD_ALLOWLIST",
+        )
+    ceiling = ",".join(_pack_names(gates.ceiling_packs or ())) or "none"
+    return PolicyError(
+        f"{command.label} is in pack '{pack}', outside what the operator allows "
+        f"(B24_PACKS={ceiling}); a command-line flag narrows that, never widens it",
+        code="OUTSIDE_OPERATOR_CEILING",
+        hint=f"the operator adds '{pack}' to B24_PACKS or the method to B24_METHOD_ALLOWLIST",
+    )
+
+
 def _check_listed(command: Command, gates: Gates) -> None:
-    if gates.allow_unlisted or catalog.match_allowlist(command.method, gates.method_allowlist):
+    if gates.allow_unlisted:
         return
     pack = catalog.pack_of(command.method)
+    if not _inside_ceiling(command, pack, gates):
+        raise _outside_ceiling(command, pack, gates)
+    if catalog.match_allowlist(command.method, gates.method_allowlist):
+        return
     enabled = gates.enabled_packs
     if pack is not None and pack in enabled:
         return
-    once = "or run it once with --allow-unlisted"
-    just = f"--method-allowlist '{command.method}'"
+    just = f"allow just this method with --method-allowlist '{command.method}'"
     if pack is None:
         raise PolicyError(
-            f"{command.label} is not in the method catalog (unknown methods count as writes)",
+            f"{command.label} is not in the method catalog nor in this run's allowlist",
             code="METHOD_UNLISTED",
-            hint=f"check the name in the official docs (b24 --explain {command.method}), then "
-            f"allow it with {just} {once}",
+            hint=f"{just} (the operator's B24_METHOD_ALLOWLIST admits it)",
         )
-    packs = ",".join((*enabled, pack))
     raise PolicyError(
         f"{command.label} is in pack '{pack}', which is not enabled "
         f"(enabled: {', '.join(enabled) or 'none'})",
         code="METHOD_NOT_ALLOWED",
-        hint=f"enable the pack with --packs {packs} (or B24_PACKS), allow just this method "
-        f"with {just}, {once}",
+        hint=f"enable the pack with --packs {','.join((*enabled, pack))} (or B24_PACKS), or {just}",
     )
+
+
+def _check_read_only(assessment: Assessment, gates: Gates) -> None:
+    if gates.read_only and assessment.writes:
+        top = assessment.riskiest()
+        raise PolicyError(
+            f"{top.label} is a {assessment.risk} call and this run is read-only "
+            "(B24_READ_ONLY=1 or --read-only)",
+            code="READ_ONLY",
+            hint="reads still work; writes need the operator to unset B24_READ_ONLY and a run "
+            "without --read-only",
+        )
 
 
 def _check_confirmation(assessment: Assessment, gates: Gates, stage: Stage) -> None:
@@ -214,8 +290,9 @@ def listed(assessment: Assessment, gates: Gates) -> bool:
 
 
 def authorize(assessment: Assessment, gates: Gates, stage: Stage = "call") -> None:
-    """Raise PolicyError (exit 3) naming the flag that would allow it, unless it may run."""
-    check_packs(gates.packs)
+    """Raise PolicyError (exit 3) saying what would allow it, unless it may run."""
+    check_packs((*gates.packs, *(gates.ceiling_packs or ())))
     for command in assessment.commands:
         _check_listed(command, gates)
+    _check_read_only(assessment, gates)
     _check_confirmation(assessment, gates, stage)

@@ -52,7 +52,7 @@ class WriteOutcome:
         """One line for stderr when the body did not come from sending the call now."""
         record = self.ticket.record
         again = (
-            "; to really run it again, add --no-idempotency"
+            "; to really run it again, give it its own --idempotency-key"
             if record.get("auto")
             else "; use a new key for a new call"
         )
