@@ -15,7 +15,7 @@ from typing import Any
 
 from . import crm_fields, crm_model, task_model
 
-__all__ = ["SEED_KINDS", "USERS", "message_id", "offline_event"]
+__all__ = ["LIST_VIEWS", "SEED_KINDS", "USERS", "message_id", "offline_event"]
 
 #: The portal's people. User 1 is the administrator the webhook and the OAuth app act as;
 #: user 5 has left the company (ACTIVE false), so ``user.get`` filters have something to skip.
@@ -104,6 +104,12 @@ def _task(i: int, users: list[int]) -> dict[str, Any]:
 SEED_KINDS: dict[str, tuple[str, Callable[[int, list[int]], dict[str, Any]]]] = {
     **{f"crm.{e.code}": (e.table, _crm_factory(e)) for e in crm_fields.ENTITIES.values()},
     "tasks.task": ("tasks", _task),
+}
+
+
+#: Tables whose rows ``seed`` renders ahead in the ``.list`` default view (``Store.render``).
+LIST_VIEWS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    e.table: crm_model.list_view(e) for e in crm_fields.ENTITIES.values()
 }
 
 

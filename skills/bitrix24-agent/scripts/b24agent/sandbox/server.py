@@ -11,7 +11,6 @@ benchmarks push tens of thousands of calls through one server; per-request loggi
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .context import AuthInfo, CallContext
 from .envelope import success_body
 from .errors import PortalError
 from .faults import RawAnswer
+from .jsonout import encode
 from .limits import limit_error
 from .oauth import TokenError
 from .portal import Portal, credential_key, normalize_method
@@ -41,12 +41,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def dump(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
-
-
 def json_answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
-    return Answer(status, dump(payload), headers=headers or {})
+    return Answer(status, encode(payload), headers=headers or {})
 
 
 @dataclass

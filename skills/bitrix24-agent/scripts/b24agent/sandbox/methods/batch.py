@@ -8,6 +8,7 @@ faults and operating-time accounting, exactly as if it were called directly.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ class _Outcome:
         """Follow a reference; ``_MISSING`` when any step does not exist."""
         node: Any = getattr(self, "result" if kind == "result" else f"result_{kind}")
         for key in keys:
-            if isinstance(node, dict) and key in node:
+            if isinstance(node, Mapping) and key in node:
                 node = node[key]
             elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
                 node = node[int(key)]

@@ -109,6 +109,24 @@ def _search(
     return rows, total, offset, counted
 
 
+def _star_page(
+    ctx: CallContext,
+    entity: fields_.Entity,
+    where: tuple[str, list[Any]],
+    order: list[str],
+    start: Any,
+) -> Page:
+    """A ``.list`` page in the default select, each row rendered once while it is unchanged."""
+    store = ctx.portal.store
+    offset, counted = page_start(start)
+    rows, total = store.select_stored(
+        entity.table, where[0], where[1], order, offset, PAGE_SIZE, counted
+    )
+    view = model.list_view(entity)
+    items = [store.render(entity.table, row, view) for row in rows]
+    return make_page(items, total, offset, counted)
+
+
 # --- crm.<entity>.* (deprecated but everywhere) ---------------------------------------------
 
 
@@ -171,8 +189,10 @@ def _register_old(entity: fields_.Entity) -> None:
             order = compile_order(_param(params, "order"), resolve)
         except FilterError as exc:
             raise _old_filter_error(exc) from None
-        rows, total, offset, counted = _search(ctx, entity, where, order, _param(params, "start"))
         select = select_list(_param(params, "select"))
+        if model.is_star(select):
+            return _star_page(ctx, entity, where, order, _param(params, "start"))
+        rows, total, offset, counted = _search(ctx, entity, where, order, _param(params, "start"))
         items = [model.v2_view(entity, row, select) for row in rows]
         return make_page(items, total, offset, counted)
 
