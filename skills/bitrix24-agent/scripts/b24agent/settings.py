@@ -31,6 +31,10 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_ENV_FILE            the env file to read (default ./.env, else .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
+  B24_APPROVAL            off|destructive|writes: plans above it run only once a human approves
+                          (MCP: elicitation); default writes. The plain CLI cannot enforce it.
+  B24_MCP_EXPORT_DIR      where b24-mcp's b24_export writes its JSONL files (default STATE/exports)
+  B24_MCP_TOKEN*          the bearer token b24-mcp --http requires from every HTTP client
 
 The operator's ceiling: what the environment and env file say is the most a call may do. Flags
 only narrow it, so the fields a flag may replace (``packs``, ``method_allowlist``) are kept apart
@@ -73,6 +77,7 @@ SECRET_VARIABLES = frozenset(
         "B24_APPLICATION_TOKEN",
         "B24_DOMAIN",
         "B24_OAUTH_SERVER",
+        "B24_MCP_TOKEN",
     }
 )
 
@@ -129,6 +134,9 @@ class Settings:
     retry_base_s: float = 0.5
     retry_max_s: float = 20.0
     max_operating_wait_s: float = 60.0
+    approval: str = "writes"
+    mcp_export_dir: Path = Path("exports")
+    mcp_token: str | None = field(default=None, repr=False)
 
     @property
     def portal_key(self) -> str:
@@ -143,6 +151,7 @@ class Settings:
             self.refresh_token,
             self.client_secret,
             self.application_token,
+            self.mcp_token,
         )
         return [v for v in values if v]
 
@@ -495,6 +504,9 @@ def load_settings(
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),
         retry_max_s=env.number("B24_RETRY_MAX_SEC", 20.0),
         max_operating_wait_s=env.number("B24_MAX_OPERATING_WAIT_SEC", 60.0),
+        approval=env.choice("B24_APPROVAL", "writes", ("off", "destructive", "writes")),
+        mcp_export_dir=env.path("B24_MCP_EXPORT_DIR", state_dir / "exports", home),
+        mcp_token=env.secret("B24_MCP_TOKEN"),
     )
     return _apply_field_overrides(settings, overrides)
 

@@ -47,6 +47,8 @@ class AuditEvent:
     idempotency_key: str | None = None
     error: str | None = None
     exit_code: int = 0
+    #: Who asked, when not the CLI: e.g. ``{"via": "mcp", "client": "claude-ai 0.1", "tool": ...}``.
+    origin: Mapping[str, str] | None = None
 
 
 def param_keys(params: Any, prefix: str = "") -> list[str]:
@@ -109,6 +111,8 @@ class AuditLog:
             "param_keys": param_keys(event.params),
             "params_digest": digest(event.params),
         }
+        if event.origin is not None:
+            entry["origin"] = dict(event.origin)
         if self._params_mode == "full":
             entry["params"] = event.params
         return self._redactor.mask_obj(entry)

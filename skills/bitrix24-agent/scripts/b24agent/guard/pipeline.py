@@ -96,6 +96,9 @@ class Guards:
     idempotency: bool = True
     idempotency_resolve: Literal["done", "failed"] | None = None
     audit: bool = True
+    #: ``Plan.digest()`` of the plan a human approved (MCP elicitation): the plan runs only if
+    #: it is still exactly that one.
+    approved_plan: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class CallRequest:
     parallel: int = 1
     #: The calls' params were validated already (the CLI checks a batch file as it reads it).
     params_checked: bool = False
+    #: Who asked, for the audit line, when it is not the CLI (the MCP server names its client).
+    origin: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,11 @@ class Pipeline:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests this pipeline's client has sent so far."""
+        return self._client.requests_sent if self._client is not None else 0
 
     def _get_client(self) -> Bitrix24Client:
         if self._client is None:
@@ -340,6 +350,12 @@ class Pipeline:
             policy.check_widening(["allow-unlisted"], self._settings.allowed_flags)
         gates = replace(self._gates(guards), allow_unlisted=plan.unlisted)
         policy.authorize(assessment, gates, "execute")
+        if guards.approved_plan is not None and guards.approved_plan != plan.digest():
+            raise ConflictError(
+                f"plan {plan.id} refused: it is not the plan that was approved",
+                code="PLAN_CHANGED",
+                hint="make a new plan and have it approved again",
+            )
         store.check_fresh(plan, self._read)
         store.claim(plan)
         response = self._get_client().call(plan.method, plan.params, api=plan.api)
@@ -479,6 +495,7 @@ class Pipeline:
             idempotency_key=record.idempotency_key,
             error=code,
             exit_code=exit_code,
+            origin=request.origin,
         )
         try:
             log.write(event)

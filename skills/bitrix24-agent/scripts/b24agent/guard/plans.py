@@ -75,6 +75,10 @@ class Plan:
             flags.append("--confirm-destructive")
         return " ".join([program, *flags])
 
+    def digest(self) -> str:
+        """A digest of everything stored: what a human approved is exactly this plan."""
+        return digest(asdict(self))
+
     def summary(self) -> dict[str, Any]:
         """What ``--plan-only`` prints (the caller masks secrets)."""
         shown = {k: v for k, v in asdict(self).items() if k != "target"}

@@ -1,0 +1,99 @@
+"""Who must approve a plan before it runs, and asking that human through MCP elicitation.
+
+The operator sets ``B24_APPROVAL`` (off | destructive | writes, default writes): a plan whose risk
+reaches that level runs only after a human said yes. The MCP client shows the question (form
+elicitation); the model cannot answer it. A client without elicitation cannot ask, so such a plan
+is refused there; the operator may lower ``B24_APPROVAL`` to let the agent's own call suffice.
+
+The question carries the plan's digest, and the run re-checks the stored plan against that digest
+(``Guards.approved_plan``): what runs is exactly what the human saw. On the 2026-07-28 protocol
+the SDK echoes the answer back through ``request_state``, bound to the question's text, so an
+answer to another plan's question is never taken for this one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..errors import B24Error, PolicyError
+from ..guard.plans import Plan
+
+__all__ = ["Approve", "Seen", "asks_for_human", "can_elicit", "declined", "question", "unavailable"]
+
+_RANK = {"read": 0, "write": 1, "destructive": 2}
+#: The lowest risk that needs a human, per B24_APPROVAL value.
+_NEEDS_HUMAN_FROM = {"off": 3, "destructive": 2, "writes": 1}
+#: Longest params / preview text shown in the question; the rest is cut with a marker.
+_SHOWN_CHARS = 4000
+
+
+class Approve(BaseModel):
+    """The one field of the approval form."""
+
+    approve: bool = Field(description="Yes runs this plan once, now; no leaves it unrun.")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The plan as the approval step found it: its digest and question, or why it cannot run."""
+
+    plan: Plan | None = None
+    error: B24Error | None = None
+
+
+def asks_for_human(risk: str, approval: str) -> bool:
+    """Whether a plan of ``risk`` needs a human under ``B24_APPROVAL=approval``."""
+    return _RANK.get(risk, 2) >= _NEEDS_HUMAN_FROM[approval]
+
+
+def can_elicit(capabilities: Any) -> bool:
+    """Whether the client declared form elicitation (a bare ``elicitation: {}`` counts)."""
+    elicitation = getattr(capabilities, "elicitation", None)
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+def _cut(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, indent=1)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "\n… (cut)"
+
+
+def question(plan: Plan) -> str:
+    """What the human reads: the call, its risk and target, the record as it is now, the params."""
+    expires = time.strftime("%H:%M:%S UTC", time.gmtime(plan.expires_at))
+    lines = [
+        f"Run this {plan.risk} call on the Bitrix24 portal {plan.portal}?",
+        f"method: {plan.method} (REST {plan.api})",
+    ]
+    if plan.target:
+        lines.append(f"record: {json.dumps(plan.target, ensure_ascii=False)}")
+    lines.append(f"params: {_cut(plan.params)}")
+    if plan.preview:
+        lines.append(f"preview: {_cut(plan.preview)}")
+    lines.append(f"plan {plan.id} · expires {expires} · digest {plan.digest()[:16]}")
+    return "\n".join(lines)
+
+
+def declined(plan_id: str, action: Literal["decline", "cancel", "no"]) -> PolicyError:
+    said = {"decline": "declined", "cancel": "cancelled", "no": "answered no to"}[action]
+    return PolicyError(
+        f"the human {said} plan {plan_id}; nothing was sent and the plan is still unrun",
+        code="APPROVAL_DECLINED",
+        hint="ask the human what to change, or run b24_execute_plan again if they change their "
+        "mind before the plan expires",
+    )
+
+
+def unavailable(plan: Plan, approval: str) -> PolicyError:
+    return PolicyError(
+        f"plan {plan.id} is a {plan.risk} call and B24_APPROVAL={approval} needs a human to "
+        "approve it, but this MCP client cannot ask one (it does not support elicitation); "
+        "nothing was sent",
+        code="APPROVAL_UNAVAILABLE",
+        hint="use an MCP client that supports elicitation, or run the plan where a human "
+        "approves it; the operator decides B24_APPROVAL",
+    )

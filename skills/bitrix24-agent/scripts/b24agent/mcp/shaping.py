@@ -1,0 +1,97 @@
+"""Tool results an MCP host can take: under its size cap, secrets masked, errors as tool errors.
+
+Claude Code refuses a tool result over 25,000 tokens, and others cut silently, so a result is
+kept under ``MAX_CHARS`` of compact JSON (at the ~2.4 characters a token that dense JSON costs at
+worst, that is under 25,000 tokens). A list answer keeps as many whole rows as fit and says so in
+``truncated``: how many rows were shown and the ``start`` that continues after them (or
+b24_export for every row). An answer with no row list to cut is saved whole to a file in the
+export folder and ``truncated`` names it. Errors become ``isError`` results carrying our code,
+message and hint, the same object the CLI prints on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mcp.types import CallToolResult, TextContent
+
+from ..errors import B24Error
+
+__all__ = ["MAX_CHARS", "error_result", "fit_rows", "ok_result", "to_text"]
+
+MAX_CHARS = 60_000
+#: Room kept for the envelope and the ``truncated`` marker around the rows.
+_MARKER_ROOM = 1_000
+
+Mask = Callable[[str], str]
+
+
+def to_text(document: Any) -> str:
+    """Compact JSON, the form of every result."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def ok_result(document: Any, mask: Mask) -> CallToolResult:
+    """A successful result: the document as compact JSON text, masked."""
+    return CallToolResult(content=[TextContent(type="text", text=mask(to_text(document)))])
+
+
+def error_result(error: B24Error, mask: Mask) -> CallToolResult:
+    """A tool error: ``{"error": {code, message, hint, retryable}}``, masked."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=mask(to_text(error.to_json())))], is_error=True
+    )
+
+
+def _rows_at(body: Mapping[str, Any]) -> tuple[list[Any], str | None] | None:
+    """The row list of a list answer and the key holding it inside ``result`` (None: result)."""
+    result = body.get("result")
+    if isinstance(result, list):
+        return result, None
+    if isinstance(result, Mapping):
+        lists = [(k, v) for k, v in result.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            return lists[0][1], lists[0][0]
+    return None
+
+
+def fit_rows(
+    body: Mapping[str, Any], start: int, spill: Callable[[Any], Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``body`` itself when it fits, else the rows that fit plus a ``truncated`` marker.
+
+    ``start`` is the offset the call asked for; ``spill`` saves a whole answer that has no rows
+    to cut and returns what the marker should say about the file.
+    """
+    document = dict(body)
+    size = len(to_text(document))
+    if size <= MAX_CHARS:
+        return document
+    found = _rows_at(document)
+    if found is None:
+        return {"truncated": {"reason": f"the answer is {size} characters", **spill(document)}}
+    rows, key = found
+    room = MAX_CHARS - _MARKER_ROOM - (size - len(to_text(rows)))
+    kept: list[Any] = []
+    used = 2
+    for row in rows:
+        used += len(to_text(row)) + 1
+        if used > room:
+            break
+        kept.append(row)
+    if key is None:
+        document["result"] = kept
+    else:
+        document["result"] = {**document["result"], key: kept}
+    document["truncated"] = {
+        "rows_shown": len(kept),
+        "rows_in_answer": len(rows),
+        "next_start": start + len(kept),
+        "hint": "call again with params.start = next_start for the next rows, or use b24_export "
+        "to get every row in a file",
+    }
+    if len(to_text(document)) > MAX_CHARS:  # the answer's other fields alone are too big
+        return {"truncated": {"reason": f"the answer is {size} characters", **spill(dict(body))}}
+    return document

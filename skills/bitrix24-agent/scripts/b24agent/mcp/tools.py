@@ -1,0 +1,218 @@
+"""What each MCP tool does, on top of ``guard/pipeline.py``; ``server`` only declares them.
+
+Every tool builds the same ``CallRequest`` the CLI builds, so the pipeline applies the same packs,
+ceiling, plans, idempotency, limiter and audit; the request's ``origin`` puts the MCP client and
+tool into the audit line. The agent gets no flag that widens a guard: ``b24_call`` runs reads
+only, a write is planned with ``b24_plan`` and runs through ``b24_execute_plan``, which a human
+approves (``approval``). A tool returns a result or a tool error, never raises: the SDK would
+otherwise turn our message into a bare "Error executing tool".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TextIO
+
+from mcp.server.mcpserver import Context, Elicit
+from mcp.server.mcpserver.resolve import AcceptedElicitation, ElicitationResult
+from mcp.types import CallToolResult
+
+from .. import catalog
+from ..cli.common import as_b24_error
+from ..cli.output import Printer
+from ..encoding import encode_query
+from ..errors import B24Error, PolicyError, UsageError
+from ..guard import policy
+from ..guard.pipeline import Call, CallRequest, Guards, Pipeline
+from ..guard.plans import PlanStore
+from ..redact import Redactor
+from ..settings import Settings
+from .approval import Approve, Seen, asks_for_human, can_elicit, declined, question, unavailable
+from .exports import ExportFolder
+from .shaping import error_result, fit_rows, ok_result, to_text
+
+__all__ = ["CANNOT_ASK", "NOT_NEEDED", "ToolBox"]
+
+Api = Literal["v2", "v3"]
+#: What the approval resolver answers when it asks nobody.
+NOT_NEEDED = "not-needed"
+CANNOT_ASK = "cannot-ask"
+#: Most calls one b24_plan_batch may hold: one batch request of the portal.
+MAX_BATCH_CALLS = 50
+
+
+def _start_of(params: Mapping[str, Any]) -> int:
+    try:
+        return max(0, int(params.get("start") or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class ToolBox:
+    """The tools of one server: its settings, the transport it serves, the export folder."""
+
+    def __init__(self, settings: Settings, transport: str) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.folder = ExportFolder(settings.mcp_export_dir)
+        self._mask = Redactor(settings.secrets()).mask
+
+    # --- the frame every tool runs in ----------------------------------------------------------
+    def origin(self, tool: str, ctx: Context) -> dict[str, str]:
+        """Who asked, for the audit line: the MCP client as it named itself, and the tool."""
+        params = ctx.session.client_params if ctx is not None else None
+        info = params.client_info if params is not None else None
+        client = f"{info.name} {info.version}".strip()[:100] if info is not None else "unknown"
+        return {"via": "mcp", "transport": self.transport, "client": client, "tool": tool}
+
+    def _run(self, work: Callable[[Pipeline], Any]) -> CallToolResult:
+        """Run ``work`` with a fresh pipeline; its document or error becomes the result."""
+        mask = self._mask
+        try:
+            with Pipeline(self.settings) as pipeline:
+                mask = pipeline.mask
+                return ok_result(work(pipeline), mask)
+        except Exception as exc:
+            return error_result(as_b24_error(exc), mask)
+
+    def _spill(self, document: Any) -> dict[str, Any]:
+        """Save an answer too big to return; what the ``truncated`` marker says about it."""
+        text = self._mask(to_text(document))
+        path = self.folder.write_document("answer", text)
+        return {"saved_to": str(path), "hint": "read the file, or narrow the call (select, filter)"}
+
+    # --- reads ---------------------------------------------------------------------------------
+    def call(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
+        def work(pipeline: Pipeline) -> Any:
+            assessment = policy.assess([(method, params, None)])
+            if assessment.writes:
+                top = assessment.riskiest()
+                raise PolicyError(
+                    f"{top.label} is a {assessment.risk} call; b24_call runs reads only",
+                    code="READS_ONLY",
+                    hint="plan it with b24_plan, then run the plan with b24_execute_plan (a "
+                    "human may be asked to approve it)",
+                )
+            request = CallRequest(
+                "call", (Call(method, params),), api=api, origin=self.origin("b24_call", ctx)
+            )
+            outcome = pipeline.run(request)
+            assert outcome.response is not None
+            return fit_rows(outcome.response.body, _start_of(params), self._spill)
+
+        return self._run(work)
+
+    def export(self, ctx: Context, method: str, params: dict[str, Any]) -> CallToolResult:
+        def work(pipeline: Pipeline) -> Any:
+            request = CallRequest(
+                "export", (Call(method, params),), origin=self.origin("b24_export", ctx)
+            )
+            outcome = pipeline.run(request)
+            assert outcome.stream is not None
+
+            def write(handle: TextIO, rows: Any) -> int:
+                return Printer(handle, mask=pipeline.mask, compact=True).lines(rows)
+
+            path, rows = self.folder.write_lines(method, outcome.stream, write)
+            return {
+                "path": str(path),
+                "rows": rows,
+                "requests": pipeline.requests_sent,
+                "method": method,
+            }
+
+        return self._run(work)
+
+    # --- plans ---------------------------------------------------------------------------------
+    def plan(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
+        return self._plan(ctx, "b24_plan", Call(method, params), api)
+
+    def plan_batch(self, ctx: Context, calls: list[dict[str, Any]]) -> CallToolResult:
+        """Up to 50 calls as one plan of one ``batch`` request, each command checked on its own."""
+        if not 1 <= len(calls) <= MAX_BATCH_CALLS:
+            return error_result(
+                UsageError(
+                    f"b24_plan_batch takes 1 to {MAX_BATCH_CALLS} calls, got {len(calls)}",
+                    code="USAGE",
+                    hint=f"split the work into plans of at most {MAX_BATCH_CALLS} calls",
+                ),
+                self._mask,
+            )
+        commands = {
+            f"c{n}": f"{c['method']}?{encode_query(c.get('params') or {})}".rstrip("?")
+            for n, c in enumerate(calls, 1)
+        }
+        return self._plan(ctx, "b24_plan_batch", Call("batch", {"halt": 0, "cmd": commands}), "v2")
+
+    def _plan(self, ctx: Context, tool: str, call: Call, api: str) -> CallToolResult:
+        def work(pipeline: Pipeline) -> Any:
+            guards = Guards(plan_only=True)
+            request = CallRequest(
+                "call", (call,), api=api, guards=guards, origin=self.origin(tool, ctx)
+            )
+            summary = pipeline.run(request).document["plan"]
+            human = asks_for_human(summary["risk"], self.settings.approval)
+            return {
+                "plan_id": summary["id"],
+                "plan": summary,
+                "approval": "a human will be asked to approve it"
+                if human
+                else "it runs when you execute it (B24_APPROVAL allows that)",
+                "next": {"tool": "b24_execute_plan", "arguments": {"plan_id": summary["id"]}},
+            }
+
+        return self._run(work)
+
+    # --- executing a plan, once a human said yes -----------------------------------------------
+    def seen(self, plan_id: str) -> Seen:
+        """The stored plan, checked (signature, portal, expiry, unspent), or why it cannot run."""
+        settings = self.settings
+        store = PlanStore(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+        try:
+            return Seen(plan=store.load(plan_id))
+        except B24Error as exc:
+            return Seen(error=exc)
+
+    def ask(self, seen: Seen, ctx: Context) -> Elicit[Approve] | str:
+        """The approval question for the human, or why nobody is asked."""
+        plan = seen.plan
+        if plan is None or not asks_for_human(plan.risk, self.settings.approval):
+            return NOT_NEEDED
+        if not can_elicit(ctx.client_capabilities):
+            return CANNOT_ASK
+        return Elicit(self._mask(question(plan)), Approve)
+
+    def execute(
+        self, ctx: Context, seen: Seen, answer: ElicitationResult[Approve]
+    ) -> CallToolResult:
+        def work(pipeline: Pipeline) -> Any:
+            if seen.error is not None:
+                raise seen.error
+            plan = seen.plan
+            assert plan is not None
+            if not isinstance(answer, AcceptedElicitation):
+                raise declined(plan.id, answer.action)
+            if answer.data == CANNOT_ASK:
+                raise unavailable(plan, self.settings.approval)
+            if isinstance(answer.data, Approve) and not answer.data.approve:
+                raise declined(plan.id, "no")
+            guards = Guards(
+                execute_plan=plan.id, confirm_destructive=True, approved_plan=plan.digest()
+            )
+            request = CallRequest(
+                "call", (Call(""),), guards=guards, origin=self.origin("b24_execute_plan", ctx)
+            )
+            outcome = pipeline.run(request)
+            assert outcome.response is not None
+            body = fit_rows(outcome.response.body, 0, self._spill)
+            return {"plan_id": plan.id, "ran": True, **body}
+
+        return self._run(work)
+
+    # --- the catalog ---------------------------------------------------------------------------
+    def explain(self, methods: list[str]) -> CallToolResult:
+        return self._run(lambda _: [catalog.explain(m) for m in methods])
+
+    def packs(self) -> CallToolResult:
+        enabled = [p for p in self.settings.packs if p != "none"]
+        return self._run(lambda _: {"enabled": enabled, "packs": catalog.packs()})

@@ -1,0 +1,98 @@
+"""Driving ``b24-mcp`` the way an MCP host does: the SDK's own client over stdio or HTTP.
+
+``Host`` starts ``scripts/mcp_server.py`` as a subprocess with the sandbox's credentials in its
+environment (never in the model's view), keeps the server's stderr in a file so tests can check
+it for secrets, and offers ``call(tool, args)`` returning the parsed JSON and the error flag.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from conftest import ROOT, Sandbox
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.types import ElicitResult
+
+SERVER = ROOT / "skills" / "bitrix24-agent" / "scripts" / "mcp_server.py"
+
+Elicit = Callable[[Any, Any], Awaitable[ElicitResult]]
+
+
+def answering(action: str, approve: bool = True, asked: list[str] | None = None) -> Elicit:
+    """An elicitation callback that answers every question with ``action`` (and records it)."""
+
+    async def answer(_ctx: Any, params: Any) -> ElicitResult:
+        if asked is not None:
+            asked.append(params.message)
+        content = {"approve": approve} if action == "accept" else None
+        return ElicitResult(action=action, content=content)
+
+    return answer
+
+
+def server_env(portal: Sandbox, state: Path, **extra: str) -> dict[str, str]:
+    return {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(state), **extra}
+
+
+@dataclass
+class Result:
+    """One tool result: the JSON it carries and whether it is a tool error."""
+
+    data: Any
+    error: bool
+    text: str
+
+    @property
+    def code(self) -> str:
+        return self.data["error"]["code"] if self.error else ""
+
+
+def parse(result: Any) -> Result:
+    text = result.content[0].text
+    return Result(json.loads(text), bool(result.is_error), text)
+
+
+@dataclass
+class Host:
+    """An MCP host session against one server subprocess (stdio)."""
+
+    env: dict[str, str]
+    folder: Path
+    elicit: Elicit | None = None
+    mode: str = "auto"
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def errlog(self) -> Path:
+        return self.folder / "server.stderr"
+
+    def session(self, work: Callable[[Client], Awaitable[Any]]) -> Any:
+        """Start the server, run ``work(client)``, stop it; returns what ``work`` returned."""
+        params = StdioServerParameters(
+            command=sys.executable, args=[str(SERVER)], env=self.env, cwd=str(self.folder)
+        )
+
+        async def main() -> Any:
+            with self.errlog.open("a") as errlog:
+                transport = stdio_client(params, errlog=errlog)
+                client = Client(transport, mode=self.mode, elicitation_callback=self.elicit)  # type: ignore[arg-type]
+                async with client:
+                    return await work(client)
+
+        return anyio.run(main)
+
+    async def call(self, client: Client, tool: str, arguments: dict[str, Any]) -> Result:
+        result = parse(await client.call_tool(tool, arguments))
+        self.texts.append(result.text)
+        return result
+
+    def one(self, tool: str, arguments: dict[str, Any]) -> Result:
+        """One tool call in its own session."""
+        return self.session(lambda client: self.call(client, tool, arguments))

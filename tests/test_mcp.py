@@ -1,0 +1,241 @@
+"""b24-mcp driven by the MCP SDK's own stdio client against the sandbox (issue 16).
+
+Every tool call goes host -> server subprocess -> guard pipeline -> sandbox over real HTTP. The
+elicitation tests run on both protocol eras the SDK speaks: 2026-07-28 (``auto``: the question
+rides an InputRequiredResult round) and 2025-11-25 (``legacy``: a standalone elicitation/create
+request, what Claude Desktop, Cursor and VS Code send today).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Sandbox
+from mcp_support import Host, answering, server_env
+
+TOOLS = {
+    "b24_call",
+    "b24_plan",
+    "b24_execute_plan",
+    "b24_plan_batch",
+    "b24_export",
+    "b24_explain",
+    "b24_packs",
+}
+MODES = ("auto", "legacy")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def _host(portal: Sandbox, tmp_path: Path, state: Path, **kwargs: Any) -> Host:
+    env = kwargs.pop("env", {})
+    return Host(server_env(portal, state, **env), tmp_path, **kwargs)
+
+
+def _leads(portal: Sandbox, title: str) -> list[dict[str, Any]]:
+    body = portal.rest("crm.lead.list", {"filter": {"TITLE": title}, "select": ["ID"]}).json()
+    return body["result"]
+
+
+def _audit(state: Path) -> list[dict[str, Any]]:
+    (log,) = state.glob("*/audit.jsonl")
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _secrets(portal: Sandbox) -> list[str]:
+    oauth = portal.oauth
+    return [
+        portal.webhook["code"],
+        portal.admin_token,
+        *(str(oauth[k]) for k in ("client_secret", "access_token", "refresh_token")),
+    ]
+
+
+def _plan_add(host: Host, client: Any, title: str) -> Any:
+    params = {"fields": {"TITLE": title}}
+    return host.call(client, "b24_plan", {"method": "crm.lead.add", "params": params})
+
+
+# --- tools, a read, reads only ------------------------------------------------------------------
+
+
+def test_tools_are_listed_with_schemas_and_references_as_resources(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state)
+
+    async def work(client: Any) -> Any:
+        return await client.list_tools(), await client.list_resources()
+
+    tools, resources = host.session(work)
+    by_name = {tool.name: tool for tool in tools.tools}
+    assert set(by_name) == TOOLS
+    for tool in by_name.values():
+        assert tool.description and "\n" not in tool.description
+        assert tool.input_schema["type"] == "object"
+    call = by_name["b24_call"].input_schema
+    assert call["required"] == ["method"]
+    assert set(call["properties"]) == {"method", "params", "api"}
+    assert by_name["b24_execute_plan"].input_schema["required"] == ["plan_id"]
+    assert by_name["b24_call"].annotations.read_only_hint is True
+    uris = {str(r.uri) for r in resources.resources}
+    assert {"b24://references/packs.md", "b24://references/bitrix24.md"} <= uris
+
+
+def test_a_read_returns_the_result_and_the_audit_names_client_and_tool(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state)
+    me = host.one("b24_call", {"method": "user.current"})
+    assert not me.error, me.text
+    assert me.data["result"]["ID"] == str(portal.webhook["user_id"])
+    (line,) = _audit(state)
+    assert line["method"] == "user.current" and line["outcome"] == "ok"
+    assert line["origin"] == {
+        "via": "mcp",
+        "transport": "stdio",
+        "client": "mcp 0.1.0",
+        "tool": "b24_call",
+    }
+
+
+def test_b24_call_refuses_a_write_and_sends_nothing(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state)
+    params = {"fields": {"TITLE": "via b24_call"}}
+    refused = host.one("b24_call", {"method": "crm.lead.add", "params": params})
+    assert refused.error and refused.code == "READS_ONLY"
+    assert "b24_plan" in refused.data["error"]["hint"]
+    assert _leads(portal, "via b24_call") == []
+    assert "crm.lead.add" not in portal.stats()["by_method"]
+
+
+# --- plan, approve, execute -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_plan_then_execute_with_the_human_accepting_adds_one_record(
+    mode: str, portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    asked: list[str] = []
+    host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked), mode=mode)
+
+    async def work(client: Any) -> Any:
+        plan = await _plan_add(host, client, "approved by a human")
+        assert not plan.error, plan.text
+        assert "human" in plan.data["approval"]
+        ran = await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+        again = await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+        return plan, ran, again
+
+    plan, ran, again = host.session(work)
+    assert not ran.error, ran.text
+    assert ran.data["ran"] is True and isinstance(ran.data["result"], int)
+    assert len(_leads(portal, "approved by a human")) == 1
+    assert again.error and again.code == "PLAN_SPENT"
+    (question,) = asked  # the spent plan is refused before anyone is asked
+    assert "crm.lead.add" in question and "approved by a human" in question
+    assert plan.data["plan_id"] in question
+    executed = [line for line in _audit(state) if line["origin"]["tool"] == "b24_execute_plan"]
+    assert [line["outcome"] for line in executed] == ["ok"]
+    assert executed[0]["plan_id"] == plan.data["plan_id"]
+
+
+@pytest.mark.parametrize("action", ["decline", "cancel"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_declined_plan_sends_nothing_and_still_runs_later(
+    mode: str, action: str, portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    no = _host(portal, tmp_path, state, elicit=answering(action), mode=mode)
+    plan = no.one("b24_plan", {"method": "crm.lead.add", "params": {"fields": {"TITLE": "later"}}})
+    plan_id = plan.data["plan_id"]
+    refused = no.one("b24_execute_plan", {"plan_id": plan_id})
+    assert refused.error and refused.code == "APPROVAL_DECLINED"
+    assert "nothing was sent" in refused.data["error"]["message"]
+    assert _leads(portal, "later") == []
+    assert "crm.lead.add" not in portal.stats()["by_method"]
+
+    yes = _host(portal, tmp_path, state, elicit=answering("accept"), mode=mode)
+    ran = yes.one("b24_execute_plan", {"plan_id": plan_id})
+    assert not ran.error, ran.text
+    assert len(_leads(portal, "later")) == 1
+
+
+def test_answering_no_in_the_form_counts_as_declined(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state, elicit=answering("accept", approve=False))
+
+    async def work(client: Any) -> Any:
+        plan = await _plan_add(host, client, "unticked")
+        return await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+
+    refused = host.session(work)
+    assert refused.error and refused.code == "APPROVAL_DECLINED"
+    assert _leads(portal, "unticked") == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_client_without_elicitation_is_refused_unless_the_operator_allows_it(
+    mode: str, portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state, mode=mode)
+
+    async def work(client: Any) -> Any:
+        plan = await _plan_add(host, client, "no human here")
+        return await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+
+    refused = host.session(work)
+    assert refused.error and refused.code == "APPROVAL_UNAVAILABLE"
+    assert "B24_APPROVAL" in refused.data["error"]["hint"]
+    assert _leads(portal, "no human here") == []
+    assert "crm.lead.add" not in portal.stats()["by_method"]
+
+    # The operator lowers the bar for plain writes: the agent's own call then suffices.
+    allowed = _host(portal, tmp_path, state, mode=mode, env={"B24_APPROVAL": "destructive"})
+    ran = allowed.session(work)
+    assert not ran.error, ran.text
+    assert len(_leads(portal, "no human here")) == 1
+
+
+def test_a_plan_edited_on_disk_is_refused_before_anyone_is_asked(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    asked: list[str] = []
+    host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked))
+    plan = host.one("b24_plan", {"method": "crm.lead.add", "params": {"fields": {"TITLE": "x"}}})
+    (path,) = state.glob(f"*/plans/{plan.data['plan_id']}.json")
+    stored = json.loads(path.read_text())
+    stored["plan"]["params"]["fields"]["TITLE"] = "edited"
+    path.write_text(json.dumps(stored))
+    refused = host.one("b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+    assert refused.error and refused.code == "PLAN_TAMPERED"
+    assert asked == []
+    assert _leads(portal, "edited") == [] and _leads(portal, "x") == []
+
+
+def test_a_destructive_plan_shows_the_record_to_the_human(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    lead = portal.rest("crm.lead.add", {"fields": {"TITLE": "to be deleted"}}).json()["result"]
+    asked: list[str] = []
+    host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked))
+
+    async def work(client: Any) -> Any:
+        plan = await host.call(
+            client, "b24_plan", {"method": "crm.lead.delete", "params": {"id": lead}}
+        )
+        assert not plan.error, plan.text
+        return await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+
+    ran = host.session(work)
+    assert not ran.error, ran.text
+    assert "destructive" in asked[0] and "to be deleted" in asked[0]
+    assert _leads(portal, "to be deleted") == []
