@@ -73,6 +73,20 @@ def _imports(cli: Cli, *args: str) -> tuple[Run, set[str]]:
     return Run(proc.returncode, proc.stdout, other), {t.rsplit("|", 1)[-1].strip() for t in timings}
 
 
+@pytest.mark.parametrize(
+    "args", [("--help",), ("--version",), ("--explain", "crm.lead.add"), ("--list-packs",)]
+)
+def test_flags_that_only_print_neither_use_nor_start_a_server(
+    args: tuple[str, ...], cli: Cli, runtime: Path
+) -> None:
+    """They never call the portal: the runtime folder (made by the first call that looks for a
+    server, see _warm) is never even created, so no server can have been started."""
+    run = cli(*args)
+    assert run.code == 0 and run.out
+    time.sleep(0.5)
+    assert not (runtime / "bitrix24-agent").exists()
+
+
 def _without_timing(document: dict) -> dict:
     return {key: value for key, value in document.items() if key != "time"}
 

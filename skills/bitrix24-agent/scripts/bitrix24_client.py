@@ -1,4 +1,14 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#   "requests>=2.31",
+#   "python-dotenv>=1.0",
+#   "jsonschema>=4.18",
+#   "tenacity>=8.2",
+#   "filelock>=3.12",
+# ]
+# ///
 """Entry point for the guarded Bitrix24 REST CLI (one call, a batch or a full export per run).
 
 Thin on purpose: it puts this folder on sys.path so the bundled b24agent package is found when

@@ -1,4 +1,8 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = []
+# ///
 """Entry point for the local Bitrix24 sandbox portal on 127.0.0.1.
 
 Thin on purpose: it puts this folder on sys.path so the bundled b24agent package is found when

@@ -58,8 +58,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-
 from .errors import ConfigError
 
 __all__ = ["SECRET_VARIABLES", "WIDENING_FLAGS", "Settings", "load_settings"]
@@ -350,6 +348,10 @@ def _merged(
         )
     if path.is_file():
         try:
+            # Imported here: the sandbox reads is_loopback_host from this module and runs on a
+            # python3 without our packages.
+            from dotenv import dotenv_values
+
             from_file = dict(dotenv_values(path))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -23,7 +22,15 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .output import Printer
 
-from .common import JsonErrorParser, as_b24_error, default_mask, positive_int
+from .. import __version__
+from .common import (
+    JsonErrorParser,
+    as_b24_error,
+    default_mask,
+    positive_int,
+    program,
+    quiet_if_reader_left,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -35,24 +42,27 @@ exit codes:
   2    usage or validation error (unknown flag, malformed JSON, bad batch-file line)
   3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist;
        or outside what the operator allows: B24_PACKS, B24_READ_ONLY, B24_ALLOW_FLAGS)
-  4    auth or configuration (missing B24_DOMAIN, rejected credentials, corrupt state file)
+  4    auth or configuration (a missing setting or Python package, rejected credentials,
+       a corrupt state file)
   5    conflict (idempotency key in use or reused with other params; stale or spent plan)
   6    transient error, gave up after retries (QUERY_LIMIT_EXCEEDED, 5xx on a read): retry later
   7    outcome unknown: a write may or may not have happened; check before repeating it
-  130  interrupted (Ctrl-C, or stdout closed early, e.g. by `| head`)
+  130  interrupted (Ctrl-C)
+stdout closed early (`| head`): the run stops quietly with exit 0; rows after the last one read
+were not fetched, and --batch-file calls after it may not have been sent.
 On failure stderr carries one line: {"error": {"code", "message", "hint", "retryable"}}.
 """
 
 EXAMPLES = """\
 examples:
-  b24 crm.lead.list --params '{"select": ["ID", "TITLE"], "filter": {">ID": 100}}'
-  b24 crm.lead.get --params @lead.json --output result
-  echo '{"id": 5}' | b24 crm.lead.get --params -
-  b24 crm.lead.list --all --output jsonl > leads.jsonl
-  b24 crm.lead.add --params '{"fields": {"TITLE": "Web form"}}' --confirm-write
-  b24 --batch-file calls.jsonl --confirm-write      # lines: {"method": ..., "params": {...}}
-  b24 batch --params '{"cmd": {"me": "user.current", "lead": "crm.lead.get?id=1"}}'
-  b24 --explain crm.lead.delete tasks.task.add
+  %(prog)s crm.lead.list --params '{"select": ["ID", "TITLE"], "filter": {">ID": 100}}'
+  %(prog)s crm.lead.get --params @lead.json --output result
+  echo '{"id": 5}' | %(prog)s crm.lead.get --params -
+  %(prog)s crm.lead.list --all --output jsonl > leads.jsonl
+  %(prog)s crm.lead.add --params '{"fields": {"TITLE": "Web form"}}' --confirm-write
+  %(prog)s --batch-file calls.jsonl --confirm-write      # lines: {"method": ..., "params": {...}}
+  %(prog)s batch --params '{"cmd": {"me": "user.current", "lead": "crm.lead.get?id=1"}}'
+  %(prog)s --explain crm.lead.delete tasks.task.add
 """
 
 OUTPUTS = ("json", "result", "jsonl")
@@ -73,6 +83,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("method", nargs="?", metavar="METHOD", help="REST method, e.g. crm.lead.list or batch")
+    add(
+        "--version",
+        action="version",
+        version=f"bitrix24-agent {__version__}",
+        help="print the version, e.g. %(prog)s --version",
+    )
 
     call = parser.add_argument_group("call")
     call.add_argument(
@@ -87,7 +103,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--auto-refresh",
         action="store_true",
         help="no-op kept for old scripts: OAuth tokens refresh whenever B24_CLIENT_ID/_SECRET "
-        "are set, e.g. b24 --auto-refresh user.current",
+        "are set, e.g. %(prog)s --auto-refresh user.current",
     )
     call.add_argument(
         "--all", action="store_true", help="export every row of a list method, e.g. crm.deal.list"
@@ -135,7 +151,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     guard.add_argument(
         "--list-packs",
         action="store_true",
-        help="print the packs, e.g. b24 --list-packs --output jsonl",
+        help="print the packs, e.g. %(prog)s --list-packs --output jsonl",
     )
     guard.add_argument(
         "--method-allowlist",
@@ -237,9 +253,9 @@ class _Cli:
         """Print ``exc`` as the one error line (always masked) and return its exit code."""
         from .output import dump_line
 
+        if quiet_if_reader_left(exc, self.stdout):
+            return 0
         error = as_b24_error(exc)
-        if isinstance(exc, BrokenPipeError):
-            _silence(self.stdout)
         text = dump_line(error.to_json())
         mask = self.mask or default_mask()
         try:
@@ -420,7 +436,7 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
             )
     if not args.method and not args.execute_plan:
         raise UsageError(
-            "a METHOD is required, e.g. b24 crm.lead.list",
+            f"a METHOD is required, e.g. {program('b24')} crm.lead.list",
             code="USAGE",
             hint="or use --batch-file, --explain, --list-packs or --execute-plan",
         )
@@ -504,21 +520,11 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
     )
 
 
-def _silence(stream: TextIO) -> None:
-    """Point a closed stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES) instead of raising."""
     cli = _Cli(sys.stdin, sys.stdout, sys.stderr)
     try:
-        args = build_parser(os.path.basename(sys.argv[0])).parse_args(argv)
+        args = build_parser(program("b24")).parse_args(argv)
         return cli.run(args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0

@@ -4,13 +4,23 @@ mapping, so ``b24`` and ``b24-offline-worker`` keep one contract (one JSON line,
 from __future__ import annotations
 
 import argparse
+import os
+import select
+import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 if TYPE_CHECKING:
     from ..errors import B24Error
 
-__all__ = ["JsonErrorParser", "as_b24_error", "default_mask", "positive_int"]
+__all__ = [
+    "JsonErrorParser",
+    "as_b24_error",
+    "default_mask",
+    "positive_int",
+    "program",
+    "quiet_if_reader_left",
+]
 
 
 class JsonErrorParser(argparse.ArgumentParser):
@@ -22,6 +32,33 @@ class JsonErrorParser(argparse.ArgumentParser):
         raise UsageError(
             message, code="USAGE", hint=f"run {self.prog} --help for flags and examples"
         )
+
+
+def program(command: str) -> str:
+    """The name help and hints show: ``python3 PATH`` when run as a script, as the user typed
+    it (the skill never puts the installed commands on PATH), else the installed ``command``."""
+    typed = sys.argv[0] if sys.argv else ""
+    return f"python3 {typed}" if typed.endswith(".py") else command
+
+
+def quiet_if_reader_left(exc: BaseException, stdout: TextIO) -> bool:
+    """True when ``exc`` is stdout's reader leaving (``| head``): the reader's choice, not a
+    failure, so the run ends quietly with exit 0. stdout then points at /dev/null so the
+    interpreter's last flush cannot fail again. A broken pipe anywhere else stays an error."""
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:
+        fd = stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, 0)  # errors and hang-ups are reported whatever the mask
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+        if gone:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    except (OSError, ValueError):
+        return False
+    return gone
 
 
 def positive_int(text: str) -> int:
@@ -67,18 +104,18 @@ def as_b24_error(exc: BaseException) -> B24Error:
     if isinstance(exc, errors.B24Error):
         exc.hint = CLI_HINTS.get(exc.code, exc.hint)
         return exc
-    if isinstance(exc, BrokenPipeError):
-        return errors.Interrupted(
-            "stdout was closed before the output was complete",
-            code="OUTPUT_CLOSED",
-            hint="the reader stopped early (e.g. `| head`); rows not read were not written",
-        )
     if isinstance(exc, KeyboardInterrupt):
         return errors.Interrupted(
             "interrupted",
             code="INTERRUPTED",
             hint="if a write was in flight it may or may not have run; check before repeating it",
         )
+    if isinstance(exc, ModuleNotFoundError):
+        from ..dependencies import missing_dependency
+
+        missing = missing_dependency(exc)
+        if missing is not None:
+            return missing
     # A bug of ours: if it struck while a write was in flight, the write may have run, so
     # the fail-safe answer is "outcome unknown" (harmless for reads, honest for writes).
     return errors.OutcomeUnknownError(

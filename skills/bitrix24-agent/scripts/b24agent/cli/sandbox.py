@@ -19,30 +19,33 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .. import __version__
 from ..sandbox import methods  # noqa: F401  (importing registers every method handler)
 from ..sandbox.config import PLAN_LIMITS, Credentials, SandboxConfig
 from ..sandbox.portal import Portal
 from ..sandbox.server import SandboxServer
 from ..settings import is_loopback_host
+from .common import program, quiet_if_reader_left
 
 #: What ``--seed-demo`` puts in the store (Store.seed kinds).
 DEMO_COUNTS = {"crm.lead": 12, "crm.deal": 6, "crm.contact": 8, "crm.company": 4, "tasks.task": 5}
 
 EPILOG = """examples:
-  sandbox_portal.py                          # random free port, standard plan
-  sandbox_portal.py --port 8024 --seed-demo  # fixed port with demo CRM data and tasks
-  sandbox_portal.py --plan unlimited --latency-ms 20 --db /tmp/portal.sqlite
+  %(prog)s                          # random free port, standard plan
+  %(prog)s --port 8024 --seed-demo  # fixed port with demo CRM data and tasks
+  %(prog)s --plan unlimited --latency-ms 20 --db /tmp/portal.sqlite
 
 exit codes: 0 stopped cleanly, 2 usage error, 4 could not start"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sandbox_portal.py",
+        prog=program("b24-sandbox"),
         description="Local Bitrix24 portal for tests, demos and agent rehearsal.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"bitrix24-agent {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port, 0 = any free one (default)")
     parser.add_argument(
@@ -110,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
-    print(json.dumps(startup_line(portal)), flush=True)
+    try:
+        print(json.dumps(startup_line(portal)), flush=True)
+    except BrokenPipeError as exc:  # nobody reads the start-up line; the portal still serves
+        quiet_if_reader_left(exc, sys.stdout)
     while not stop.wait(0.5):
         pass
     server.shutdown()

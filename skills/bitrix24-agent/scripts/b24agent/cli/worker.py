@@ -17,7 +17,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .common import JsonErrorParser, as_b24_error, default_mask, positive_int
+from .. import __version__
+from .common import (
+    JsonErrorParser,
+    as_b24_error,
+    default_mask,
+    positive_int,
+    program,
+    quiet_if_reader_left,
+)
 from .output import dump_line
 
 if TYPE_CHECKING:
@@ -70,10 +78,10 @@ exit codes:
 On failure stderr carries one line: {"error": {"code", "message", "hint", "retryable"}}.
 
 examples:
-  b24-offline-worker --drain                                    # cron: empty the queue
-  b24-offline-worker --sleep 30 --handler-cmd "python3 sync.py"  # service
-  b24-offline-worker --once --handler myapp.events:handle --event ONCRMDEALUPDATE
-  b24-offline-worker --replay-dlq --handler-cmd ./sync.sh
+  %(prog)s --drain                                    # cron: empty the queue
+  %(prog)s --sleep 30 --handler-cmd "python3 sync.py"  # service
+  %(prog)s --once --handler myapp.events:handle --event ONCRMDEALUPDATE
+  %(prog)s --replay-dlq --handler-cmd ./sync.sh
 """
 
 
@@ -98,6 +106,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"bitrix24-agent {__version__}")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="work one reservation, then exit")
     mode.add_argument(
@@ -405,8 +414,11 @@ class _Run:
 
     def finish(self, code: int) -> int:
         if self.summary is not None:
-            self.stdout.write(self.mask(dump_line(self.summary)) + "\n")
-            self.stdout.flush()
+            try:
+                self.stdout.write(self.mask(dump_line(self.summary)) + "\n")
+                self.stdout.flush()
+            except BrokenPipeError as exc:  # its reader left (`| head`): the exit code still tells
+                quiet_if_reader_left(exc, self.stdout)
         return code
 
     def fail(self, exc: BaseException) -> int:
@@ -425,7 +437,7 @@ def _mode(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker; returns the exit code (see --help) instead of raising."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(program("b24-offline-worker")).parse_args(argv)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except Exception as exc:

@@ -41,11 +41,15 @@ CANCELLED = (
     '"hint": "nothing was sent to the portal", "retryable": true}}\n'
 )
 EXIT_INTERRUPTED = 130
+#: Flags that only print (help, version, catalog look-ups): they never call the portal, so they
+#: run here and neither use nor start a server.
+LOCAL_FLAGS = frozenset({"-h", "--help", "--version", "--explain", "--list-packs"})
 
 
 def main() -> int:
     """Run ``b24`` with ``sys.argv``; the exit code is the call's, wherever it ran."""
-    where = wire.address() if wire.enabled() else None
+    local = any(arg.partition("=")[0] in LOCAL_FLAGS for arg in sys.argv[1:])
+    where = wire.address() if wire.enabled() and not local else None
     if where is not None:
         try:
             code = _ServedCall(where).run()
