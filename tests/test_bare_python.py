@@ -1,6 +1,7 @@
 """The skill folder copied alone onto a python3 that has none of our packages: the scripts that
-need them stop with exit 4 and one line naming the package and the exact install commands; after
-running that command, reads and writes work. (The sandbox needs no packages and just runs.)"""
+need them (client, worker, MCP server) stop with exit 4 and one line naming the package and the
+exact install commands; after running the client's, reads and writes work. The sandbox needs no
+packages: it runs on the bare python3 and is the portal used here."""
 
 from __future__ import annotations
 
@@ -62,10 +63,12 @@ def test_bare_python_gets_the_install_line_then_reads_and_writes(tmp_path: Path)
     sandbox, portal = start_sandbox(python, scripts / "sandbox_portal.py")
     try:
         env |= {"B24_WEBHOOK_URL": portal["webhook_url"], "B24_STATE_DIR": str(tmp_path / "st")}
-        hints = set()
-        for script, args in (
-            ("bitrix24_client.py", ["user.current"]),
-            ("offline_sync_worker.py", ["--drain"]),
+        core = f"-r {scripts / 'requirements.txt'}"
+        pip_lines = {}
+        for script, args, files in (
+            ("bitrix24_client.py", ["user.current"], core),
+            ("offline_sync_worker.py", ["--drain"], core),
+            ("mcp_server.py", [], f"{core} -r {scripts / 'requirements-mcp.txt'}"),
         ):
             done = run(python, scripts / script, *args, env=env)
             assert done.returncode == 4, done.stderr
@@ -73,13 +76,18 @@ def test_bare_python_gets_the_install_line_then_reads_and_writes(tmp_path: Path)
             error = json.loads(line)["error"]
             assert error["code"] == "DEPENDENCY_MISSING"
             assert "is not installed for" in error["message"]
-            assert f"uv run {scripts / script} ..." in error["hint"]
-            hints.add(error["hint"].split(": ", 1)[1].split("; ")[0])
-        (pip_line,) = hints  # the same pip command from both scripts
-        assert pip_line == f"{python} -m pip install -r {scripts / 'requirements.txt'}"
+            pip_line, uv_line, uv_run = error["hint"].split(": ", 1)[1].split("; ")
+            assert pip_line == f"{python} -m pip install {files}"
+            assert uv_line == f"or with uv: uv pip install --python {python} {files}"
+            assert uv_run.startswith(f"or run it as uv run {scripts / script} ...")
+            pip_lines[script] = pip_line
 
         installed = subprocess.run(
-            shlex.split(pip_line), capture_output=True, text=True, env=env, timeout=300
+            shlex.split(pip_lines["bitrix24_client.py"]),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert installed.returncode == 0, installed.stderr[-2000:]
 

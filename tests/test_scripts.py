@@ -22,16 +22,32 @@ from conftest import ROOT, Sandbox
 from test_worker_support import worker_env
 
 SCRIPTS = ROOT / "skills" / "bitrix24-agent" / "scripts"
-CLIENT, WORKER, SANDBOX = (
-    SCRIPTS / name for name in ("bitrix24_client.py", "offline_sync_worker.py", "sandbox_portal.py")
+CLIENT, WORKER, SANDBOX, MCP = (
+    SCRIPTS / name
+    for name in (
+        "bitrix24_client.py",
+        "offline_sync_worker.py",
+        "sandbox_portal.py",
+        "mcp_server.py",
+    )
 )
 #: PEP 723's reference regular expression for an embedded metadata block.
 PEP_723 = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
 
 
-def requirements() -> list[str]:
-    lines = (SCRIPTS / "requirements.txt").read_text(encoding="utf-8").splitlines()
+def requirements(name: str = "requirements.txt") -> list[str]:
+    lines = (SCRIPTS / name).read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+#: What each script's PEP 723 header must list: the sandbox is standard library only, and only
+#: the MCP server needs the mcp SDK.
+NEEDS = {
+    CLIENT: requirements(),
+    WORKER: requirements(),
+    SANDBOX: [],
+    MCP: requirements() + requirements("requirements-mcp.txt"),
+}
 
 
 def closed_stdout(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -49,8 +65,8 @@ def closed_stdout(args: list[str], env: dict[str, str], cwd: Path) -> subprocess
 # --- one list of packages ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", [CLIENT, WORKER, SANDBOX], ids=lambda p: p.name)
-def test_pep_723_headers_repeat_requirements_txt(script: Path) -> None:
+@pytest.mark.parametrize("script", NEEDS, ids=lambda p: p.name)
+def test_pep_723_headers_repeat_the_requirements_files(script: Path) -> None:
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+")
     (block,) = [m for m in PEP_723.finditer(script.read_text()) if m["type"] == "script"]
     content = "".join(
@@ -58,25 +74,27 @@ def test_pep_723_headers_repeat_requirements_txt(script: Path) -> None:
         for line in block["content"].splitlines(keepends=True)
     )
     header = tomllib.loads(content)
-    needed = [] if script == SANDBOX else requirements()  # the sandbox is standard library only
-    assert header["dependencies"] == needed
+    assert header["dependencies"] == NEEDS[script]
     assert header["requires-python"] == ">=3.10"
 
 
-def test_the_installed_distribution_declares_requirements_txt() -> None:
+def test_the_installed_distribution_declares_the_requirements_files() -> None:
     from importlib.metadata import requires, version
 
-    declared = sorted(r.replace(" ", "") for r in requires("bitrix24-agent") or [] if ";" not in r)
-    assert declared == sorted(requirements())
+    from packaging.requirements import Requirement
+
+    everything = NEEDS[MCP]
+    declared = {str(Requirement(r)) for r in requires("bitrix24-agent") or [] if ";" not in r}
+    assert declared == {str(Requirement(r)) for r in everything}
     assert version("bitrix24-agent") == __version__
-    names = {re.split(r"[<>=!~\[]", r)[0].lower() for r in requirements()}
+    names = {re.split(r"[<>=!~\[]", r)[0].lower() for r in everything}
     assert names == set(DISTRIBUTIONS.values()), "dependencies.py names every runtime package"
 
 
 # --- --version -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", [CLIENT, WORKER, SANDBOX], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", NEEDS, ids=lambda p: p.name)
 def test_every_script_prints_its_version(script: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(script), "--version"],

@@ -1,4 +1,15 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#   "requests>=2.31",
+#   "python-dotenv>=1.0",
+#   "jsonschema>=4.18",
+#   "tenacity>=8.2",
+#   "filelock>=3.12",
+#   "mcp>=2.3,<3",
+# ]
+# ///
 """Entry point for the MCP server (``b24-mcp``): the guarded Bitrix24 tools over MCP.
 
 Thin on purpose, like bitrix24_client.py: it puts this folder on sys.path so the bundled

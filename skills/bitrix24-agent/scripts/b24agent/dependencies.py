@@ -5,8 +5,9 @@ scripts end with exit 4 and this error (one JSON line) instead of a traceback or
 unknown". It is safe to call it a configuration error: ``rest/client.py`` and ``settings.py``
 import all five packages, so a missing one surfaces before any request can leave.
 
-The list itself is ``scripts/requirements.txt``: pyproject.toml reads it for the wheel and each
-script's PEP 723 header repeats it for ``uv run`` (tests/test_packaging.py keeps them equal).
+The lists themselves are ``scripts/requirements.txt`` (and ``requirements-mcp.txt``, the mcp SDK
+that only mcp_server.py needs): pyproject.toml reads them for the wheel and each script's PEP
+723 header repeats what it needs for ``uv run`` (tests/test_scripts.py keeps them equal).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from . import __version__
 from .errors import ConfigError
 
-__all__ = ["DISTRIBUTIONS", "REQUIREMENTS", "missing_dependency"]
+__all__ = ["DISTRIBUTIONS", "MCP_REQUIREMENTS", "REQUIREMENTS", "missing_dependency"]
 
 #: Import name of each runtime package -> the name pip installs it by.
 DISTRIBUTIONS = {
@@ -27,11 +28,14 @@ DISTRIBUTIONS = {
     "jsonschema": "jsonschema",
     "tenacity": "tenacity",
     "filelock": "filelock",
+    "mcp": "mcp",
 }
-#: Next to the scripts in the skill folder; absent when the package was installed as a wheel.
-REQUIREMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt"
-)
+#: The scripts' folder in the skill folder, where the requirements files sit (they are absent
+#: when the package was installed as a wheel).
+SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIREMENTS = os.path.join(SCRIPTS, "requirements.txt")
+#: mcp_server.py needs the mcp SDK too; the other scripts do not, so it has its own file.
+MCP_REQUIREMENTS = os.path.join(SCRIPTS, "requirements-mcp.txt")
 
 
 def missing_dependency(exc: ModuleNotFoundError) -> ConfigError | None:
@@ -43,19 +47,20 @@ def missing_dependency(exc: ModuleNotFoundError) -> ConfigError | None:
     return ConfigError(
         f"Python package {distribution} is not installed for {sys.executable}",
         code="DEPENDENCY_MISSING",
-        hint=f"install the skill's packages: {install_commands()}",
+        hint=f"install the skill's packages: {install_commands(distribution == 'mcp')}",
     )
 
 
-def install_commands() -> str:
+def install_commands(mcp: bool = False) -> str:
     """The exact commands for this interpreter: pip, uv pip, and ``uv run`` for a script."""
     python = shlex.quote(sys.executable)
     if not os.path.isfile(REQUIREMENTS):
         return f"{python} -m pip install 'bitrix24-agent=={__version__}'"
-    requirements = shlex.quote(REQUIREMENTS)
+    files = [REQUIREMENTS, MCP_REQUIREMENTS] if mcp else [REQUIREMENTS]
+    requirements = " ".join(f"-r {shlex.quote(path)}" for path in files)
     commands = (
-        f"{python} -m pip install -r {requirements}; or with uv: "
-        f"uv pip install --python {python} -r {requirements}"
+        f"{python} -m pip install {requirements}; or with uv: "
+        f"uv pip install --python {python} {requirements}"
     )
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if script.endswith(".py"):

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..cli.common import JsonErrorParser, as_b24_error, default_mask
 
 __all__ = ["build_parser", "main"]
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"bitrix24-agent {__version__}")
     parser.add_argument(
         "--http",
         metavar="HOST:PORT",
@@ -50,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)  # first: --help and --version need no mcp SDK
+
     from ..settings import load_settings
     from .server import build_server
 
-    args = build_parser().parse_args(argv)
     settings = load_settings(env_file=args.env_file)
     if args.http is None:
         build_server(settings).run("stdio")
