@@ -181,7 +181,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     guard.add_argument(
         "--plan-only",
         action="store_true",
-        help="store the call as a plan, print its ID, e.g. crm.lead.delete ... --plan-only",
+        help="store the call (or every line of a --batch-file) as a plan, print it with its "
+        "ID, e.g. crm.lead.delete ... --plan-only",
     )
     guard.add_argument(
         "--execute-plan",
@@ -460,11 +461,11 @@ def _check_guard_flags(args: argparse.Namespace) -> None:
         )
     if args.idempotency_resolve and args.no_idempotency:
         raise UsageError("--idempotency-resolve needs idempotency on", code="USAGE")
-    if args.plan_only and (args.batch_file is not None or args.all or args.limit is not None):
+    if args.plan_only and (args.all or args.limit is not None):
         raise UsageError(
-            "--plan-only plans one call; it cannot be combined with --batch-file or --all",
+            "--plan-only plans one call or a --batch-file; an export (--all) is a read",
             code="USAGE",
-            hint="plan the calls one by one, or review the batch file and run it confirmed",
+            hint="run the export without --plan-only",
         )
     if args.plan_only and (args.idempotency_key or args.idempotency_resolve):
         raise UsageError(

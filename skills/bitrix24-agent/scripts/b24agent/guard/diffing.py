@@ -19,7 +19,16 @@ from .. import catalog
 from ..errors import NotFoundError
 from ..fingerprint import canonical_json, digest
 
-__all__ = ["Reader", "RecordRef", "changes", "fetch", "preview", "record_fingerprint", "record_ref"]
+__all__ = [
+    "Reader",
+    "RecordRef",
+    "changes",
+    "fetch",
+    "preview",
+    "record_fingerprint",
+    "record_of",
+    "record_ref",
+]
 
 #: Reads one method: ``reader(method, params)`` returns the call's ``result``.
 Reader = Callable[[str, Mapping[str, Any]], Any]
@@ -72,9 +81,16 @@ def _unwrap(result: Any) -> Any:
 def fetch(ref: RecordRef, read: Reader) -> dict[str, Any] | None:
     """The record as the portal holds it now, or None when it no longer exists."""
     try:
-        record = _unwrap(read(ref.get_method, ref.get_params))
+        return record_of(read(ref.get_method, ref.get_params))
     except NotFoundError:
         return None
+
+
+def record_of(result: Any) -> dict[str, Any] | None:
+    """The record in a ``get`` call's result (None: the portal has no such record)."""
+    if result is None:
+        return None
+    record = _unwrap(result)
     return dict(record) if isinstance(record, Mapping) else {"value": record}
 
 

@@ -10,8 +10,10 @@ calls the client and hands back an ``Outcome`` for the CLI to print. Stages of `
 2. policy       the operator's ceiling, packs / method allowlist, read-only, confirmation
                 gates by risk, require-plan
                 (policy.authorize; a plan stands for --confirm-write, not --confirm-destructive)
-3. plan         ``--plan-only`` stores the call (plans.PlanStore); ``--execute-plan ID`` loads,
-                checks and claims the plan, then sends exactly the stored call
+3. plan         ``--plan-only`` stores the call, or a batch file as one bulk plan
+                (plans.PlanStore); ``--execute-plan ID`` loads, checks and claims the plan, then
+                sends exactly the stored calls; a run refused before anything was sent gives
+                the claim back
 4. idempotency  a write runs under a key, explicit or derived from the call itself, through
                 safewrite.run_write: replay, conflict, reconcile, or send once
 5. dispatch     client.call, client.iter_all (export) or client.call_many (batch file)
@@ -26,17 +28,21 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import (
+    ApiError,
+    AuthError,
     B24Error,
     ConfigError,
     ConflictError,
+    NotFoundError,
     OutcomeUnknownError,
     PolicyError,
+    TransientError,
     UsageError,
 )
 from ..redact import Redactor
@@ -47,7 +53,7 @@ from .audit import AuditEvent, AuditLog
 from .auditchain import check
 from .batchrecord import dump_outcomes, load_outcomes
 from .idempotency import IdempotencyStore, auto_key
-from .plans import PlanStore
+from .plans import Context, Plan, PlanStore
 from .safewrite import Send, WriteOutcome, run_write
 
 if TYPE_CHECKING:
@@ -66,6 +72,8 @@ __all__ = [
 ]
 
 Mode = Literal["call", "export", "batch_file"]
+#: Failures that prove nothing reached the portal's method: a plan refused so stays unspent.
+_NOT_SENT = (ApiError, UsageError, PolicyError, ConfigError, AuthError, TransientError)
 #: How a batch file is named in audit lines and idempotency fingerprints.
 BATCH_FILE = "batch-file"
 
@@ -316,18 +324,37 @@ class Pipeline:
     def _make_plan(
         self, request: CallRequest, assessment: policy.Assessment, record: _Record
     ) -> Outcome:
-        call = request.calls[0]
+        settings = self._settings
         gates = self._gates(request.guards)
-        plan = self._plans().create(
-            method=call.method,
+        context = Context(
             api=request.api,
-            params=call.params,
-            risk=assessment.risk,
-            packs=list(gates.enabled_packs),
-            read=self._read,
-            mask=self._redactor.mask_obj,
+            packs=gates.enabled_packs,
+            method_allowlist=gates.method_allowlist,
+            auth_mode=settings.auth_mode,
+            env_file=str(settings.env_file) if settings.env_file else None,
             unlisted=not policy.listed(assessment, gates),
         )
+        mask = self._redactor.mask_obj
+        if request.mode == "batch_file":
+            plan = self._plans().create_bulk(
+                method=BATCH_FILE,
+                calls=[(c.method, c.params, c.line or 0) for c in request.calls],
+                risk=assessment.risk,
+                read_many=self._read_many,
+                mask=mask,
+                context=context,
+            )
+        else:
+            call = request.calls[0]
+            plan = self._plans().create(
+                method=call.method,
+                api=request.api,
+                params=call.params,
+                risk=assessment.risk,
+                read=self._read,
+                mask=mask,
+                context=context,
+            )
         record.outcome, record.plan_id = "planned", plan.id
         document = {"plan": plan.summary(), "execute": plan.command(_program())}
         return Outcome("document", document=document)
@@ -344,11 +371,18 @@ class Pipeline:
         record.plan_id = guards.execute_plan
         plan = store.load(guards.execute_plan or "")
         record.method, record.params, record.api = plan.method, plan.params, plan.api
-        assessment = policy.assess([(plan.method, plan.params, None)])
+        calls = tuple(Call(method, params, line) for method, params, line in plan.calls())
+        assessment = policy.assess((c.method, c.params, c.label if c.line else None) for c in calls)
         record.risk = assessment.risk
         if plan.unlisted:  # made with the operator's consent, which must still stand
             policy.check_widening(["allow-unlisted"], self._settings.allowed_flags)
-        gates = replace(self._gates(guards), allow_unlisted=plan.unlisted)
+        # The plan's own choice of packs, inside the operator's ceiling as it is now.
+        gates = replace(
+            self._gates(guards),
+            packs=tuple(plan.packs) or ("none",),
+            method_allowlist=tuple(plan.method_allowlist),
+            allow_unlisted=plan.unlisted,
+        )
         policy.authorize(assessment, gates, "execute")
         if guards.approved_plan is not None and guards.approved_plan != plan.digest():
             raise ConflictError(
@@ -356,10 +390,39 @@ class Pipeline:
                 code="PLAN_CHANGED",
                 hint="make a new plan and have it approved again",
             )
+        store.check_context(plan, auth_mode=self._settings.auth_mode)
         store.check_fresh(plan, self._read)
         store.claim(plan)
-        response = self._get_client().call(plan.method, plan.params, api=plan.api)
-        return Outcome("response", response=response, notes=[f"ran plan {plan.id} (now spent)"])
+        try:
+            outcome = self._run_plan(plan, calls, request, record)
+        except B24Error as exc:
+            if isinstance(exc, _NOT_SENT):
+                store.release(plan)
+            raise
+        outcome.notes.append(f"ran plan {plan.id} (now spent)")
+        return outcome
+
+    def _run_plan(
+        self, plan: Plan, calls: tuple[Call, ...], request: CallRequest, record: _Record
+    ) -> Outcome:
+        if plan.lines is None:
+            response = self._get_client().call(plan.method, plan.params, api=plan.api)
+            return Outcome("response", response=response)
+        # A bulk plan runs as its batch file would: idempotent as a whole, a line per call.
+        bulk = CallRequest("batch_file", calls, guards=request.guards, params_checked=True)
+        return self._batch_file_once(bulk, record)
+
+    def _read_many(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Reads for a bulk plan's previews, 50 a request; a missing record reads as None."""
+        results = []
+        for outcome in self._get_client().call_many(calls):
+            if isinstance(outcome.error, NotFoundError):
+                results.append(None)
+            elif outcome.error is not None:
+                raise outcome.error
+            else:
+                results.append(outcome.result)
+        return results
 
     # --- idempotent writes ----------------------------------------------------------------------
     def _write_once(

@@ -9,6 +9,17 @@ in order: the id's shape, the signature, the portal, the TTL, that it was not ru
 the record is unchanged, and then claims it with an exclusive create so that of two racing
 executions exactly one runs. Every refusal is a ConflictError (exit 5) saying why.
 
+A plan also keeps how it was made (auth mode, env file, packs and allowlist, API version), so
+its printed execute line runs as printed: execution chooses methods with the plan's packs (within
+the operator's ceiling as it is then) and refuses other credentials than the plan's. A run that
+was refused before anything was sent (policy, auth, validation, a portal answer proving the call
+did not run) gives its claim back, so the plan stays usable.
+
+A bulk plan (``--plan-only --batch-file``) holds every line of the file as one call list, with a
+preview per line read in batches (300 updates: 6 reads). It runs as the batch file would (one
+result line per line, idempotent as a whole); its records are not read again before it runs,
+because that would double its requests: the per-line previews are its review.
+
 The id comes from ``secrets.token_urlsafe``: knowing one plan's id tells nothing about another's.
 """
 
@@ -18,18 +29,22 @@ import hmac
 import os
 import re
 import secrets
+import shlex
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from ..fingerprint import canonical_json, digest
-from ..state import create_exclusive, read_json
-from .diffing import Reader, fetch, preview, record_fingerprint, record_ref
+from ..state import create_exclusive, fsync_dir, read_json
+from .diffing import Reader, fetch, preview, record_fingerprint, record_of, record_ref
 
-__all__ = ["Plan", "PlanStore"]
+__all__ = ["Context", "Plan", "PlanStore", "ReadMany"]
+
+#: Reads many calls at once (in batches); a record that does not exist comes back as None.
+ReadMany = Callable[[Sequence[tuple[str, Mapping[str, Any]]]], list[Any]]
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _KEY_FILE = ".plan-signing-key.json"
@@ -47,6 +62,18 @@ def _new_id() -> str:
     """32 random URL-safe characters behind ``p-``: the prefix keeps an id that would start
     with ``-`` from being read as a flag by ``--execute-plan ID``."""
     return "p-" + secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a plan was made, so that it runs the same way."""
+
+    api: str = "v2"
+    packs: tuple[str, ...] = ("core",)
+    method_allowlist: tuple[str, ...] = ()
+    auth_mode: str = ""
+    env_file: str | None = None
+    unlisted: bool = False
 
 
 @dataclass
@@ -67,10 +94,19 @@ class Plan:
     record_fingerprint: str | None = None
     preview: dict[str, Any] | None = None
     unlisted: bool = False
+    auth_mode: str = ""
+    env_file: str | None = None
+    method_allowlist: list[str] = field(default_factory=list)
+    #: A bulk plan: the batch-file line of each call in ``params["calls"]``, a preview each.
+    lines: list[int] | None = None
+    previews: list[dict[str, Any]] | None = None
 
     def command(self, program: str) -> str:
-        """The exact command that runs this plan, with the flags its execution still needs."""
+        """The exact command that runs this plan: the env file it was made with, and the flags
+        its execution still needs. Packs, allowlist and API version come from the plan."""
         flags = [f"--execute-plan {self.id}"]
+        if self.env_file:
+            flags.append(f"--env-file {shlex.quote(self.env_file)}")
         if self.risk == "destructive":
             flags.append("--confirm-destructive")
         return " ".join([program, *flags])
@@ -78,6 +114,15 @@ class Plan:
     def digest(self) -> str:
         """A digest of everything stored: what a human approved is exactly this plan."""
         return digest(asdict(self))
+
+    def calls(self) -> list[tuple[str, dict[str, Any], int | None]]:
+        """``(method, params, line)`` of each call the plan runs: one, or a bulk plan's lines."""
+        if self.lines is None:
+            return [(self.method, self.params, None)]
+        return [
+            (call["method"], call["params"], line)
+            for call, line in zip(self.params["calls"], self.lines, strict=True)
+        ]
 
     def summary(self) -> dict[str, Any]:
         """What ``--plan-only`` prints (the caller masks secrets)."""
@@ -126,38 +171,21 @@ class PlanStore:
         api: str,
         params: Mapping[str, Any],
         risk: str,
-        packs: list[str],
         read: Reader,
         mask: Callable[[Any], Any],
+        packs: list[str] | None = None,
         unlisted: bool = False,
+        context: Context | None = None,
     ) -> Plan:
         """Store a plan; for a single-record change, read the record (it must exist) first.
 
         ``mask`` is the redactor: params holding a secret are refused (masking them would change
-        the call), and the stored preview is masked. ``unlisted``: the call is outside the packs
-        and allowlist, so running it needs the operator's consent to that again (B24_ALLOW_FLAGS).
+        the call), and the stored preview is masked. ``context``: how it was made (``packs`` and
+        ``unlisted`` are shorthands of it); ``unlisted`` means the call is outside the packs and
+        allowlist, so running it needs the operator's consent to that again (B24_ALLOW_FLAGS).
         """
-        if mask(dict(params)) != dict(params):
-            raise UsageError(
-                "these params hold a secret (a configured credential, or a field such as "
-                "'password'); plan files never store secrets",
-                code="PLAN_WITH_SECRET",
-                hint="run the call directly with its confirmation flag instead of --plan-only",
-            )
-        now = time.time()
-        plan = Plan(
-            id=_new_id(),
-            portal=self.portal,
-            method=method,
-            api=api,
-            params=dict(params),
-            risk=risk,
-            packs=list(packs),
-            params_digest=digest(dict(params)),
-            created_at=now,
-            expires_at=now + self.ttl_s,
-            unlisted=unlisted,
-        )
+        context = context or Context(api=api, packs=tuple(packs or ("core",)), unlisted=unlisted)
+        plan = self._new(method, params, risk, mask, context)
         ref = record_ref(method, params)
         if ref is not None:
             record = fetch(ref, read)
@@ -170,7 +198,81 @@ class PlanStore:
             plan.target = {ref.get_method: ref.get_params}
             plan.record_fingerprint = record_fingerprint(record)
             plan.preview = mask(preview(ref, record))
-        self.sweep(now)
+        return self._store(plan)
+
+    def create_bulk(
+        self,
+        *,
+        method: str,
+        calls: Sequence[tuple[str, Mapping[str, Any], int]],
+        risk: str,
+        read_many: ReadMany,
+        mask: Callable[[Any], Any],
+        context: Context,
+    ) -> Plan:
+        """Store one plan for every ``(method, params, line)`` of a batch file, with a preview
+        per line; the records the lines change are read in batches and must all exist."""
+        params = {"calls": [{"method": m, "params": dict(p)} for m, p, _ in calls]}
+        plan = self._new(method, params, risk, mask, context)
+        refs = [record_ref(m, p) for m, p, _ in calls]
+        wanted = [(ref.get_method, ref.get_params) for ref in refs if ref is not None]
+        found = iter(read_many(wanted))
+        previews, missing = [], []
+        for (call_method, call_params, line), ref in zip(calls, refs, strict=True):
+            shown: dict[str, Any] = {"line": line, "method": call_method}
+            if ref is None:
+                shown.update(action="call", params=dict(call_params))
+            else:
+                record = record_of(next(found))
+                if record is None:
+                    missing.append(str(line))
+                shown.update(preview(ref, record))
+            previews.append(mask(shown))
+        if missing:
+            raise NotFoundError(
+                f"the records of line(s) {', '.join(missing[:10])} do not exist",
+                code="NOT_FOUND",
+                hint="check the ids in those lines; list the entity to find valid ids",
+            )
+        plan.lines = [line for _, _, line in calls]
+        plan.previews = previews
+        return self._store(plan)
+
+    def _new(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        risk: str,
+        mask: Callable[[Any], Any],
+        context: Context,
+    ) -> Plan:
+        if mask(dict(params)) != dict(params):
+            raise UsageError(
+                "these params hold a secret (a configured credential, or a field such as "
+                "'password'); plan files never store secrets",
+                code="PLAN_WITH_SECRET",
+                hint="run the call directly with its confirmation flag instead of --plan-only",
+            )
+        now = time.time()
+        return Plan(
+            id=_new_id(),
+            portal=self.portal,
+            method=method,
+            api=context.api,
+            params=dict(params),
+            risk=risk,
+            packs=list(context.packs),
+            params_digest=digest(dict(params)),
+            created_at=now,
+            expires_at=now + self.ttl_s,
+            unlisted=context.unlisted,
+            auth_mode=context.auth_mode,
+            env_file=context.env_file,
+            method_allowlist=list(context.method_allowlist),
+        )
+
+    def _store(self, plan: Plan) -> Plan:
+        self.sweep(plan.created_at)
         body = asdict(plan)
         create_exclusive(self._path(plan.id), {"plan": body, "signature": self._sign(body)})
         return plan
@@ -210,6 +312,18 @@ class PlanStore:
             raise _refuse(plan_id, "it was already executed; a plan runs once", "PLAN_SPENT")
         return plan
 
+    def check_context(self, plan: Plan, *, auth_mode: str) -> None:
+        """Refuse to run a plan with other credentials than it was made with."""
+        if plan.auth_mode and plan.auth_mode != auth_mode:
+            where = f" (from {plan.env_file})" if plan.env_file else ""
+            raise ConflictError(
+                f"plan {plan.id} refused: it was made with {plan.auth_mode} credentials"
+                f"{where}, and these settings use {auth_mode}; nothing was sent",
+                code="PLAN_OTHER_AUTH",
+                hint="run the execute line --plan-only printed, as printed: it names the env "
+                "file the plan was made with",
+            )
+
     def check_fresh(self, plan: Plan, read: Reader) -> None:
         """Refuse when the record the plan reviewed changed (or vanished) since."""
         if plan.record_fingerprint is None:
@@ -227,6 +341,11 @@ class PlanStore:
         marker = {"claimed_at": time.time(), "pid": os.getpid()}
         if not create_exclusive(self._claim_path(plan.id), marker):
             raise _refuse(plan.id, "it was already executed; a plan runs once", "PLAN_SPENT")
+
+    def release(self, plan: Plan) -> None:
+        """Give the claim back: the run was refused before anything reached the portal."""
+        self._claim_path(plan.id).unlink(missing_ok=True)
+        fsync_dir(self.directory)
 
     def sweep(self, now: float | None = None) -> int:
         """Remove plans (and claim markers) that expired over an hour ago; returns how many."""
