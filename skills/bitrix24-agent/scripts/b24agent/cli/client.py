@@ -237,6 +237,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="METHOD",
         help="risk, pack, scope, docs of methods, one JSON line each, e.g. --explain crm.lead.add",
     )
+    setup = parser.add_argument_group("set-up")
+    setup.add_argument(
+        "--install-skill",
+        metavar="DIR",
+        help="copy this skill folder into an agent's skills folder as DIR/bitrix24-agent, "
+        "e.g. --install-skill ~/.agents/skills",
+    )
     return parser
 
 
@@ -268,6 +275,11 @@ class _Cli:
 
     # --- commands ------------------------------------------------------------------------------
     def run(self, args: argparse.Namespace) -> int:
+        if args.install_skill:
+            from .install import install_skill
+
+            self._printer(args).document(install_skill(args.install_skill))
+            return 0
         if not args.mask_secrets:
             from ..guard.policy import check_widening
 

@@ -41,9 +41,11 @@ CANCELLED = (
     '"hint": "nothing was sent to the portal", "retryable": true}}\n'
 )
 EXIT_INTERRUPTED = 130
-#: Flags that only print (help, version, catalog look-ups): they never call the portal, so they
-#: run here and neither use nor start a server.
-LOCAL_FLAGS = frozenset({"-h", "--help", "--version", "--explain", "--list-packs"})
+#: Flags that never call the portal (help, version, catalog look-ups, installing the skill):
+#: they run here and neither use nor start a server.
+LOCAL_FLAGS = frozenset(
+    {"-h", "--help", "--version", "--explain", "--list-packs", "--install-skill"}
+)
 
 
 def main() -> int:
