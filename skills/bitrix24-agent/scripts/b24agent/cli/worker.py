@@ -38,8 +38,9 @@ _log = logging.getLogger("b24agent.worker")
 DESCRIPTION = """\
 Move every event of the portal's offline queue to a handler, losing none across crashes.
 Rows are reserved with event.offline.get clear=0; the process_id and rows are checkpointed
-before any event is handled; handled rows are cleared, failed ones retried with back-off and
-then written to the DLQ and flagged with event.offline.error. Needs OAuth app auth (an admin
+before any event is handled; handled rows are cleared (in one request with the next
+reservation), failed ones retried with back-off and then written to the DLQ and flagged with
+event.offline.error. Needs OAuth app auth (an admin
 user) and the rest_offline_extended feature."""
 
 EPILOG = """\
@@ -48,14 +49,16 @@ handler contract:
     {"delivery_id", "portal", "event_name", "attempt", "source", "process_id",
      "event": {"ID", "TIMESTAMP_X", "EVENT_NAME", "EVENT_DATA", "EVENT_ADDITIONAL", "MESSAGE_ID"}}
   delivery_id is the same on every delivery of the same row: delivery is at least once (a
-  crash between a handler finishing and the checkpoint repeats that one event), so a handler
-  that remembers applied ids is exactly-once.
+  crash between a handler finishing and the checkpoint repeats that one event; with --sink,
+  the reservation's lines not yet fsynced and checkpointed), so a handler that remembers
+  applied ids is exactly-once.
   --handler-cmd CMD     the JSON on stdin (no shell). exit 0 = done; exit 65 (EX_DATAERR) =
                         permanent failure, straight to the DLQ; any other exit code, a signal or
                         --handler-timeout = retry. stdout is discarded; the stderr tail is logged.
   --handler MOD:FUNC    FUNC(delivery: dict) in-process; returning = done; raising
                         b24agent.worker.PermanentFailure = DLQ; any other exception = retry.
-  --sink FILE.jsonl     (default) append the JSON as a line and fsync: a durable inbox.
+  --sink FILE.jsonl     (default) append the JSON as a line: a durable inbox, fsynced once
+                        per reservation before any of its events is checkpointed as done.
 
 files (default folder: $B24_STATE_DIR/<portal>/offline-worker/):
   checkpoint.json (+ .journal)  reservations and outcomes; never edit while a worker runs

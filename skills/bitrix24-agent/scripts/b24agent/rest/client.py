@@ -229,9 +229,12 @@ class Bitrix24Client:
         commands: Commands,
         *,
         halt: bool = False,
+        params_checked: bool = False,
     ) -> BatchResult:
-        """Run up to 50 commands in one request; per-command errors are classified, not raised."""
-        return self._batch(commands, halt=halt, params_checked=False)
+        """Run up to 50 commands in one request; per-command errors are classified, not raised.
+        ``params_checked``: the caller built or validated every command's params itself (the
+        offline worker's 1,000-id clears took 85 ms each to re-check)."""
+        return self._batch(commands, halt=halt, params_checked=params_checked)
 
     def _batch(self, commands: Commands, *, halt: bool, params_checked: bool) -> BatchResult:
         with self._masked():

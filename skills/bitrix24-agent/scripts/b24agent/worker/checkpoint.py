@@ -19,6 +19,7 @@ lost snapshot costs a scan of the queue, not a second delivery of everything alr
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -188,14 +189,18 @@ class Checkpoint:
         source: str,
         *,
         rejected: Iterable[str] = (),
+        settled: tuple[Reservation, Iterable[str]] | None = None,
     ) -> Reservation:
         """Record a reservation (or new rows of a known one) on disk, before anything is handled.
 
         Rows are stored without credential-bearing keys, so the application_token verdict is
         taken before and passed as ``rejected`` (ids that failed it), saved in the same write.
         Outcomes journaled for this process id before a lost snapshot are applied, so those
-        events are not handed over again.
+        events are not handed over again. ``settled`` is (reservation, ids) the portal just
+        confirmed cleared in the same request: forgotten in the same write.
         """
+        if settled is not None:
+            self._forget(*settled)
         reservation = self.reservations.get(process_id)
         if reservation is None:
             reservation = Reservation(
@@ -210,17 +215,28 @@ class Checkpoint:
         return reservation
 
     def record(self, reservation: Reservation, key: str, outcome: str) -> None:
-        """Note one event's outcome: one journal line, written at once but not fsynced.
+        """Note one event's outcome (see ``record_all``)."""
+        self.record_all(reservation, [key], outcome)
 
-        The line is written only after the handler finished (durably, by its contract) or the
-        DLQ line was fsynced, so it states a fact already on disk. If a power cut loses it, the
-        event is delivered again: a repeat, never a loss. Portal changes wait for ``sync``.
+    def record_all(self, reservation: Reservation, keys: list[str], outcome: str) -> None:
+        """Note events' outcomes: a journal line each, in one write, not fsynced.
+
+        The lines are written only after the handler's work is durable (a buffered handler's
+        ``flush`` returned) or the DLQ line was fsynced, so they state facts already on disk.
+        If a power cut loses them, the events are delivered again: a repeat, never a loss.
+        Portal changes wait for ``sync``.
         """
         assert self._journal is not None, "checkpoint not open"
-        reservation.outcomes[key] = outcome
-        self._journal.append(
-            {"pid": reservation.process_id, "id": key, "outcome": outcome}, sync=False
+        if not keys:
+            return
+        pid = reservation.process_id
+        for key in keys:
+            reservation.outcomes[key] = outcome
+        lines = (
+            json.dumps({"pid": pid, "id": key, "outcome": outcome}, separators=(",", ":"))
+            for key in keys
         )
+        self._journal.append_text("\n".join(lines), sync=False)
 
     def sync(self) -> None:
         """fsync the journal: called before the portal is told to clear or flag rows."""
@@ -237,9 +253,7 @@ class Checkpoint:
     ) -> None:
         """Forget events the portal no longer holds for us (cleared or flagged), and move
         ``quarantined`` ids (left reserved on purpose) to the quarantine list."""
-        for key in finished:
-            reservation.rows.pop(key, None)
-            reservation.outcomes.pop(key, None)
+        self._forget(reservation, finished)
         kept = [key for key in quarantined if reservation.rows.pop(key, None) is not None]
         if kept:
             self.quarantine.append(
@@ -253,6 +267,13 @@ class Checkpoint:
         if not reservation.rows:
             self.reservations.pop(reservation.process_id, None)
         self._save()
+
+    def _forget(self, reservation: Reservation, finished: Iterable[str]) -> None:
+        for key in finished:
+            reservation.rows.pop(key, None)
+            reservation.outcomes.pop(key, None)
+        if not reservation.rows:
+            self.reservations.pop(reservation.process_id, None)
 
     def _save(self) -> None:
         write_json_atomic(

@@ -5,13 +5,19 @@ Order is what makes it lossless:
 1. ``event.offline.get`` with ``clear=0`` reserves rows under a new process id;
 2. the id and the rows go to the checkpoint (fsynced) before any handler runs;
 3. each event is handed to the handler, retried with back-off, and its outcome (done, or dead
-   after the DLQ line is fsynced) is journaled before the next event starts;
-4. only then are the done rows cleared on the portal (by id) and the dead ones flagged with
-   ``event.offline.error``; the checkpoint forgets them after the portal confirmed.
+   after the DLQ line is fsynced) is journaled: at once for handlers that finish an event when
+   they return, and for a buffered handler (the sink) once per reservation, right after its
+   ``flush`` (one fsync for the whole group) returned;
+4. only then (journal fsynced) are the done rows cleared on the portal (by id) and the dead ones
+   flagged with ``event.offline.error``; the checkpoint forgets them after the portal confirmed.
+   In the queue loop the clear travels in one batch with the ``get`` of the next reservation
+   (``OfflineQueue.turn``), and the checkpoint forgets the old rows and saves the new ones in
+   one write.
 
 A crash at any point leaves either a reservation the checkpoint knows (resumed from its saved
-rows) or one it does not (adopted through ``event.offline.list``). The one window for a second
-delivery is between a handler finishing and its journal line: at most one event per crash.
+rows) or one it does not (adopted through ``event.offline.list``). What a crash can repeat is
+what was handled but not yet journaled: one event with a command or function handler, the
+current reservation's unflushed events with the sink; never an event the checkpoint recorded.
 
 A stop request (SIGTERM/SIGINT) is honoured between events and during back-off sleeps: the
 event in hand finishes, done rows are cleared, and the rest stay in the checkpoint for the next
@@ -37,14 +43,14 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ..errors import OutcomeUnknownError, TransientError
+from ..errors import B24Error, OutcomeUnknownError, TransientError
 from .adopt import adopt_orphans
 from .authenticity import rejected_ids, token_verdict
 from .checkpoint import Checkpoint, Reservation
 from .delivery import Delivery, delivery_id, event_id, public_row
 from .dlq import DeadLetterQueue
 from .handlers import Handler, PermanentFailure, RetryableFailure
-from .queue import OfflineQueue
+from .queue import OfflineQueue, Reserved
 
 __all__ = ["Options", "StopRequested", "Summary", "Worker"]
 
@@ -141,6 +147,8 @@ class Worker:
         self.summary = Summary(mode=options.mode)
         self._adopt_due = options.adopt
         self._counted_resumed = False
+        #: (reservation, ids) whose clear rides with the next ``get`` (``OfflineQueue.turn``).
+        self._clear_next: tuple[Reservation, list[str]] | None = None
         #: Delivery ids a replay has attempted, kept across restarts after portal failures.
         self._replayed_ids: set[str] = set()
 
@@ -158,7 +166,9 @@ class Worker:
     # --- the two loops -----------------------------------------------------------------------
 
     def _run_queue(self) -> None:
+        self._clear_next = None  # a retried run: the checkpoint's reservations say it all
         self._prepare()
+        chained = self.options.mode != "once"
         while not self.stop.is_set():
             reservation = self._reserve(errors=False)
             self.summary.queue_empty = reservation is None
@@ -167,9 +177,10 @@ class Worker:
                     return
                 self._idle()
                 continue
-            self._work(reservation)
+            self._work(reservation, clear_later=chained)
             if self.options.mode == "once":
                 return
+        self._clear_now()
 
     def _run_replay(self) -> None:
         self._prepare()
@@ -226,8 +237,15 @@ class Worker:
                 return
 
     def _reserve(self, *, errors: bool) -> Reservation | None:
+        settled: tuple[Reservation, list[str]] | None = None
+        failure: B24Error | None = None
         try:
-            batch = self.queue.reserve(errors=errors)
+            if self._clear_next is None:
+                batch = self.queue.reserve(errors=errors)
+            else:
+                previous, self._clear_next = self._clear_next, None
+                batch, failure = self._turn(*previous)
+                settled = previous if failure is None else None
         except OutcomeUnknownError:
             # The portal may have reserved rows under an id we never saw: scan before going on.
             self._adopt_due = self.options.adopt
@@ -237,27 +255,82 @@ class Worker:
                     "reserved on the portal (adoption is off)"
                 )
             raise
+        reservation = self._record(batch, errors, settled)
+        if failure is not None:
+            raise failure
+        return reservation
+
+    def _turn(self, reservation: Reservation, done: list[str]) -> tuple[Reserved, B24Error | None]:
+        """Clear ``done`` of ``reservation`` and reserve the next rows in one request: the next
+        rows, and the clear's error if the portal refused it (raised once the new rows are
+        saved; the old ones stay in the checkpoint and the retried run clears them). A refused
+        get is raised at once, after a clear that went through is saved."""
+        turn = self.queue.turn(reservation.process_id, done)
+        if turn.clear_error is None:
+            self.summary.cleared += len(done)
+        if turn.get_error is not None:
+            if turn.clear_error is None:
+                self.checkpoint.settle(reservation, done)
+            raise turn.get_error
+        assert turn.reserved is not None
+        return turn.reserved, turn.clear_error
+
+    def _record(
+        self, batch: Reserved, errors: bool, settled: tuple[Reservation, list[str]] | None
+    ) -> Reservation | None:
+        """Save a reservation to the checkpoint (with the rows ``settled`` forgotten in the same
+        write) before anything is handled; None when it is empty."""
         if not batch.rows:
+            if settled is not None:
+                self.checkpoint.settle(*settled)
             return None
         process_id = batch.process_id or f"{LOCAL_PREFIX}{time.time_ns()}"
         if batch.process_id is None:
             log.warning("event.offline.get returned rows without a process_id: already deleted")
         refused = rejected_ids(self.options.application_token, batch.rows)
         source = "errors" if errors else "queue"
-        reservation = self.checkpoint.add(process_id, batch.rows, source, rejected=refused)
+        reservation = self.checkpoint.add(
+            process_id, batch.rows, source, rejected=refused, settled=settled
+        )
         self.summary.reserved += len(batch.rows)
         self.summary.reservations += 1
         self._note_rejected(len(refused))
         return reservation
 
-    def _work(self, reservation: Reservation) -> None:
+    def _work(self, reservation: Reservation, *, clear_later: bool = False) -> None:
+        """Hand every pending event on, then settle. A buffered handler's events are journaled
+        after one ``flush`` for the lot (events it finished before a stop request included)."""
+        flushed: list[str] = []
+        grouped = self.handler.buffered and reservation.source != "errors"
         for row in reservation.pending():
             if self.stop.is_set():
                 break
-            self._deliver(reservation, row)
-        self._settle(reservation, final=not reservation.pending())
+            done = self._deliver(reservation, row, record_done=not grouped)
+            if done is not None:
+                flushed.append(done)
+        if flushed:
+            self._flush()
+            self.checkpoint.record_all(reservation, flushed, "done")
+        final = not reservation.pending()
+        self._settle(reservation, final=final, clear_later=clear_later and final)
 
-    def _deliver(self, reservation: Reservation, row: dict[str, Any]) -> None:
+    def _flush(self) -> None:
+        """Make the buffered handler's deliveries durable; if the disk refuses, none of them is
+        recorded, and the retried run hands them over again."""
+        try:
+            self.handler.flush()
+        except OSError as exc:
+            raise TransientError(
+                f"the handler's output could not be made durable: {exc.strerror or exc}",
+                code="HANDLER_FLUSH_FAILED",
+                hint="check the sink's disk; the events are handed over again on retry",
+            ) from None
+
+    def _deliver(
+        self, reservation: Reservation, row: dict[str, Any], *, record_done: bool = True
+    ) -> str | None:
+        """Hand one event on; returns its id when it is done but left for the caller to record
+        (``record_done`` False: a buffered handler, recorded after its ``flush``)."""
         replay = reservation.source == "errors"
         first = Delivery(
             delivery_id(self.portal, row),
@@ -269,13 +342,18 @@ class Worker:
         )
         result = self._attempt(first)
         if result.outcome is None:
-            return
+            return None
         if result.outcome == "dead":
             self._dead_letter(first, result)
+        elif not record_done:
+            return event_id(row)
+        elif self.handler.buffered:
+            self._flush()
         self.checkpoint.record(reservation, event_id(row), result.outcome)
         if result.outcome == "done" and replay:
             self.dlq.resolve(first.delivery_id)
             self.summary.replayed += 1
+        return None
 
     def _replay_local(self, entry: dict[str, Any]) -> None:
         """A DLQ entry whose portal row is gone: handle it; nothing to clear on the portal.
@@ -305,14 +383,32 @@ class Worker:
         )
 
     def _attempt(self, first: Delivery) -> _Result:
-        """Run the handler with back-off retries; never raises for a handler failure."""
+        """Run the handler with back-off retries; never raises for a handler failure.
+
+        The first try runs outside tenacity, whose machinery cost more than a sink line: most
+        events succeed at once. A first failure is handed to tenacity as its attempt 1, so the
+        waits, logs and counts are those of a plain tenacity loop.
+        """
         attempts = 0
+        failed: RetryableFailure | None = None
 
         def call() -> None:
-            nonlocal attempts
+            nonlocal attempts, failed
+            if failed is not None:
+                failure, failed = failed, None
+                raise failure
             attempts += 1
             self.handler(replace(first, attempt=attempts))
 
+        try:
+            call()
+        except RetryableFailure as exc:
+            failed = exc
+        except PermanentFailure as exc:
+            return _Result("dead", attempts, f"permanent failure: {exc}")
+        else:
+            self.summary.handled += 1
+            return _Result("done", attempts)
         retrying = Retrying(
             stop=stop_after_attempt(self.options.max_retries + 1),
             wait=wait_exponential_jitter(
@@ -335,16 +431,20 @@ class Worker:
         self.summary.handled += 1
         return _Result("done", attempts)
 
-    def _settle(self, reservation: Reservation, *, final: bool) -> None:
+    def _settle(self, reservation: Reservation, *, final: bool, clear_later: bool = False) -> None:
         """Tell the portal what is finished, then forget it. Dead rows are flagged only once
         the whole reservation is finished: ``event.offline.error`` goes by MESSAGE_ID and would
-        also release a pending row sharing it."""
+        also release a pending row sharing it. With ``clear_later`` the done rows' clear waits
+        for the next ``get`` (``_turn``) and the checkpoint keeps them until then."""
         done = reservation.ids_with("done")
         dead = reservation.ids_with("dead") if final else []
         rejected = reservation.ids_with("rejected") if final else []
         self.checkpoint.sync()
         if not reservation.process_id.startswith(LOCAL_PREFIX):
-            if done:
+            if done and clear_later:
+                self._clear_next = (reservation, done)
+                done = []
+            elif done:
                 self.queue.clear(reservation.process_id, done)
                 self.summary.cleared += len(done)
             if dead:
@@ -361,6 +461,15 @@ class Worker:
             self.checkpoint.settle(
                 reservation, done + dead, quarantined=rejected, reason=REJECT_REASON
             )
+
+    def _clear_now(self) -> None:
+        """Send a clear still waiting for a next ``get`` on its own (the loop is ending)."""
+        if self._clear_next is not None:
+            reservation, done = self._clear_next
+            self._clear_next = None
+            self.queue.clear(reservation.process_id, done)
+            self.summary.cleared += len(done)
+            self.checkpoint.settle(reservation, done)
 
     # --- retries, sleeps and counters --------------------------------------------------------
 
