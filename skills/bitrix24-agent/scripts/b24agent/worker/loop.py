@@ -168,7 +168,7 @@ class Worker:
     def _run_queue(self) -> None:
         self._clear_next = None  # a retried run: the checkpoint's reservations say it all
         self._prepare()
-        chained = self.options.mode != "once"
+        chained = self.options.mode != "once" and self.queue.can_turn
         while not self.stop.is_set():
             reservation = self._reserve(errors=False)
             self.summary.queue_empty = reservation is None

@@ -11,7 +11,9 @@ is harmless (``write=False`` lets the client retry a 5xx):
 ``turn`` sends the clear of the last reservation and the ``get`` of the next one as ONE batch
 (both commands run, in that order, whatever the other's outcome): on a standard plan every
 request counts against the bucket, and this halves a drain's requests. The batch holds a
-reserving ``get``, so it is a write too.
+reserving ``get``, so it is a write too. Not with an ``auth_connector``: it is a parameter of
+the request, and whether the portal reads it per batch command is not documented (the sandbox
+takes the outer request's), so those queues keep one request per call.
 
 Rows are cleared by ``id``, not ``message_id``: two rows of one reservation can share a
 MESSAGE_ID (a change queued again after the first row was reserved), and clearing by message id
@@ -117,6 +119,11 @@ class OfflineQueue:
             self._filter = {"@EVENT_NAME": names}
         else:
             self._filter = {}
+
+    @property
+    def can_turn(self) -> bool:
+        """Whether ``turn`` may be used: only for the queue without an ``auth_connector``."""
+        return not self._connector
 
     def _get_params(self, errors: bool) -> dict[str, Any]:
         params: dict[str, Any] = {"clear": 0, "limit": self.limit, **self._connector}
