@@ -8,9 +8,11 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+from b24agent.fingerprint import canonical_json
 from b24agent.guard.audit import AuditEvent, AuditLog, param_keys
-from b24agent.guard.auditchain import GENESIS_HASH, chain_files, head_path, verify
+from b24agent.guard.auditchain import GENESIS_HASH, chain_files, head_path, seal, verify
 from b24agent.redact import Redactor
+from b24agent.state import JsonlWriter
 
 SECRET = "sekret-webhook-code-1234567890"
 TOKEN = "tok-access-abcdefghijklmnop"
@@ -113,6 +115,55 @@ def test_deleting_the_last_lines_is_caught_by_the_head(tmp_path: Path) -> None:
     # And the next append does not paper over it: it chains from the anchored hash.
     _log(log).write(_event(99))
     assert not verify(log).ok
+
+
+def _crash_after_append(log: Path, n: int) -> dict:
+    """What a writer killed between appending its line and moving the head leaves behind."""
+    line = seal(_log(log).entry(_event(n)), _last_hash_on_disk(log))
+    with JsonlWriter(log) as writer:
+        writer.append_text(canonical_json(line))
+    return line
+
+
+def _last_hash_on_disk(log: Path) -> str:
+    return json.loads(_lines(log)[-1])["hash"]
+
+
+def test_a_writer_killed_before_moving_the_head_is_no_alarm(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, 3)
+    orphan = _crash_after_append(log, 3)
+    report = verify(log)
+    assert report.ok and report.lines == 4 and report.unanchored == 1, report.broken
+    nxt = _log(log).write(_event(4))  # the next writer chains after the orphan, moves the head
+    assert nxt["prev"] == orphan["hash"]
+    report = verify(log)
+    assert report.ok and report.lines == 5 and report.unanchored == 0 and report.anchored
+
+
+def test_a_head_two_lines_behind_is_still_caught(tmp_path: Path) -> None:
+    """Only the one line a killed writer can leave is accepted past the head."""
+    log = tmp_path / "audit.jsonl"
+    _write(log, 2)
+    _crash_after_append(log, 2)
+    _crash_after_append(log, 3)
+    assert not verify(log).ok
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_a_torn_last_line_is_no_alarm_and_never_enters_the_chain(
+    tmp_path: Path, rotate: bool
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, 3)
+    with log.open("ab") as handle:
+        handle.write(b'{"api":"v2","duration_ms":1.0,"err')  # killed mid-append
+    assert verify(log).ok and verify(log).lines == 3
+    # The next writer cuts the torn tail before it rotates, so no half line ends up inside.
+    _log(log, max_bytes=log.stat().st_size if rotate else 10**9).write(_event(9))
+    report = verify(log)
+    assert report.ok and report.lines == 4 and report.anchored
+    assert len(chain_files(log)) == (2 if rotate else 1)
 
 
 def test_truncated_or_garbled_line(tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -501,3 +504,56 @@ def test_listen_needs_the_application_token(portal, state):
 
     assert result.returncode == 2
     assert "application_token" in error_of(result.stderr)["message"]
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    return host, int(port)
+
+
+def _raw_post(url: str, head: bytes) -> bytes:
+    with socket.create_connection(_address(url), timeout=10) as conn:
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+        return conn.recv(200)
+
+
+def test_the_notice_endpoint_is_bounded(portal, state, tmp_path):
+    """A bad Content-Length is a clean 400, never a traceback; 50 stalled connections hold a
+    bounded number of threads, and the endpoint still answers once they are dropped."""
+    env = worker_env(portal, state, B24_APPLICATION_TOKEN=portal.oauth["application_token"])
+    proc = start_worker(env, "--sleep", "60", "--listen", "127.0.0.1:0", "--log-level", "debug")
+    url = wait_for_stderr(proc, "listening for ONOFFLINEEVENT").split()[-1]
+    baseline = _threads(proc.pid)
+    for bad in (b"abc", b"-5", b"1e3", b"99999999999999999999"):
+        assert _raw_post(url, b"Content-Length: " + bad + b"\r\n").startswith(b"HTTP/1.0 400")
+    stalled = [socket.create_connection(_address(url)) for _ in range(50)]
+    try:
+        time.sleep(1.0)
+        assert _threads(proc.pid) <= baseline + 8
+    finally:
+        for conn in stalled:
+            conn.close()
+    time.sleep(0.5)
+    answer = _raw_post(url, b"Content-Length: 0\r\n")
+    _, err = terminate(proc)
+    assert answer.startswith(b"HTTP/1.0 403")  # served again (an empty notice has no token)
+    assert "Traceback" not in err
+
+
+def test_stalled_notice_connections_are_dropped_after_the_idle_timeout():
+    from b24agent.worker.wakeup import WakeListener
+
+    listener = WakeListener("127.0.0.1", 0, "token", threading.Event(), timeout=0.3)
+    listener.start()
+    try:
+        stalled = [socket.create_connection(_address(listener.url)) for _ in range(8)]
+        time.sleep(1.0)  # each stalled one is dropped after 0.3 s of silence, freeing its slot
+        assert all(conn.recv(10) == b"" for conn in stalled)
+        assert _raw_post(listener.url, b"Content-Length: 0\r\n").startswith(b"HTTP/1.0 403")
+    finally:
+        listener.close()

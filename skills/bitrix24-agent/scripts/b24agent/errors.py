@@ -53,8 +53,10 @@ __all__ = [
     "ValidationError",
     "error_from_portal",
     "error_from_v3",
+    "local_failure",
     "not_sent",
     "server_fault",
+    "unexpected_after_sending",
 ]
 
 
@@ -425,3 +427,37 @@ def not_sent(code: str, message: str, *, hint: str = "") -> TransientError:
     """A failure before the request left this machine (connection refused, DNS, TLS): the
     portal provably did not run it, so it is safe to resend, writes included."""
     return TransientError(message, code=code, hint=hint)
+
+
+def unexpected_after_sending(exc: BaseException) -> OutcomeUnknownError:
+    """A failure that is not ours to name (a bug) after a write request left: it may have run."""
+    return OutcomeUnknownError(
+        f"unexpected {type(exc).__name__}: {exc}",
+        code="INTERNAL_ERROR",
+        hint="a bug in bitrix24-agent (please report it); if the call was a write, it was sent "
+        "and may or may not have happened: check the portal before repeating it",
+    )
+
+
+def local_failure(exc: BaseException) -> B24Error:
+    """A failure on this machine while no write had left it: exit 4, never "may have run".
+
+    An OSError is a local file that cannot be used (a directory or other non-file where a state
+    file should be, permissions, a full disk): the message names the file, never its content.
+    Anything else is a bug of ours, reported as one, with the news that nothing was sent.
+    """
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return ConfigError(
+            f"cannot use the local file{where}: {exc.strerror or type(exc).__name__}; nothing "
+            "was sent to the portal",
+            code="LOCAL_IO_ERROR",
+            hint="check that path (a folder or other non-file where a state file should be, "
+            "its permissions, free disk space) and B24_STATE_DIR",
+        )
+    return ConfigError(
+        f"unexpected {type(exc).__name__}: {exc}; nothing was sent to the portal",
+        code="INTERNAL_ERROR",
+        hint="a bug in bitrix24-agent (please report it); no write was sent, so the call is "
+        "safe to repeat",
+    )

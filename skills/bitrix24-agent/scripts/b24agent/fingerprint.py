@@ -21,5 +21,7 @@ def canonical_json(value: Any) -> str:
 
 
 def digest(value: Any) -> str:
-    """SHA-256 hex digest of ``value``'s canonical JSON."""
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    """SHA-256 hex digest of ``value``'s canonical JSON. A lone surrogate (text that is not
+    valid Unicode) is hashed as its code point rather than failing: a refused call's params are
+    still digested for its audit line; valid text hashes exactly as plain UTF-8."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8", "surrogatepass")).hexdigest()

@@ -43,7 +43,8 @@ exit codes:
   3    blocked by policy (needs --confirm-write / --confirm-destructive, a plan, the allowlist;
        or outside what the operator allows: B24_PACKS, B24_READ_ONLY, B24_ALLOW_FLAGS)
   4    auth or configuration (a missing setting or Python package, rejected credentials,
-       a corrupt state file)
+       a corrupt state file, a local file that cannot be used, e.g. a folder where a state
+       file should be)
   5    conflict (idempotency key in use or reused with other params; stale or spent plan)
   6    transient error, gave up after retries (QUERY_LIMIT_EXCEEDED, 5xx on a read): retry later
   7    outcome unknown: a write may or may not have happened; check before repeating it
@@ -255,6 +256,8 @@ class _Cli:
         self.stdout = stdout
         self.stderr = stderr
         self.mask: Callable[[str], str] | None = None
+        #: Set once a request is handed to the pipeline: only from then on may a write have run.
+        self.dispatched = False
 
     # --- failure -------------------------------------------------------------------------------
     def fail(self, exc: BaseException) -> int:
@@ -263,7 +266,7 @@ class _Cli:
 
         if quiet_if_reader_left(exc, self.stdout):
             return 0
-        error = as_b24_error(exc)
+        error = as_b24_error(exc, dispatched=self.dispatched)
         text = dump_line(error.to_json())
         mask = self.mask or default_mask()
         try:
@@ -326,6 +329,7 @@ class _Cli:
         progress = Progress(self.stderr, verb, noun)
         with Pipeline(settings, progress=progress if progress.enabled else None) as pipeline:
             self.mask = pipeline.mask
+            self.dispatched = True
             outcome = pipeline.run(request)
             try:
                 return self._render(outcome, args)

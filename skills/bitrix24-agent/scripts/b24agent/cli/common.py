@@ -87,6 +87,7 @@ CLI_HINTS = {
     "--idempotency-resolve failed (it did not happen: send it now) or --idempotency-resolve "
     "done (it happened)",
     "NOT_A_LIST_METHOD": "call it once without --all or --limit",
+    "EXPORT_OF_WRITE": "drop --all/--limit to make the call once",
     "AUDIT_LOG_MISSING": "pass the log's path: --verify-audit FILE (default: B24_AUDIT_FILE)",
     "ERROR_METHOD_NOT_FOUND": "no such method here; check the name with --explain METHOD, or "
     "whether it is REST 3.0 only (--rest-v3) or needs a module the portal lacks",
@@ -97,8 +98,12 @@ CLI_HINTS = {
 }
 
 
-def as_b24_error(exc: BaseException) -> B24Error:
-    """Map anything that ends a run to the error taxonomy, so it prints as one JSON line."""
+def as_b24_error(exc: BaseException, *, dispatched: bool = True) -> B24Error:
+    """Map anything that ends a run to the error taxonomy, so it prints as one JSON line.
+
+    ``dispatched``: a call may have been sent by now. Before that, a bug or an unusable file
+    is a local failure (exit 4); after it, the fail-safe answer is "outcome unknown" (exit 7).
+    """
     from .. import errors
 
     if isinstance(exc, errors.B24Error):
@@ -116,11 +121,8 @@ def as_b24_error(exc: BaseException) -> B24Error:
         missing = missing_dependency(exc)
         if missing is not None:
             return missing
+    if not dispatched:
+        return errors.local_failure(exc)
     # A bug of ours: if it struck while a write was in flight, the write may have run, so
     # the fail-safe answer is "outcome unknown" (harmless for reads, honest for writes).
-    return errors.OutcomeUnknownError(
-        f"unexpected {type(exc).__name__}: {exc}",
-        code="INTERNAL_ERROR",
-        hint="a bug in bitrix24-agent (please report it); if the call was a write, check the "
-        "portal before repeating it",
-    )
+    return errors.unexpected_after_sending(exc)

@@ -44,12 +44,34 @@ def _read_source(spec: str, flag: str, stdin: TextIO) -> tuple[str, str]:
         ) from None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses what JSON itself does not allow but Python's parser takes
+    (NaN, Infinity) and turns its other limits (nesting past the recursion limit, integers past
+    4,300 digits) into ValueError; JSONDecodeError is a ValueError too."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _json_problem(exc: ValueError, *, lines: bool = True) -> str:
+    """Where and why ``loads_strict`` failed, without quoting the input."""
+    if isinstance(exc, json.JSONDecodeError):
+        where = f"line {exc.lineno} column {exc.colno}" if lines else f"column {exc.colno}"
+        return f"{exc.msg} at {where}"
+    return str(exc).split(";")[0]
+
+
 def _parse_json(text: str, where: str, flag: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return loads_strict(text)
+    except ValueError as exc:
         raise UsageError(
-            f"{flag}: {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            f"{flag}: {where} is not valid JSON: {_json_problem(exc)}",
             code="INVALID_JSON",
             hint=f"""pass a JSON object, e.g. {flag} '{{"id": 1}}'""",
         ) from None
@@ -95,15 +117,17 @@ def read_batch_file(spec: str, *, stdin: TextIO | None = None) -> list[BatchLine
 def _batch_lines(
     text: str, where: str, validate: Callable[..., tuple[str, dict[str, Any]]]
 ) -> Iterator[BatchLine]:
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends a line at "\n" only: str.splitlines() would also split inside a value
+    # at U+2028, U+0085 or a form feed, which JSON strings may hold unescaped.
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            item = loads_strict(raw)
+        except ValueError as exc:
             raise UsageError(
-                f"--batch-file {where} line {number}: not valid JSON: {exc.msg} "
-                f"at column {exc.colno}",
+                f"--batch-file {where} line {number}: not valid JSON: "
+                f"{_json_problem(exc, lines=False)}",
                 code="INVALID_JSON",
                 hint='write one {"method": ..., "params": {...}} object per line',
             ) from None

@@ -62,17 +62,32 @@ def param_keys(params: Any, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
+def _valid_text(value: Any) -> Any:
+    """``value`` with every string that is not valid Unicode (a lone surrogate from refused
+    params) escaped as ``\\udXXX`` text, so the line can be written as UTF-8 at all."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(item) for item in value]
+    return value
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _last_line_hash(path: Path) -> str | None:
-    """``hash`` of the last whole line of ``path`` (a torn tail from a crash is skipped)."""
+def _last_line_of(path: Path) -> dict[str, str] | None:
+    """``prev`` and ``hash`` of the last whole line of ``path`` (a torn tail is skipped)."""
     line = last_line(path)
     if not line:
         return None
     try:
-        return json.loads(line)["hash"]
+        parsed = json.loads(line)
+        return {"prev": str(parsed["prev"]), "hash": str(parsed["hash"])}
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -115,42 +130,64 @@ class AuditLog:
             entry["origin"] = dict(event.origin)
         if self._params_mode == "full":
             entry["params"] = event.params
-        return self._redactor.mask_obj(entry)
+        return _valid_text(self._redactor.mask_obj(entry))
 
     def write(self, event: AuditEvent) -> dict[str, Any]:
-        """Append ``event`` as one chained line and return the line as written."""
+        """Append ``event`` as one chained line and return the line as written.
+
+        Order matters for crash safety: the line is on disk before the head names it, so a
+        writer killed in between leaves the head one line behind, which ``verify`` accepts and
+        the next writer repairs (``_last_hash``). A torn line is cut before anything else
+        happens, so rotation can never carry a half line into the middle of the chain.
+        """
         entry = self.entry(event)
         with file_lock(self.path):
-            line = seal(entry, self._last_hash())
-            text = canonical_json(line)
-            self._rotate_if_needed(len(text.encode("utf-8")) + 1)
-            with JsonlWriter(self.path) as log:
+            log = JsonlWriter(self.path)  # cuts a torn tail left by a killed writer
+            try:
+                line = seal(entry, self._last_hash())
+                text = canonical_json(line)
+                if self._rotate_if_needed(len(text.encode("utf-8")) + 1):
+                    log.close()
+                    log = JsonlWriter(self.path)
                 log.append_text(text)
+            finally:
+                log.close()
             write_json_atomic(head_path(self.path), {"hash": line["hash"]})
         return line
 
     def _last_hash(self) -> str:
-        """The newest hash: the head file when trustworthy, else the newest file's last line.
+        """The newest hash: the head file, or the line after it when a writer died between
+        appending that line and moving the head on; without a head, the newest file's last line.
 
-        The head wins over the file so that a line deleted from the end is still detected after
-        the next append (the new line then points at a hash the file no longer holds).
+        The head wins over the file otherwise, so that a line deleted from the end is still
+        detected after the next append (the new line then points at a hash the file no longer
+        holds).
         """
         try:
             head = read_head(self.path)
         except CorruptStateError:
             head = None
-        if head:
-            return head
-        for path in reversed(chain_files(self.path)):
-            last = _last_line_hash(path)
-            if last:
-                return last
-        return GENESIS_HASH
+        last = self._last_line()
+        if head is None:
+            return last["hash"] if last else GENESIS_HASH
+        if last is not None and last["prev"] == head:
+            return last["hash"]
+        return head
 
-    def _rotate_if_needed(self, incoming: int) -> None:
+    def _last_line(self) -> dict[str, Any] | None:
+        """The chain's newest whole line (``prev``, ``hash``), looking past an empty live file."""
+        for path in reversed(chain_files(self.path)):
+            line = _last_line_of(path)
+            if line is not None:
+                return line
+        return None
+
+    def _rotate_if_needed(self, incoming: int) -> bool:
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return
+            return False
         if size and size + incoming > self._max_bytes:
             os.replace(self.path, rotation_path(self.path))
+            return True
+        return False

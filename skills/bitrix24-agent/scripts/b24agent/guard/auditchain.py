@@ -4,7 +4,9 @@ Each line carries ``prev`` (the hash of the line before it, across rotated files
 (SHA-256 of its own canonical JSON without ``hash``). Editing a line breaks its own hash;
 deleting, inserting or reordering lines breaks the next line's ``prev``. Deleting the last lines
 leaves a valid chain, so the writer also keeps a head file (``<log>.head``) holding the newest
-hash: verification compares the chain's end against it.
+hash: verification compares the chain's end against it. The line is written before the head, so
+a writer killed in between leaves the head exactly one line behind: accepted (the line after the
+head chains onto it) and repaired by the next write, never reported as tampering.
 
 Files of one chain: rotated files ``<log>.000001``, ``<log>.000002``, ... (oldest first) and then
 the live ``<log>``. Rotation renames the live file; the next line's ``prev`` is still the last
@@ -14,6 +16,7 @@ hash of the rotated one, so the chain runs on across files.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,8 @@ class VerifyReport:
     files: list[str] = field(default_factory=list)
     lines: int = 0
     anchored: bool = False
+    #: Lines after the head: 1 when a writer died between appending a line and moving the head.
+    unanchored: int = 0
     broken: BrokenLine | None = None
 
     @property
@@ -129,6 +134,8 @@ class VerifyReport:
             "lines": self.lines,
             "anchored": self.anchored,
         }
+        if self.unanchored:
+            report["unanchored"] = self.unanchored
         if self.broken:
             report["broken"] = {
                 "file": self.broken.file,
@@ -158,20 +165,36 @@ def _check_line(raw: bytes, expected_prev: str) -> tuple[str | None, str]:
     return None, line["hash"]
 
 
+def _whole_lines(path: Path, *, live: bool) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of one chain file. The live file's last line without its newline is a
+    torn tail (a writer killed mid-append, never acknowledged, cut by the next writer): left
+    out, so it is no alarm. Anywhere else a line without a newline is checked like any other."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if live and not raw.endswith(b"\n"):
+                return  # only the last line can lack its newline
+            yield number, raw.rstrip(b"\n")
+
+
 def verify(log: Path) -> VerifyReport:
-    """Recompute ``log``'s whole chain across rotated files and name the first broken line."""
+    """Recompute ``log``'s whole chain across rotated files and name the first broken line.
+
+    What a killed writer leaves is not an alarm: a torn last line (see ``_whole_lines``), or a
+    head one line behind the chain when the writer died between appending the line and moving
+    the head (``unanchored`` then says 1; the next write moves the head on).
+    """
     report = VerifyReport()
     files = chain_files(log)
     report.files = [str(path) for path in files]
-    expected = GENESIS_HASH
+    expected, before_last = GENESIS_HASH, None
     for path in files:
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                problem, expected = _check_line(raw.rstrip(b"\n"), expected)
-                if problem:
-                    report.broken = BrokenLine(str(path), number, problem)
-                    return report
-                report.lines += 1
+        for number, raw in _whole_lines(path, live=path == log):
+            before_last = expected
+            problem, expected = _check_line(raw, expected)
+            if problem:
+                report.broken = BrokenLine(str(path), number, problem)
+                return report
+            report.lines += 1
     try:
         head = read_head(log)
     except CorruptStateError as exc:
@@ -180,6 +203,9 @@ def verify(log: Path) -> VerifyReport:
         return report
     report.anchored = head is not None
     if head is not None and head != expected:
+        if head == before_last:
+            report.unanchored = 1
+            return report
         last = report.files[-1] if report.files else str(log)
         reason = "the chain ends before the newest recorded line (lines or files were removed)"
         report.broken = BrokenLine(last, 0, reason)

@@ -44,10 +44,13 @@ from ..errors import (
     PolicyError,
     TransientError,
     UsageError,
+    local_failure,
+    unexpected_after_sending,
 )
 from ..redact import Redactor
 from ..rest.idempotency_key import validate_idempotency_key
 from ..rest.results import CallResult
+from ..rest.sendable import check_sendable
 from . import policy
 from .audit import AuditEvent, AuditLog
 from .auditchain import check
@@ -272,8 +275,11 @@ class Pipeline:
             policy.check_widening(widening_flags(request.guards), self._settings.allowed_flags)
             outcome = self._run(request, record)
         except BaseException as exc:
-            self._audit(request, record, exc)
-            raise
+            known = self._as_error(exc, record)
+            self._audit(request, record, known)
+            if known is exc:
+                raise
+            raise known from None
         if outcome.stream is None:
             self._audit(request, record)
         else:
@@ -284,10 +290,25 @@ class Pipeline:
         guards = request.guards
         if guards.execute_plan:
             return self._execute_plan(request, record)
+        try:
+            for call in request.calls:
+                check_sendable(call.params)
+        except UsageError as exc:
+            # The audit line names the refused field instead of digesting params that cannot
+            # be encoded or walked (nested thousands deep, invalid Unicode).
+            record.params = {"unsendable": exc.details.get("field")}
+            raise
         assessment = policy.assess(
             (c.method, c.params, c.label if c.line else None) for c in request.calls
         )
         record.risk = assessment.risk
+        if request.mode == "export" and assessment.writes:
+            raise UsageError(
+                f"{request.calls[0].method} is not a read: an export reads a list method "
+                "page by page, and would send this write again for every page; nothing was sent",
+                code="EXPORT_OF_WRITE",
+                hint="make the call once, not as an export",
+            )
         policy.authorize(assessment, self._gates(guards), "plan" if guards.plan_only else "call")
         if guards.plan_only:
             return self._make_plan(request, assessment, record)
@@ -516,10 +537,25 @@ class Pipeline:
                     record.outcome = "error"
                 yield item
         except BaseException as exc:
-            failed = exc
-            raise
+            failed = self._as_error(exc, record)
+            if failed is exc:
+                raise
+            raise failed from None
         finally:
             self._audit(request, record, failed)
+
+    def _as_error(self, exc: BaseException, record: _Record) -> BaseException:
+        """``exc`` as the error it means for the caller. Ours and interruptions pass through;
+        anything else (a bug, an unusable state file) is "a write may have run" only when a
+        request of a write really left this machine, and otherwise a local failure."""
+        if isinstance(exc, (B24Error, KeyboardInterrupt, GeneratorExit)):
+            return exc
+        if not isinstance(exc, Exception):
+            return exc
+        sent = self._client is not None and self._client.requests_sent > 0
+        if sent and record.risk != "read":
+            return unexpected_after_sending(exc)
+        return local_failure(exc)
 
     def _audit(
         self, request: CallRequest, record: _Record, exc: BaseException | None = None
@@ -533,9 +569,8 @@ class Pipeline:
             outcome = "refused" if isinstance(exc, (PolicyError, ConflictError)) else "error"
             code, exit_code = exc.code or type(exc).__name__, exc.exit_code
         elif exc is not None:
-            # Interrupted, or our own bug: the CLI reports 130 / 7 for these.
-            outcome, code = "error", type(exc).__name__
-            exit_code = 130 if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) else 7
+            # Interrupted or abandoned (anything else became a B24Error in _as_error): 130.
+            outcome, code, exit_code = "error", type(exc).__name__, 130
         elif record.outcome == "error":
             code, exit_code = "BATCH_FILE_ERRORS", 1
         settings = self._settings

@@ -44,7 +44,7 @@ from .batching import (
 )
 from .idempotency_key import validate_idempotency_key
 from .inflight import InFlight
-from .limiter import make_limiter
+from .limiter import HoldBudget, make_limiter
 from .results import BatchResult, CallResult, ItemOutcome
 from .retrying import RetryPolicy
 from .schemas import validate_params
@@ -183,9 +183,10 @@ class Bitrix24Client:
     ) -> Envelope:
         key = None if method.lower() == "batch" else self._key(method)
         used: list[Credential] = []
+        budget = HoldBudget(self.settings.max_operating_wait_s)  # for all attempts together
 
         def attempt() -> Envelope:
-            self._limiter.acquire(key)
+            self._limiter.acquire(key, budget)
             credential = self._auth.credential()
             used.append(credential)
             try:

@@ -42,7 +42,7 @@ from ..errors import ConfigError, CorruptStateError, OperationTimeLimitError, Tr
 from ..settings import Settings
 from .schemas import load_schema
 
-__all__ = ["BucketModel", "Limiter", "RateLimiter", "make_limiter"]
+__all__ = ["BucketModel", "HoldBudget", "Limiter", "RateLimiter", "make_limiter"]
 
 T = TypeVar("T")
 
@@ -83,6 +83,16 @@ class BucketModel:
     def full(self, now: float) -> float:
         """The tat of a full bucket: the next request waits one interval."""
         return now + self.tolerance + self.interval
+
+
+@dataclass
+class HoldBudget:
+    """How long one logical call may still be held for its method's time budget, across all of
+    its attempts: ``B24_MAX_OPERATING_WAIT_SEC`` is a total. Without it, a method refused with
+    OPERATION_TIME_LIMIT and no ``operating_reset_at`` was held a full minute before each of
+    its retries (241 s under a 60 s setting)."""
+
+    left: float
 
 
 class _Store(Protocol):
@@ -135,7 +145,7 @@ class _FileStore:
 class Limiter(Protocol):
     """What the client calls around every HTTP request."""
 
-    def acquire(self, key: str | None = None) -> float: ...
+    def acquire(self, key: str | None = None, budget: HoldBudget | None = None) -> float: ...
     def rejected(self) -> None: ...
     def record(self, key: str, timing: Any) -> None: ...
     def blocked(self, key: str, reset_at: float | None) -> None: ...
@@ -144,7 +154,7 @@ class Limiter(Protocol):
 class NoLimiter:
     """``B24_RATE_LIMITER=off``: trust the portal's 503s and the retry policy alone."""
 
-    def acquire(self, key: str | None = None) -> float:
+    def acquire(self, key: str | None = None, budget: HoldBudget | None = None) -> float:
         return 0.0
 
     def rejected(self) -> None:
@@ -175,35 +185,44 @@ class RateLimiter:
         self._max_operating_wait = settings.max_operating_wait_s
         self._watched: set[str] = set()
 
-    def acquire(self, key: str | None = None) -> float:
+    def acquire(self, key: str | None = None, budget: HoldBudget | None = None) -> float:
         """Wait for ``key``'s time budget, then for a request slot; return seconds waited.
 
         A held method sleeps without reserving a slot, so it never delays other methods or
-        other processes; the slot is reserved only once the method may go.
+        other processes; the slot is reserved only once the method may go. ``budget``: what is
+        left of the call's total hold allowance (``max_operating_wait_s`` when not given);
+        holds are taken from it, and a hold longer than what is left fails at once.
         """
+        budget = budget or HoldBudget(self._max_operating_wait)
         waited = 0.0
         while True:
-            hold, wait = self._store.update(partial(self._reserve, key=key, now=self._clock()))
+            hold, wait = self._store.update(
+                partial(self._reserve, key=key, now=self._clock(), cap=budget.left)
+            )
             pause = hold or wait
             if pause > 0:
                 self._sleep(pause)
                 waited += pause
             if not hold:
                 return waited
+            budget.left -= hold
 
-    def _reserve(self, data: dict[str, Any], *, key: str | None, now: float) -> tuple[float, float]:
+    def _reserve(
+        self, data: dict[str, Any], *, key: str | None, now: float, cap: float
+    ) -> tuple[float, float]:
         """Under the store's lock: (seconds the method is held, or 0 and seconds to the slot)."""
         methods = data.setdefault("methods", {})
         self._prune(methods, now)
         self._watched = set(methods)
-        hold = self._operating_wait(key, methods.get(key or ""), now)
+        hold = self._operating_wait(key, methods.get(key or ""), now, cap)
         if hold > 0:
             return hold, 0.0
         send_at, data["tat"] = self.model.reserve(float(data.get("tat", 0.0)), now)
         return 0.0, send_at - now
 
+    @staticmethod
     def _operating_wait(
-        self, key: str | None, entry: Mapping[str, float] | None, now: float
+        key: str | None, entry: Mapping[str, float] | None, now: float, cap: float
     ) -> float:
         if key is None or entry is None:
             return 0.0
@@ -213,7 +232,7 @@ class RateLimiter:
         ):
             return 0.0
         wait = entry["reset_at"] - now
-        if wait > self._max_operating_wait:
+        if wait > cap:
             method = key.rsplit("|", 1)[-1]
             raise OperationTimeLimitError(
                 f"{method} has used {entry['operating']:.0f} s of its 10-minute time budget; "

@@ -22,6 +22,7 @@ from jsonschema.exceptions import relevance
 from referencing import Registry, Resource
 
 from ...errors import ValidationError
+from ..sendable import check_sendable
 
 __all__ = ["load_schema", "validate_batch_line", "validate_params"]
 
@@ -133,13 +134,15 @@ def _check(schema: str, value: Any, what: str, root: str) -> None:
 
 
 def validate_params(method: str, params: Any, *, api: str = "v2") -> None:
-    """Raise ValidationError naming the field when ``params`` cannot be right for ``method``."""
+    """Raise ValidationError naming the field when ``params`` cannot be right for ``method``
+    (not plain JSON data at all, see ``sendable``, or not what the method's schema wants)."""
     if not isinstance(params, Mapping):
         raise ValidationError(
             f"{method}: params must be a JSON object, not {type(params).__name__}",
             code="INVALID_PARAMS",
             details={"field": "params"},
         )
+    check_sendable(params)
     schema = schema_for(method, api)
     if schema is not None:
         _check(schema, params, method, "params")
