@@ -25,6 +25,11 @@ from typing import Any
 import pytest
 import requests
 from b24agent.encoding import encode_query
+from hypothesis import HealthCheck, settings
+
+#: Two cores shared by parallel runs: slow input generation is load, not a defect of a strategy.
+settings.register_profile("shared-cores", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared-cores")
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "sandbox_portal.py"
