@@ -16,15 +16,14 @@ by id; the id-chained path cannot repeat a row since ids only grow.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import ApiError, UsageError
+from ..errors import ApiError, B24Error, UsageError
 from .batching import MAX_COMMANDS
-from .inflight import InFlight
+from .inflight import Chain
 from .results import BatchResult, CallResult
 
 __all__ = ["ListShape", "iter_all", "rows_of", "shape_of"]
@@ -125,12 +124,15 @@ class _Export:
         self.progress = progress
         self.count = 0
 
-    def pages_wanted(self, coming: int = 0) -> int:
-        """Pages to ask for in the next batch: 50, or fewer when ``limit`` is near (counting
-        ``coming`` rows received but not yet handed to the caller)."""
-        if self.limit is None:
+    def pages_wanted(self) -> int:
+        """Pages to ask for in the next batch: 50, or fewer when ``limit`` is near."""
+        return self._pages_for(None if self.limit is None else self.limit - self.count)
+
+    @staticmethod
+    def _pages_for(room: int | None) -> int:
+        """Pages for ``room`` more rows (None: no limit)."""
+        if room is None:
             return MAX_COMMANDS
-        room = self.limit - self.count - coming
         return max(1, min(MAX_COMMANDS, -(-room // PAGE)))
 
     def take(self, rows: list[Any]) -> Iterator[Any]:
@@ -144,8 +146,8 @@ class _Export:
         if self.progress is not None:
             self.progress(self.count)
 
-    def done(self, coming: int = 0) -> bool:
-        return self.limit is not None and self.count + coming >= self.limit
+    def done(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
 
     # -- fast path ------------------------------------------------------------------------
 
@@ -201,44 +203,28 @@ class _Export:
         return list(commands), self.client.batch(commands)
 
     def by_id(self, shape: ListShape, base: dict[str, Any], last: int) -> Iterator[Any]:
-        """Id-chained batches, with the next one already in flight while the caller handles the
-        rows of this one: batch k+1 needs only batch k's last id, so the portal's answer time
-        and the caller's work (printing, masking) overlap instead of adding up."""
-        pending: InFlight[tuple[list[str], BatchResult]] | None = InFlight(
-            functools.partial(self._id_batch, shape, base, last, self.pages_wanted())
-        )
-        while pending is not None:
-            names, answer = pending.result()
-            previous, pages, failure, finished = last, [], None, False
-            for name in names:
-                if name in answer.errors:
-                    failure = answer.errors[name]
-                    break
-                rows = rows_of(self.method, answer.results[name], shape)
-                ids = [_row_id(row) for row in rows]
-                if None in ids:
-                    failure = _inconsistent(self.method, "rows without a numeric id")
-                    break
-                pages.append(
-                    [r for r, i in zip(rows, ids, strict=True) if i is not None and i > last]
-                )
-                last = max([last, *(i for i in ids if i is not None)])
-                if len(rows) < PAGE:
-                    finished = True
-                    break
-            if failure is None and not finished and last == previous:
-                failure = _inconsistent(self.method, "the id filter did not advance")
-            coming = sum(len(page) for page in pages)
-            pending = None
-            if failure is None and not finished and not self.done(coming):
-                pending = InFlight(
-                    functools.partial(self._id_batch, shape, base, last, self.pages_wanted(coming))
-                )
-            for page in pages:
+        """Id-chained batches, each sent the moment the one before it is answered: batch k+1
+        needs only batch k's last id, so it leaves while the caller still handles earlier rows
+        (printing, masking), and the portal's answer time and the caller's work overlap instead
+        of adding up. At most one answered batch waits for the caller (``Chain``)."""
+        fetched = 0
+
+        def step(start: int) -> tuple[_Scanned, int | None]:
+            nonlocal fetched
+            pages = self._pages_for(None if self.limit is None else self.limit - fetched)
+            names, answer = self._id_batch(shape, base, start, pages)
+            scanned = _scan(self.method, shape, names, answer, start)
+            fetched += scanned.rows
+            more = scanned.failure is None and not scanned.finished
+            more = more and (self.limit is None or fetched < self.limit)
+            return scanned, scanned.last if more else None
+
+        for scanned in Chain(last, step):
+            for page in scanned.pages:
                 yield from self.take(page)
             self.report()
-            if failure is not None:
-                raise failure
+            if scanned.failure is not None:
+                raise scanned.failure
 
     # -- offset fallback --------------------------------------------------------------------
 
@@ -277,6 +263,42 @@ class _Export:
                 if start is None or self.done():
                     break
             self.report()
+
+
+@dataclass
+class _Scanned:
+    """One id-chained batch, read: its new rows per page, the last id, how it ended."""
+
+    pages: list[list[Any]]
+    last: int
+    finished: bool
+    failure: B24Error | None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(page) for page in self.pages)
+
+
+def _scan(
+    method: str, shape: ListShape, names: list[str], answer: BatchResult, last: int
+) -> _Scanned:
+    """Read the pages of one batch in order, up to the first error or short page (the end;
+    later pages referenced a row that does not exist, so they are ignored, never trusted)."""
+    previous, pages = last, []
+    for name in names:
+        if name in answer.errors:
+            return _Scanned(pages, last, False, answer.errors[name])
+        rows = rows_of(method, answer.results[name], shape)
+        ids = [_row_id(row) for row in rows]
+        if None in ids:
+            return _Scanned(pages, last, False, _inconsistent(method, "rows without a numeric id"))
+        pages.append([r for r, i in zip(rows, ids, strict=True) if i is not None and i > last])
+        last = max([last, *(i for i in ids if i is not None)])
+        if len(rows) < PAGE:
+            return _Scanned(pages, last, True, None)
+    if last == previous:
+        return _Scanned(pages, last, False, _inconsistent(method, "the id filter did not advance"))
+    return _Scanned(pages, last, False, None)
 
 
 def _inconsistent(method: str, what: str) -> ApiError:
