@@ -2,12 +2,14 @@
 
     python -m tools.build_references [--check] [--out DIR] [--rows N]
 
-Writes ``references/packs.md`` (which pack a task needs, and when to load its file) and one
-``references/catalog-<pack>.md`` per pack. An agent reads SKILL.md, packs.md and ONE catalog file
-before acting, so each catalog file must be cheap: a table of at most ``--rows`` methods (the
-catalog's most used first, then each entity's entry points: list, get, add...) with risk, scope
-and docs, then the rest of the pack as a brace-compressed name index (``crm.quote.{add,get}``),
-so every current method name is findable and ``--explain NAME`` tells the rest.
+Writes ``references/packs.md`` (the most used methods of each pack, then which pack a task
+needs and when to load its file) and one ``references/catalog-<pack>.md`` per pack. An agent
+reads SKILL.md, packs.md and ONE catalog file before acting, so each catalog file must be cheap
+and lead with what is needed most: the ``MOST_USED`` most used methods first, then up to
+``--rows`` in all (the rest of the ranked ones, then each entity's entry points: list, get,
+add...) with risk, scope and docs, then the rest of the pack as a brace-compressed name index
+(``crm.quote.{add,get}``), so every current method name is findable and ``--explain NAME`` tells
+the rest.
 
 ``--check`` writes nothing and exits 1 when a committed file differs from what the catalog gives
 (or a catalog file exists for a pack that no longer does); the test suite runs it.
@@ -33,6 +35,10 @@ __all__ = ["GUIDES", "ROUTING", "check", "main", "render_all", "write"]
 OUT_DIR = Path(__file__).resolve().parents[1] / "skills" / "bitrix24-agent" / "references"
 """``skills/bitrix24-agent/references``: the package sits in the skill folder's ``scripts/``."""
 ROWS = 60
+#: The first rows of a catalog file, and the methods named per pack at the top of packs.md: the
+#: few an agent needs most often, before anything else it might read.
+MOST_USED = 8
+PACKS_MOST_USED = 4
 CLIENT = "python3 scripts/bitrix24_client.py"
 DOCS_PREFIX = "https://apidocs.bitrix24.com/api-reference/"
 GENERATED = (
@@ -233,8 +239,19 @@ def _counts(info: dict[str, object]) -> str:
 def _table_intro(ranked: int) -> str:
     then = "each entity's " + ", ".join(ENTRY_VERBS) + " (top-level entities first)."
     if not ranked:
-        return "No usage ranking for this pack: " + then
-    return f"The first {ranked} are the most used methods; then " + then
+        return "Then " + then
+    return f"The next {ranked} most used methods; then " + then
+
+
+def _rows(entries: Sequence[Entry]) -> list[str]:
+    return [
+        "| method | risk | scope | docs | notes |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{e.name}` | {e.risk} | {e.scope or '-'} | {_docs_cell(e.docs)} | {_notes(e)} |"
+            for e in entries
+        ),
+    ]
 
 
 def _enable(pack: str) -> str:
@@ -250,29 +267,33 @@ def render_catalog(pack: str, info: dict[str, object], rows: int = ROWS) -> str:
     shown_names = {e.name for e in shown}
     rest = [e for e in entries if e.name not in shown_names and not e.deprecated]
     hidden_deprecated = sum(1 for e in entries if e.name not in shown_names and e.deprecated)
+    lead, more = shown[:MOST_USED], shown[MOST_USED:]
     lines = [
         f"# Pack `{pack}`: {info['description']}",
         "",
         GENERATED,
         "",
+        f"## Most used ({len(lead)})",
+        "",
+        *_rows(lead),
+        "",
+        f"Call one: `{CLIENT} METHOD --params JSON`. `read` runs as is; `write` needs "
+        "`--confirm-write` or a plan; `destructive` needs `--confirm-destructive`. Anything "
+        f"not listed here: `{CLIENT} --explain NAME` (risk, scope, docs, flags needed; unknown "
+        f"names count as writes). Docs paths are relative to {DOCS_PREFIX}",
+        "",
         f"{_counts(info)}. Enable: {_enable(pack)}.",
-        "Risk gates: `read` runs as is; `write` needs `--confirm-write` or a plan; "
-        "`destructive` needs `--confirm-destructive`.",
-        f"Before calling anything not in the table: `{CLIENT} --explain NAME` (risk, scope, "
-        "docs, flags needed; unknown names count as writes).",
-        f"Docs paths are relative to {DOCS_PREFIX}",
-        "",
-        f"## Start here ({len(shown)})",
-        "",
-        _table_intro(sum(1 for e in shown if e.ranked)),
-        "",
-        "| method | risk | scope | docs | notes |",
-        "|---|---|---|---|---|",
     ]
-    lines.extend(
-        f"| `{e.name}` | {e.risk} | {e.scope or '-'} | {_docs_cell(e.docs)} | {_notes(e)} |"
-        for e in shown
-    )
+    if more:
+        ranked = sum(1 for e in more if e.ranked)
+        lines += [
+            "",
+            f"## More entry points ({len(more)})",
+            "",
+            _table_intro(ranked),
+            "",
+            *_rows(more),
+        ]
     if rest:
         lines += ["", f"## The other {len(rest)}, by entity", "", *_index(rest)]
     if hidden_deprecated:
@@ -295,6 +316,16 @@ def render_packs(infos: Sequence[dict[str, object]]) -> str:
         "`--packs core,comms` or `B24_PACKS=core,comms`. A method outside the enabled packs "
         "stops with exit 3 and names the pack to add. The most specific prefix wins: "
         "`crm.product.*` is commerce although `crm.*` is core.",
+        "",
+        "## Most used, by pack",
+        "",
+        *(
+            f"- {info['pack']}: "
+            + ", ".join(
+                f"`{e.name}`" for e in _table_order(_entries(str(info["pack"])))[:PACKS_MOST_USED]
+            )
+            for info in infos
+        ),
         "",
         "## Words that are easy to route wrong",
         "",
