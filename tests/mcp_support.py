@@ -8,16 +8,22 @@ it for secrets, and offers ``call(tool, args)`` returning the parsed JSON and th
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 from conftest import ROOT, Sandbox
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ElicitResult
 
 SERVER = ROOT / "skills" / "bitrix24-agent" / "scripts" / "mcp_server.py"
@@ -96,3 +102,49 @@ class Host:
     def one(self, tool: str, arguments: dict[str, Any]) -> Result:
         """One tool call in its own session."""
         return self.session(lambda client: self.call(client, tool, arguments))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class HttpServer:
+    """``mcp_server.py --http 127.0.0.1:PORT`` as a subprocess, stopped by ``stop``."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.errlog = folder / "http-server.stderr"
+        with self.errlog.open("w") as errlog:
+            self.process = subprocess.Popen(
+                [sys.executable, str(SERVER), "--http", f"127.0.0.1:{self.port}"],
+                env={**os.environ, **env},
+                cwd=folder,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"the HTTP server did not start: {self.errlog.read_text()[-500:]}")
+
+    def client(self, token: str | None, **kwargs: Any) -> Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        http = httpx2.AsyncClient(headers=headers, timeout=60)
+        return Client(streamable_http_client(self.url, http_client=http), **kwargs)
+
+    def stop(self) -> str:
+        """Stop the server; returns what it wrote on stdout (nothing, over HTTP)."""
+        self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out.decode("utf-8", "replace")

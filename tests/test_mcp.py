@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import Sandbox
 from mcp_support import Host, answering, server_env
@@ -239,3 +240,109 @@ def test_a_destructive_plan_shows_the_record_to_the_human(
     assert not ran.error, ran.text
     assert "destructive" in asked[0] and "to be deleted" in asked[0]
     assert _leads(portal, "to be deleted") == []
+
+
+# --- reads at scale: exports, the size cap, concurrency ------------------------------------------
+
+
+def test_an_oversized_list_answer_is_cut_to_whole_rows_with_a_marker(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    comment = "long comment " * 300  # ~3,900 characters a row: 50 rows are ~200,000
+    cmd = {
+        f"a{n}": f"crm.lead.add?fields[TITLE]=big{n}&fields[COMMENTS]={comment}" for n in range(50)
+    }
+    assert portal.rest("batch", {"cmd": cmd}).status_code == 200
+    host = _host(portal, tmp_path, state)
+    params = {"select": ["ID", "TITLE", "COMMENTS"], "order": {"ID": "ASC"}}
+    cut = host.one("b24_call", {"method": "crm.lead.list", "params": params})
+    assert not cut.error, cut.text[:300]
+    assert len(cut.text) <= 60_000
+    marker = cut.data["truncated"]
+    shown = marker["rows_shown"]
+    assert 0 < shown < 50 == marker["rows_in_answer"]
+    assert len(cut.data["result"]) == shown and marker["next_start"] == shown
+    assert all(row["COMMENTS"] == comment.strip() or row["COMMENTS"] for row in cut.data["result"])
+
+    rest = host.one("b24_call", {"method": "crm.lead.list", "params": {**params, "start": shown}})
+    assert rest.data["result"][0]["ID"] == str(int(cut.data["result"][-1]["ID"]) + 1)
+
+
+@pytest.mark.slow
+def test_an_export_of_100000_leads_writes_every_id_once(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    portal.admin("seed", {"crm.lead": 100_000})
+    host = _host(portal, tmp_path, state)
+    before = portal.stats()["requests"]
+    done = host.one("b24_export", {"method": "crm.lead.list"})
+    assert not done.error, done.text
+    sent = portal.stats()["requests"] - before
+    path = Path(done.data["path"])
+    assert path.parent == state / path.parent.parent.name / "exports"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    ids = [json.loads(line)["ID"] for line in path.read_text().splitlines()]
+    assert done.data["rows"] == len(ids) == len(set(ids)) == 100_000
+    assert done.data["requests"] == sent <= 45
+    assert len(done.text) < 1000
+
+
+def test_ten_concurrent_tool_calls_on_a_standard_plan_portal_are_never_rejected(
+    start_sandbox: Any, tmp_path: Path, state: Path
+) -> None:
+    standard = start_sandbox("--plan", "standard")
+    host = _host(standard, tmp_path, state)
+    rounds = 6  # 10 x 6 = 60 calls: past the bucket of 50, so the limiter must pace them
+
+    async def work(client: Any) -> list[Any]:
+        results: list[Any] = []
+
+        async def caller(n: int) -> None:
+            for _ in range(rounds):
+                params = {"select": ["ID"], "start": n}
+                results.append(
+                    await host.call(
+                        client, "b24_call", {"method": "crm.lead.list", "params": params}
+                    )
+                )
+
+        async with anyio.create_task_group() as group:
+            for n in range(10):
+                group.start_soon(caller, n)
+        return results
+
+    results = host.session(work)
+    assert len(results) == 60 and not [r.text for r in results if r.error]
+    stats = standard.stats()
+    assert stats["rate_limit_rejections"] == 0 and stats["requests"] >= 60
+
+
+def test_the_operator_ceiling_holds_over_mcp(portal: Sandbox, tmp_path: Path, state: Path) -> None:
+    host = _host(portal, tmp_path, state, env={"B24_READ_ONLY": "1"})
+    params = {"fields": {"TITLE": "read-only portal"}}
+    refused = host.one("b24_plan", {"method": "crm.lead.add", "params": params})
+    assert refused.error and refused.data["error"]["code"] == "READ_ONLY"
+    assert "B24_READ_ONLY" in refused.text
+    read = host.one("b24_call", {"method": "user.current"})
+    assert not read.error, read.text
+
+
+def test_a_list_of_calls_becomes_one_plan_and_runs_as_one_request(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    host = _host(portal, tmp_path, state, elicit=answering("accept"))
+    calls = [
+        {"method": "crm.lead.add", "params": {"fields": {"TITLE": f"bulk {n}"}}} for n in range(3)
+    ]
+
+    async def work(client: Any) -> Any:
+        plan = await host.call(client, "b24_plan_batch", {"calls": calls})
+        assert not plan.error, plan.text
+        before = portal.stats()["requests"]
+        ran = await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
+        return ran, portal.stats()["requests"] - before
+
+    ran, sent = host.session(work)
+    assert not ran.error, ran.text
+    assert sent == 1
+    assert [len(_leads(portal, f"bulk {n}")) for n in range(3)] == [1, 1, 1]

@@ -34,6 +34,7 @@ SCRIPTS = Path(__file__).resolve().parents[2]
 CLIENT = SCRIPTS / "bitrix24_client.py"
 WORKER = SCRIPTS / "offline_sync_worker.py"
 SANDBOX = SCRIPTS / "sandbox_portal.py"
+MCP_SERVER = SCRIPTS / "mcp_server.py"
 
 #: Leads seeded for the export step: enough for several 2,500-row batch pages.
 EXPORT_LEADS = 5000
@@ -345,6 +346,56 @@ class Demo:
             f"{summary.get('requests')} requests; {inbox.name} has {delivered} lines"
         )
 
+    def mcp_host(self) -> str:
+        """The MCP SDK's client as the host: read, plan a write, a human approves, it runs."""
+        import anyio
+        from mcp import Client, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+        from mcp.types import ElicitResult
+
+        asked: list[str] = []
+
+        async def human(_context: Any, params: Any) -> ElicitResult:
+            asked.append(params.message)
+            return ElicitResult(action="accept", content={"approve": True})
+
+        server = StdioServerParameters(
+            command=sys.executable,
+            args=[str(MCP_SERVER)],
+            env={**self.webhook_env, "B24_APPROVAL": "writes"},
+            cwd=str(self.work),
+        )
+        lead = {"method": "crm.lead.add", "params": {"fields": {"TITLE": "Added over MCP"}}}
+
+        async def host() -> tuple[int, Any, Any, Any]:
+            with (self.work / "mcp-server.log").open("w") as log:
+                transport = stdio_client(server, errlog=log)
+                async with Client(transport, elicitation_callback=human) as client:  # type: ignore[arg-type]
+                    tools = len((await client.list_tools()).tools)
+                    me = await client.call_tool("b24_call", {"method": "user.current"})
+                    plan = await client.call_tool("b24_plan", lead)
+                    plan_id = json.loads(plan.content[0].text).get("plan_id")  # type: ignore[union-attr]
+                    ran = await client.call_tool("b24_execute_plan", {"plan_id": plan_id})
+                    return tools, me, plan, ran
+
+        self.say(
+            f"   $ {MCP_SERVER.name}   (driven by the MCP SDK's client, as Claude Desktop would)"
+        )
+        self.say("     tools/call b24_call user.current · b24_plan crm.lead.add · b24_execute_plan")
+        tools, *results = anyio.run(host)
+        answers = [json.loads(r.content[0].text) for r in results]
+        failed = [a for r, a in zip(results, answers, strict=True) if r.is_error]
+        if failed:
+            raise StepFailed(f"a tool call failed: {self.redactor.mask(json.dumps(failed[0]))}")
+        if len(asked) != 1 or "Added over MCP" not in asked[0]:
+            raise StepFailed("the human was not shown the plan before it ran")
+        self.say(f"   · the human was asked: {asked[0].splitlines()[0]} -> yes")
+        me, plan, ran = answers
+        return (
+            f"mcp · {tools} tools · read user {me['result']['ID']} · plan {plan['plan_id']} "
+            f"approved in the prompt · lead {ran['result']} added"
+        )
+
     def verify_audit(self) -> str:
         run = self.cli("--verify-audit")
         self.expect(run, 0)
@@ -364,6 +415,7 @@ class Demo:
             (f"batch file of {BATCH_ADDS} adds", self.batch_file),
             ("full export with progress", self.export),
             ("offline worker: drain the event queue (OAuth)", self.drain),
+            ("MCP server: an MCP host reads, plans, a human approves, it runs", self.mcp_host),
             ("audit log: verify the hash chain", self.verify_audit),
         ]
 

@@ -22,7 +22,9 @@ examples:
   B24_MCP_TOKEN=... b24-mcp --http 127.0.0.1:8765
   python3 scripts/mcp_server.py --env-file portal.env
 
-exit codes (at start; afterwards errors are MCP tool errors with code, message and hint):
+once running, errors are MCP tool errors carrying a code, a message and a hint.
+
+exit codes:
   0    stopped normally
   2    usage (bad flag, --http not HOST:PORT or not a loopback address)
   4    configuration (missing portal credentials, --http without B24_MCP_TOKEN)
