@@ -276,3 +276,51 @@ def test_check_raises_with_exit_1_naming_the_line(tmp_path: Path) -> None:
     with pytest.raises(AuditChainError) as err:
         check(log)
     assert err.value.exit_code == 1 and f"{log}:2" in err.value.message
+
+
+# --- keyed chains (broker mode) --------------------------------------------------------------
+
+
+def _keyed(tmp_path: Path, count: int) -> tuple[Path, bytes]:
+    from b24agent.guard.auditchain import create_key, load_key
+
+    key_file = tmp_path / "audit.key"
+    assert create_key(key_file) and not create_key(key_file)  # made once, then kept
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    log = tmp_path / "audit.jsonl"
+    _write(log, count, key=load_key(key_file))
+    return log, load_key(key_file)
+
+
+def test_a_keyed_chain_verifies_only_with_its_key(tmp_path: Path) -> None:
+    log, key = _keyed(tmp_path, 4)
+    report = verify(log, key)
+    assert report.ok and report.keyed and report.anchored and report.lines == 4
+    assert not verify(log, b"another key").ok
+    keyless = verify(log)
+    assert not keyless.ok and "keyed" in keyless.broken.reason and not keyless.keyed
+    # A line re-hashed with plain SHA-256 (no key) is not accepted in a keyed chain.
+    from b24agent.guard.auditchain import seal
+
+    lines = _lines(log)
+    forged = json.loads(lines[1])
+    forged["method"] = "crm.lead.delete"
+    lines[1] = json.dumps(seal(forged, forged["prev"])) + "\n"
+    log.write_text("".join(lines))
+    assert verify(log, key).broken.line == 2
+
+
+def test_a_keyed_chain_catches_a_cut_tail_a_rewritten_head_and_a_deleted_one(
+    tmp_path: Path,
+) -> None:
+    log, key = _keyed(tmp_path, 4)
+    lines, head = _lines(log), head_path(log)
+    log.write_text("".join(lines[:-1]))
+    assert "removed" in verify(log, key).broken.reason
+    head.write_text(json.dumps({"hash": json.loads(lines[-2])["hash"]}))  # no key for a MAC
+    assert "MAC" in verify(log, key).broken.reason
+    head.unlink()
+    assert "head file is missing" in verify(log, key).broken.reason
+    # The next writer does not paper over it: its line follows no line, for good.
+    _log(log, key=key).write(_event(9))
+    assert verify(log, key).broken.line == len(lines)

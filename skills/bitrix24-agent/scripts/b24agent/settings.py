@@ -25,6 +25,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_ALLOW_FLAGS         widening flags the operator allows by name (WIDENING_FLAGS); none if unset
   B24_AUDIT_FILE  B24_AUDIT_PARAMS (digest|full)  B24_AUDIT_MAX_BYTES (rotate past this size)
   B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC
+  B24_APPROVAL_WAIT_SEC   how long --execute-plan waits for a person's approval (broker)
+  B24_AUDIT_KEY_FILE      HMAC key of a keyed audit chain (the broker's; readable by it only)
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
   B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
@@ -32,7 +34,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
   B24_APPROVAL            off|destructive|writes: plans above it run only once a human approves
-                          (MCP: elicitation); default writes. The plain CLI cannot enforce it.
+                          (broker: b24-broker approve; MCP: elicitation); default writes there.
+                          The plain CLI cannot enforce it: set, it refuses such writes.
   B24_MCP_EXPORT_DIR      where b24-mcp's b24_export writes its JSONL files (default STATE/exports)
   B24_MCP_TOKEN*          the bearer token b24-mcp --http requires from every HTTP client
 
@@ -60,7 +63,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["SECRET_VARIABLES", "WIDENING_FLAGS", "Settings", "load_settings"]
+__all__ = ["APPROVAL_LEVELS", "SECRET_VARIABLES", "WIDENING_FLAGS", "Settings", "load_settings"]
 
 T = TypeVar("T")
 
@@ -81,6 +84,8 @@ SECRET_VARIABLES = frozenset(
 
 #: Flags that lift a guard instead of narrowing one; each works only where B24_ALLOW_FLAGS names it.
 WIDENING_FLAGS = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency")
+#: ``B24_APPROVAL``: which writes wait for a human (guard/approval.py).
+APPROVAL_LEVELS = ("off", "destructive", "writes")
 
 DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 #: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
@@ -119,6 +124,12 @@ class Settings:
     audit_max_bytes: int = 10 * 1024 * 1024
     plan_dir: Path = Path("plans")
     plan_ttl_s: int = 600
+    #: Writes a person must approve: off, destructive (deletes) or writes (every write); None
+    #: when the operator did not say (``approval_level`` gives each mode's default).
+    approval: str | None = None
+    #: How long ``--execute-plan`` waits for the human's decision before giving up (exit 3).
+    approval_wait_s: float = 120.0
+    audit_key_file: Path | None = None
     idempotency_dir: Path = Path("idempotency")
     idempotency_ttl_s: int = 86400
     auto_idempotency_window_s: int = 600
@@ -132,9 +143,13 @@ class Settings:
     retry_base_s: float = 0.5
     retry_max_s: float = 20.0
     max_operating_wait_s: float = 60.0
-    approval: str = "writes"
     mcp_export_dir: Path = Path("exports")
     mcp_token: str | None = field(default=None, repr=False)
+
+    def approval_level(self, *, enforced: bool) -> str:
+        """``B24_APPROVAL``, or when unset: writes where a person can approve (broker, MCP:
+        ``enforced``), off in plain CLI mode, which has no channel the agent does not hold."""
+        return self.approval or ("writes" if enforced else "off")
 
     @property
     def portal_key(self) -> str:
@@ -493,6 +508,11 @@ def load_settings(
         audit_max_bytes=env.integer("B24_AUDIT_MAX_BYTES", 10 * 1024 * 1024, minimum=4096),
         plan_dir=env.path("B24_PLAN_FILE", state_dir / "plans", home),
         plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
+        approval=env.choice("B24_APPROVAL", None, APPROVAL_LEVELS),  # type: ignore[arg-type]
+        approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0),
+        audit_key_file=(
+            env.path("B24_AUDIT_KEY_FILE", Path(), home) if env.raw("B24_AUDIT_KEY_FILE") else None
+        ),
         idempotency_dir=env.path("B24_IDEMPOTENCY_FILE", state_dir / "idempotency", home),
         idempotency_ttl_s=env.integer("B24_IDEMPOTENCY_TTL_SEC", 86400, minimum=1),
         auto_idempotency_window_s=env.integer("B24_AUTO_IDEMPOTENCY_WINDOW_SEC", 600),
@@ -506,7 +526,6 @@ def load_settings(
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),
         retry_max_s=env.number("B24_RETRY_MAX_SEC", 20.0),
         max_operating_wait_s=env.number("B24_MAX_OPERATING_WAIT_SEC", 60.0),
-        approval=env.choice("B24_APPROVAL", "writes", ("off", "destructive", "writes")),
         mcp_export_dir=env.path("B24_MCP_EXPORT_DIR", state_dir / "exports", home),
         mcp_token=env.secret("B24_MCP_TOKEN"),
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from ..errors import B24Error
+    from ..guard.approval import Approver
     from ..guard.pipeline import CallOutcome, CallRequest, Outcome
     from ..rest.client import CallResult
     from ..settings import Settings
@@ -251,13 +252,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 class _Cli:
     """One invocation: the streams, the mask in force and the error reporting."""
 
-    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(
+        self,
+        stdin: TextIO,
+        stdout: TextIO,
+        stderr: TextIO,
+        *,
+        approver: Approver | None = None,
+        origin: dict[str, Any] | None = None,
+    ) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
         self.mask: Callable[[str], str] | None = None
         #: Set once a request is handed to the pipeline: only from then on may a write have run.
         self.dispatched = False
+        self.approver = approver
+        self.origin = origin
 
     # --- failure -------------------------------------------------------------------------------
     def fail(self, exc: BaseException) -> int:
@@ -304,7 +315,7 @@ class _Cli:
             report = verify_audit(settings, args.verify_audit or None)
             self._printer(args).document(report)
             return 0
-        request = _build_request(args, self.stdin)
+        request = _build_request(args, self.stdin, self.origin)
         return self._call(request, _load_settings(args), args)
 
     def _printer(self, args: argparse.Namespace) -> Printer:
@@ -327,7 +338,11 @@ class _Cli:
 
         verb, noun = ("sent", "calls") if request.mode == "batch_file" else ("exported", "rows")
         progress = Progress(self.stderr, verb, noun)
-        with Pipeline(settings, progress=progress if progress.enabled else None) as pipeline:
+        with Pipeline(
+            settings,
+            progress=progress if progress.enabled else None,
+            approver=self.approver,
+        ) as pipeline:
             self.mask = pipeline.mask
             self.dispatched = True
             outcome = pipeline.run(request)
@@ -409,7 +424,9 @@ def _batch_failure(failures: list[CallOutcome], total: int) -> B24Error:
     return error
 
 
-def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
+def _build_request(
+    args: argparse.Namespace, stdin: TextIO, origin: dict[str, Any] | None = None
+) -> CallRequest:
     """Turn flags and inputs into a CallRequest; every usage mistake is caught here."""
     from ..errors import UsageError
     from ..guard.pipeline import Call, CallRequest, Guards
@@ -438,7 +455,12 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
         lines = read_batch_file(args.batch_file, stdin=stdin)
         calls = tuple(Call(line.method, line.params, line.line) for line in lines)
         return CallRequest(
-            "batch_file", calls, guards=guards, parallel=args.parallel or 1, params_checked=True
+            "batch_file",
+            calls,
+            guards=guards,
+            parallel=args.parallel or 1,
+            params_checked=True,
+            origin=origin,
         )
     if args.parallel is not None:
         raise UsageError("--parallel applies only to --batch-file", code="USAGE")
@@ -463,7 +485,7 @@ def _build_request(args: argparse.Namespace, stdin: TextIO) -> CallRequest:
         )
     call = Call(args.method or "", read_params(args.params, stdin=stdin))
     mode = "export" if exporting else "call"
-    return CallRequest(mode, (call,), api=api, limit=args.limit, guards=guards)
+    return CallRequest(mode, (call,), api=api, limit=args.limit, guards=guards, origin=origin)
 
 
 def _check_guard_flags(args: argparse.Namespace) -> None:
@@ -537,9 +559,18 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (see EXIT_CODES) instead of raising."""
-    cli = _Cli(sys.stdin, sys.stdout, sys.stderr)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    approver: Approver | None = None,
+    origin: dict[str, Any] | None = None,
+) -> int:
+    """Run the CLI; returns the exit code (see EXIT_CODES) instead of raising.
+
+    The broker passes ``approver`` (its channel for a human's approval) and ``origin`` (who
+    connected); plain CLI mode has neither.
+    """
+    cli = _Cli(sys.stdin, sys.stdout, sys.stderr, approver=approver, origin=origin)
     try:
         args = build_parser(program("b24")).parse_args(argv)
         return cli.run(args)

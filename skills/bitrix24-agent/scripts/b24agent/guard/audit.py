@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import CorruptStateError
 from ..fingerprint import canonical_json, digest
-from ..state import JsonlWriter, file_lock, last_line, write_json_atomic
-from .auditchain import GENESIS_HASH, chain_files, head_path, read_head, rotation_path, seal
+from ..state import JsonlWriter, file_lock, last_line
+from .auditchain import GENESIS_HASH, chain_files, read_head, rotation_path, seal, write_head
 
 if TYPE_CHECKING:
     from ..redact import Redactor
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "param_keys"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+#: ``prev`` of a keyed line written after the head was found missing or rewritten: it follows
+#: no line, so verification stops there for good.
+HEAD_LOST = "head-lost"
 Outcome = Literal["ok", "error", "refused", "replayed", "planned"]
 
 
@@ -47,8 +50,9 @@ class AuditEvent:
     idempotency_key: str | None = None
     error: str | None = None
     exit_code: int = 0
-    #: Who asked, when not the CLI: e.g. ``{"via": "mcp", "client": "claude-ai 0.1", "tool": ...}``.
-    origin: Mapping[str, str] | None = None
+    #: Who asked, when not the CLI itself: the MCP client and tool, or the broker's caller
+    #: (uid and pid from SO_PEERCRED), e.g. ``{"via": "broker", "uid": 1001, ...}``.
+    origin: Mapping[str, Any] | None = None
 
 
 def param_keys(params: Any, prefix: str = "") -> list[str]:
@@ -102,11 +106,13 @@ class AuditLog:
         redactor: Redactor,
         max_bytes: int = DEFAULT_MAX_BYTES,
         params_mode: Literal["digest", "full"] = "digest",
+        key: bytes | None = None,
     ) -> None:
         self.path = path
         self._redactor = redactor
         self._max_bytes = max_bytes
         self._params_mode = params_mode
+        self._key = key
 
     def entry(self, event: AuditEvent) -> dict[str, Any]:
         """The masked line content for ``event`` (before chaining)."""
@@ -144,7 +150,7 @@ class AuditLog:
         with file_lock(self.path):
             log = JsonlWriter(self.path)  # cuts a torn tail left by a killed writer
             try:
-                line = seal(entry, self._last_hash())
+                line = seal(entry, self._last_hash(), self._key)
                 text = canonical_json(line)
                 if self._rotate_if_needed(len(text.encode("utf-8")) + 1):
                     log.close()
@@ -152,7 +158,7 @@ class AuditLog:
                 log.append_text(text)
             finally:
                 log.close()
-            write_json_atomic(head_path(self.path), {"hash": line["hash"]})
+            write_head(self.path, line["hash"], self._key)
         return line
 
     def _last_hash(self) -> str:
@@ -164,12 +170,16 @@ class AuditLog:
         holds).
         """
         try:
-            head = read_head(self.path)
+            head = read_head(self.path, self._key)
         except CorruptStateError:
             head = None
         last = self._last_line()
         if head is None:
-            return last["hash"] if last else GENESIS_HASH
+            if last is None:
+                return GENESIS_HASH
+            # A keyed chain with lines always has a sound head; carrying on from the file would
+            # hide a cut tail whose head was deleted. The next line marks the break for good.
+            return HEAD_LOST if self._key is not None else last["hash"]
         if last is not None and last["prev"] == head:
             return last["hash"]
         return head

@@ -11,19 +11,28 @@ head chains onto it) and repaired by the next write, never reported as tampering
 Files of one chain: rotated files ``<log>.000001``, ``<log>.000002``, ... (oldest first) and then
 the live ``<log>``. Rotation renames the live file; the next line's ``prev`` is still the last
 hash of the rotated one, so the chain runs on across files.
+
+Keyed chains (broker mode): whoever can write the log can also recompute SHA-256 hashes and
+rewrite the head after cutting the tail. With a key (``B24_AUDIT_KEY_FILE``, readable by the broker
+only) each line says ``"keyed": true`` and its ``hash`` is an HMAC-SHA256 under that key, and the
+head carries an HMAC of its hash: without the key no line can be forged and no head rewritten.
+A keyed chain must have a head, so deleting it is caught too. A verifier without the key cannot
+check a keyed line and says so; ``VerifyReport.keyed`` tells whether the key was used.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import B24Error, CorruptStateError, UsageError
-from ..fingerprint import digest
-from ..state import read_json
+from ..errors import B24Error, ConfigError, CorruptStateError, UsageError
+from ..fingerprint import canonical_json, digest
+from ..state import create_exclusive, read_json, write_json_atomic
 
 __all__ = [
     "GENESIS_HASH",
@@ -32,11 +41,14 @@ __all__ = [
     "VerifyReport",
     "chain_files",
     "check",
+    "create_key",
     "head_path",
+    "load_key",
     "read_head",
     "rotation_path",
     "seal",
     "verify",
+    "write_head",
 ]
 
 #: ``prev`` of the very first line of a chain.
@@ -45,15 +57,51 @@ GENESIS_HASH = "0" * 64
 _HEAD_SCHEMA = {
     "type": "object",
     "required": ["hash"],
-    "properties": {"hash": {"type": "string"}},
+    "properties": {"hash": {"type": "string"}, "mac": {"type": "string"}},
+}
+_KEY_SCHEMA = {
+    "type": "object",
+    "required": ["key"],
+    "properties": {"key": {"type": "string", "pattern": "^[0-9a-f]{64,}$"}},
 }
 
 
-def seal(entry: dict[str, Any], prev: str) -> dict[str, Any]:
-    """``entry`` chained after ``prev``: adds ``prev`` and its own ``hash`` (computed last)."""
-    line = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
+def create_key(path: Path) -> bool:
+    """Make a new audit key at ``path`` (0600) unless one is there; True when it was made."""
+    return create_exclusive(path, {"key": secrets.token_hex(32)})
+
+
+def load_key(path: Path) -> bytes:
+    """The audit key at ``path``; a missing or unreadable key is a configuration error, because
+    writing an unkeyed line into a keyed chain would break it for good."""
+    try:
+        stored = read_json(path, schema=_KEY_SCHEMA)
+    except (OSError, CorruptStateError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc.reason
+        stored, problem = None, f"cannot read it: {reason}"
+    else:
+        problem = "no such file"
+    if stored is None:
+        raise ConfigError(
+            f"audit key {path}: {problem}",
+            code="AUDIT_KEY_UNREADABLE",
+            hint="the operator sets B24_AUDIT_KEY_FILE; b24-broker serve makes the key once",
+        )
+    return bytes.fromhex(stored["key"])
+
+
+def _mac(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode("utf-8"), "sha256").hexdigest()
+
+
+def seal(entry: dict[str, Any], prev: str, key: bytes | None = None) -> dict[str, Any]:
+    """``entry`` chained after ``prev``: adds ``prev`` and its own ``hash`` (computed last);
+    with ``key`` the line is marked keyed and its hash is an HMAC under the key."""
+    line = {k: v for k, v in entry.items() if k not in ("prev", "hash", "keyed")}
+    if key is not None:
+        line["keyed"] = True
     line["prev"] = prev
-    line["hash"] = digest(line)
+    line["hash"] = _mac(key, canonical_json(line)) if key is not None else digest(line)
     return line
 
 
@@ -62,10 +110,30 @@ def head_path(log: Path) -> Path:
     return log.with_name(log.name + ".head")
 
 
-def read_head(log: Path) -> str | None:
-    """The anchored newest hash, or None when there is no head file (CorruptStateError if bad)."""
-    head = read_json(head_path(log), default=None, schema=_HEAD_SCHEMA)
-    return head["hash"] if head else None
+def _head_mac(key: bytes, newest: str) -> str:
+    return _mac(key, "head:" + newest)
+
+
+def write_head(log: Path, newest: str, key: bytes | None = None) -> None:
+    """Anchor ``newest`` as the chain's end; with ``key``, MACed so only the key holder can."""
+    head = {"hash": newest}
+    if key is not None:
+        head["mac"] = _head_mac(key, newest)
+    write_json_atomic(head_path(log), head)
+
+
+def read_head(log: Path, key: bytes | None = None) -> str | None:
+    """The anchored newest hash, or None when there is no head file (CorruptStateError if bad;
+    with ``key``, also when its MAC does not match: someone without the key rewrote it)."""
+    path = head_path(log)
+    head = read_json(path, default=None, schema=_HEAD_SCHEMA)
+    if head is None:
+        return None
+    if key is not None and not hmac.compare_digest(
+        str(head.get("mac", "")), _head_mac(key, head["hash"])
+    ):
+        raise CorruptStateError(path, None, "its MAC does not match the audit key (rewritten)")
+    return head["hash"]
 
 
 def _rotation_seq(log: Path, candidate: Path) -> int | None:
@@ -114,13 +182,15 @@ class BrokenLine:
 
 @dataclass
 class VerifyReport:
-    """Outcome of ``verify``; ``anchored`` says whether a head file confirmed the chain's end."""
+    """Outcome of ``verify``; ``anchored`` says whether a head file confirmed the chain's end,
+    ``keyed`` whether every line and the head were checked with the audit key."""
 
     files: list[str] = field(default_factory=list)
     lines: int = 0
     anchored: bool = False
     #: Lines after the head: 1 when a writer died between appending a line and moving the head.
     unanchored: int = 0
+    keyed: bool = False
     broken: BrokenLine | None = None
 
     @property
@@ -133,6 +203,7 @@ class VerifyReport:
             "files": self.files,
             "lines": self.lines,
             "anchored": self.anchored,
+            "keyed": self.keyed,
         }
         if self.unanchored:
             report["unanchored"] = self.unanchored
@@ -145,7 +216,7 @@ class VerifyReport:
         return report
 
 
-def _check_line(raw: bytes, expected_prev: str) -> tuple[str | None, str]:
+def _check_line(raw: bytes, expected_prev: str, key: bytes | None) -> tuple[str | None, str]:
     """Return ``(problem, hash)`` for one raw line; ``problem`` is None when the line is sound."""
     try:
         line = json.loads(raw.decode("utf-8"))
@@ -155,7 +226,16 @@ def _check_line(raw: bytes, expected_prev: str) -> tuple[str | None, str]:
         isinstance(line.get(k), str) for k in ("prev", "hash")
     ):
         return "missing its prev/hash fields", expected_prev
-    if seal(line, line["prev"])["hash"] != line["hash"]:
+    keyed = line.get("keyed") is True
+    if keyed and key is None:
+        return (
+            "the line is keyed (broker mode) and no audit key was given: only the key's holder "
+            "can verify it (B24_AUDIT_KEY_FILE, or --verify-audit through the broker)",
+            expected_prev,
+        )
+    if key is not None and not keyed:
+        return "the line is not keyed, in a chain verified with the audit key", expected_prev
+    if not hmac.compare_digest(seal(line, line["prev"], key)["hash"], line["hash"]):
         return "content does not match its hash (the line was edited)", expected_prev
     if line["prev"] != expected_prev:
         return (
@@ -176,32 +256,39 @@ def _whole_lines(path: Path, *, live: bool) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\n")
 
 
-def verify(log: Path) -> VerifyReport:
+def verify(log: Path, key: bytes | None = None) -> VerifyReport:
     """Recompute ``log``'s whole chain across rotated files and name the first broken line.
 
     What a killed writer leaves is not an alarm: a torn last line (see ``_whole_lines``), or a
     head one line behind the chain when the writer died between appending the line and moving
-    the head (``unanchored`` then says 1; the next write moves the head on).
+    the head (``unanchored`` then says 1; the next write moves the head on). With ``key``, the
+    chain is checked as keyed: every line keyed, the head present and MACed.
     """
-    report = VerifyReport()
+    report = VerifyReport(keyed=key is not None)
     files = chain_files(log)
     report.files = [str(path) for path in files]
     expected, before_last = GENESIS_HASH, None
     for path in files:
         for number, raw in _whole_lines(path, live=path == log):
             before_last = expected
-            problem, expected = _check_line(raw, expected)
+            problem, expected = _check_line(raw, expected, key)
             if problem:
                 report.broken = BrokenLine(str(path), number, problem)
                 return report
             report.lines += 1
     try:
-        head = read_head(log)
+        head = read_head(log, key)
     except CorruptStateError as exc:
         moved = f", moved aside to {exc.moved_to}" if exc.moved_to else ""
-        report.broken = BrokenLine(str(exc.path), 0, f"the head file is corrupt{moved}")
+        report.broken = BrokenLine(
+            str(exc.path), 0, f"the head file is corrupt ({exc.reason}){moved}"
+        )
         return report
     report.anchored = head is not None
+    if head is None and key is not None and report.lines:
+        last = report.files[-1]
+        report.broken = BrokenLine(last, 0, "the keyed chain's head file is missing (deleted)")
+        return report
     if head is not None and head != expected:
         if head == before_last:
             report.unanchored = 1
@@ -219,7 +306,7 @@ class AuditChainError(B24Error):
     exit_code = 1
 
 
-def check(log: Path) -> VerifyReport:
+def check(log: Path, key: bytes | None = None) -> VerifyReport:
     """``verify`` for the CLI: the report when the chain holds, else AuditChainError naming the
     first broken line; a log that does not exist at all is a usage error (exit 2)."""
     if not chain_files(log) and not head_path(log).exists():
@@ -228,7 +315,7 @@ def check(log: Path) -> VerifyReport:
             code="AUDIT_LOG_MISSING",
             hint="give the log's path (default: B24_AUDIT_FILE)",
         )
-    report = verify(log)
+    report = verify(log, key)
     if report.broken is not None:
         raise AuditChainError(
             f"audit log chain broken at {report.broken.describe()}",

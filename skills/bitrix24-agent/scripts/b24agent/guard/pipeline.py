@@ -51,9 +51,9 @@ from ..redact import Redactor
 from ..rest.idempotency_key import validate_idempotency_key
 from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
-from . import policy
+from . import approval, policy
 from .audit import AuditEvent, AuditLog
-from .auditchain import check
+from .auditchain import check, load_key
 from .batchrecord import dump_outcomes, load_outcomes
 from .idempotency import IdempotencyStore, auto_key
 from .plans import Context, Plan, PlanStore
@@ -126,7 +126,7 @@ class CallRequest:
     #: The calls' params were validated already (the CLI checks a batch file as it reads it).
     params_checked: bool = False
     #: Who asked, for the audit line, when it is not the CLI (the MCP server names its client).
-    origin: Mapping[str, str] | None = None
+    origin: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,10 +210,21 @@ class Pipeline:
     """Runs requests for one portal; owns the client, so use it as a context manager."""
 
     def __init__(
-        self, settings: Settings, *, progress: Callable[[int], None] | None = None
+        self,
+        settings: Settings,
+        *,
+        progress: Callable[[int], None] | None = None,
+        approver: approval.Approver | None = None,
     ) -> None:
+        """``approver``: the channel through which a person approves plans above
+        ``B24_APPROVAL`` (the broker's; None in plain CLI mode, where such plans are refused,
+        and for the MCP server, which asks before it runs a plan: ``Guards.approved_plan``)."""
         self._settings = settings
         self._progress = progress
+        self._approver = approver
+        # Read before anything is sent: a keyed chain whose key is unreadable fails the call now,
+        # not after the write, when its audit line could not be written.
+        self._audit_key = _audit_key(settings)
         self._client: Bitrix24Client | None = None
         self._redactor = Redactor(settings.secrets())
 
@@ -263,9 +274,11 @@ class Pipeline:
             ceiling_allowlist=settings.operator_allowlist,
         )
 
+    def _approval_level(self) -> str:
+        return self._settings.approval_level(enforced=self._approver is not None)
+
     def _plans(self) -> PlanStore:
-        settings = self._settings
-        return PlanStore(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+        return PlanStore.of(self._settings)
 
     # --- the run ---------------------------------------------------------------------------------
     def run(self, request: CallRequest) -> Outcome:
@@ -312,6 +325,8 @@ class Pipeline:
         policy.authorize(assessment, self._gates(guards), "plan" if guards.plan_only else "call")
         if guards.plan_only:
             return self._make_plan(request, assessment, record)
+        if approval.needs_approval(assessment.risk, self._approval_level()):
+            raise approval.required(self._approval_level())
         if request.mode == "export" or not assessment.writes or not guards.idempotency:
             return self._dispatch(request)
         if request.mode == "batch_file":
@@ -354,6 +369,7 @@ class Pipeline:
             auth_mode=settings.auth_mode,
             env_file=str(settings.env_file) if settings.env_file else None,
             unlisted=not policy.listed(assessment, gates),
+            made_by=dict(request.origin) if request.origin else None,
         )
         mask = self._redactor.mask_obj
         if request.mode == "batch_file":
@@ -378,6 +394,8 @@ class Pipeline:
             )
         record.outcome, record.plan_id = "planned", plan.id
         document = {"plan": plan.summary(), "execute": plan.command(_program())}
+        if approval.needs_approval(plan.risk, self._approval_level()):
+            document["approval"] = approval.pending(plan, enforced=self._approver is not None)
         return Outcome("document", document=document)
 
     def _execute_plan(self, request: CallRequest, record: _Record) -> Outcome:
@@ -405,6 +423,7 @@ class Pipeline:
             allow_unlisted=plan.unlisted,
         )
         policy.authorize(assessment, gates, "execute")
+        level = self._approval_level()
         if guards.approved_plan is not None and guards.approved_plan != plan.digest():
             raise ConflictError(
                 f"plan {plan.id} refused: it is not the plan that was approved",
@@ -412,6 +431,10 @@ class Pipeline:
                 hint="make a new plan and have it approved again",
             )
         store.check_context(plan, auth_mode=self._settings.auth_mode)
+        if guards.approved_plan is None and approval.needs_approval(plan.risk, level):
+            if self._approver is None:
+                raise approval.unenforceable(level)
+            self._approver.wait(store, plan, self._settings.approval_wait_s)
         store.check_fresh(plan, self._read)
         store.claim(plan)
         try:
@@ -579,6 +602,7 @@ class Pipeline:
             redactor=self._redactor,
             max_bytes=settings.audit_max_bytes,
             params_mode=settings.audit_params,  # type: ignore[arg-type]
+            key=self._audit_key,
         )
         event = AuditEvent(
             request_id=record.request_id,
@@ -634,5 +658,11 @@ def verify_audit(settings: Settings, path: str | None) -> dict[str, Any]:
     """Check the audit log's hash chain (``path`` or settings.audit_file) and report on it.
 
     Returns the JSON report the CLI prints; a broken chain raises AuditChainError (exit 1).
+    With ``B24_AUDIT_KEY_FILE`` the chain is verified as keyed (the report's ``keyed``).
     """
-    return check(Path(path) if path else Path(settings.audit_file)).to_json()
+    return check(Path(path) if path else Path(settings.audit_file), _audit_key(settings)).to_json()
+
+
+def _audit_key(settings: Settings) -> bytes | None:
+    """The keyed chain's key (broker mode), or None for a plain SHA-256 chain."""
+    return load_key(settings.audit_key_file) if settings.audit_key_file else None

@@ -34,12 +34,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from ..fingerprint import canonical_json, digest
 from ..state import create_exclusive, fsync_dir, read_json
 from .diffing import Reader, fetch, preview, record_fingerprint, record_of, record_ref
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["Context", "Plan", "PlanStore", "ReadMany"]
 
@@ -74,6 +77,8 @@ class Context:
     auth_mode: str = ""
     env_file: str | None = None
     unlisted: bool = False
+    #: Who asked for it, when not this process's user (``CallRequest.origin``).
+    made_by: dict[str, Any] | None = None
 
 
 @dataclass
@@ -100,6 +105,8 @@ class Plan:
     #: A bulk plan: the batch-file line of each call in ``params["calls"]``, a preview each.
     lines: list[int] | None = None
     previews: list[dict[str, Any]] | None = None
+    #: Who made it, when not this process's user (the broker's caller): that uid never approves it.
+    made_by: dict[str, Any] | None = None
 
     def command(self, program: str) -> str:
         """The exact command that runs this plan: the env file it was made with, and the flags
@@ -146,6 +153,17 @@ class PlanStore:
         self.portal = portal
         self.ttl_s = ttl_s
 
+    @classmethod
+    def of(cls, settings: Settings) -> PlanStore:
+        """The plans of the portal ``settings`` name."""
+        return cls(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+
+    def ids(self) -> list[str]:
+        """Ids of the plans stored here (spent, expired and pending alike)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(path.stem for path in self.directory.glob("*.json") if _ID.match(path.stem))
+
     # --- signing -----------------------------------------------------------------------------
     def _key(self) -> bytes:
         """The HMAC key, made once per plan folder; racing first uses agree on one key."""
@@ -153,7 +171,8 @@ class PlanStore:
         create_exclusive(path, {"key": secrets.token_hex(32)})
         return bytes.fromhex(read_json(path, schema=_KEY_SCHEMA)["key"])
 
-    def _sign(self, body: Mapping[str, Any]) -> str:
+    def sign(self, body: Mapping[str, Any]) -> str:
+        """HMAC of ``body`` under this folder's key (plans, and decisions on them)."""
         return hmac.new(self._key(), canonical_json(body).encode("utf-8"), "sha256").hexdigest()
 
     # --- paths -------------------------------------------------------------------------------
@@ -269,12 +288,13 @@ class PlanStore:
             auth_mode=context.auth_mode,
             env_file=context.env_file,
             method_allowlist=list(context.method_allowlist),
+            made_by=context.made_by,
         )
 
     def _store(self, plan: Plan) -> Plan:
         self.sweep(plan.created_at)
         body = asdict(plan)
-        create_exclusive(self._path(plan.id), {"plan": body, "signature": self._sign(body)})
+        create_exclusive(self._path(plan.id), {"plan": body, "signature": self.sign(body)})
         return plan
 
     # --- phase 2 -----------------------------------------------------------------------------
@@ -295,7 +315,7 @@ class PlanStore:
                 plan_id, "no such plan here (never made, or removed after expiry)", "PLAN_NOT_FOUND"
             )
         body = stored["plan"]
-        if not hmac.compare_digest(str(stored["signature"]), self._sign(body)):
+        if not hmac.compare_digest(str(stored["signature"]), self.sign(body)):
             raise _refuse(
                 plan_id,
                 "its file was changed after it was made (signature mismatch)",
@@ -354,7 +374,7 @@ class PlanStore:
         if not self.directory.is_dir():
             return removed
         for path in self.directory.iterdir():
-            if path.suffix not in (".json", ".claimed") or path.name == _KEY_FILE:
+            if path.suffix not in (".json", ".claimed", ".decision") or path.name == _KEY_FILE:
                 continue
             try:
                 if path.stat().st_mtime < cutoff:

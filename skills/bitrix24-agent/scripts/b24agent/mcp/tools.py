@@ -151,7 +151,7 @@ class ToolBox:
                 "call", (call,), api=api, guards=guards, origin=self.origin(tool, ctx)
             )
             summary = pipeline.run(request).document["plan"]
-            human = asks_for_human(summary["risk"], self.settings.approval)
+            human = asks_for_human(summary["risk"], self.settings.approval_level(enforced=True))
             return {
                 "plan_id": summary["id"],
                 "plan": summary,
@@ -176,7 +176,9 @@ class ToolBox:
     def ask(self, seen: Seen, ctx: Context) -> Elicit[Approve] | str:
         """The approval question for the human, or why nobody is asked."""
         plan = seen.plan
-        if plan is None or not asks_for_human(plan.risk, self.settings.approval):
+        if plan is None or not asks_for_human(
+            plan.risk, self.settings.approval_level(enforced=True)
+        ):
             return NOT_NEEDED
         if not can_elicit(ctx.client_capabilities):
             return CANNOT_ASK
@@ -193,7 +195,7 @@ class ToolBox:
             if not isinstance(answer, AcceptedElicitation):
                 raise declined(plan.id, answer.action)
             if answer.data == CANNOT_ASK:
-                raise unavailable(plan, self.settings.approval)
+                raise unavailable(plan, self.settings.approval_level(enforced=True))
             if isinstance(answer.data, Approve) and not answer.data.approve:
                 raise declined(plan.id, "no")
             guards = Guards(

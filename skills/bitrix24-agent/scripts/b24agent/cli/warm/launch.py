@@ -21,7 +21,7 @@ import sys
 
 from . import wire
 
-__all__ = ["main", "server_command", "server_env"]
+__all__ = ["ServedCall", "main", "say", "server_command", "server_env"]
 
 #: Signals passed on to the worker (unless ignored here); it reacts as this process would have.
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
@@ -30,6 +30,12 @@ WORKER_LOST = (
     '{"error": {"code": "WARM_WORKER_LOST", "message": "the b24 server\'s worker ended before '
     'the call did", "hint": "a write may or may not have happened; check the portal before '
     'repeating it (B24_SERVER=off runs calls in-process)", "retryable": false}}\n'
+)
+#: The same for a brokered call: the broker's worker was killed, or the broker restarted.
+BROKER_WORKER_LOST = (
+    '{"error": {"code": "BROKER_WORKER_LOST", "message": "the b24 broker\'s worker ended before '
+    'the call did", "hint": "a write may or may not have happened; check the portal before '
+    'repeating it", "retryable": false}}\n'
 )
 EXIT_OUTCOME_UNKNOWN = 7
 #: A worker answers READY at once; a server that stays silent this long is not serving, and
@@ -50,13 +56,17 @@ LOCAL_FLAGS = frozenset(
 
 def main() -> int:
     """Run ``b24`` with ``sys.argv``; the exit code is the call's, wherever it ran."""
+    if os.environ.get("B24_BROKER"):
+        from .brokered import forward
+
+        os._exit(forward(os.environ["B24_BROKER"]))
     local = any(arg.partition("=")[0] in LOCAL_FLAGS for arg in sys.argv[1:])
     where = wire.address() if wire.enabled() and not local else None
     if where is not None:
         try:
-            code = _ServedCall(where).run()
+            code = ServedCall(where).run()
         except KeyboardInterrupt:  # before our handlers were in place: nothing was sent
-            code = _say(CANCELLED, EXIT_INTERRUPTED)
+            code = say(CANCELLED, EXIT_INTERRUPTED)
         if code is not None:
             # The worker wrote the output and this process holds nothing to flush: skip the
             # interpreter's teardown, 2 ms of a 25 ms call.
@@ -66,7 +76,7 @@ def main() -> int:
     return run_here()
 
 
-def _say(line: str, code: int) -> int:
+def say(line: str, code: int) -> int:
     try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
         os.write(2, line.encode())
     except OSError:
@@ -80,19 +90,26 @@ def _umask() -> int:
     return current
 
 
-class _ServedCall:
+class ServedCall:
     """One call through the server: request, go-ahead, relayed signals, exit code.
 
     ``run`` returns None only while nothing can have run (no server, or it never got READY
-    to us), and the caller then runs the call itself.
+    to us), and the caller then runs the call itself (warm server) or reports ``failure``
+    (broker). A brokered call sends no environment and no folder: the broker uses its own.
     """
 
-    def __init__(self, where: str) -> None:
+    def __init__(
+        self, where: str, *, brokered: bool = False, argv: list[str] | None = None, stdin: int = 0
+    ) -> None:
         self.where = where
+        self.brokered = brokered
+        self.argv = sys.argv if argv is None else argv
+        self.stdin = stdin
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.started = False
         self.pending: list[int] = []
         self.fatal: int | None = None
+        self.failure: OSError | None = None
 
     def run(self) -> int | None:
         ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
@@ -123,19 +140,25 @@ class _ServedCall:
     def _run(self, ignored: list[int]) -> int | None:
         try:
             self.sock.connect(self.where)
-        except OSError:
-            _start_server(self.where)
+        except OSError as exc:
+            self.failure = exc
+            if not self.brokered:
+                _start_server(self.where)
             return None
         try:
-            request = wire.encode_request(
-                sys.argv, dict(os.environ), os.getcwd(), _umask(), ignored
-            )
-            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+            if self.brokered:
+                request = wire.encode_request(self.argv, {}, "/", 0o077, ignored)
+            else:
+                request = wire.encode_request(
+                    self.argv, dict(os.environ), os.getcwd(), _umask(), ignored
+                )
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (self.stdin, 1, 2))
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             self.sock.settimeout(TAKE_TIMEOUT_S)
             if self.sock.recv(1) != wire.READY:
                 return None  # the server went away before taking the call
-        except OSError:
+        except OSError as exc:
+            self.failure = exc
             return None  # a closed stdin/stdout, a silent or vanished server
         if self.pending:
             return self._cancelled()
@@ -159,11 +182,11 @@ class _ServedCall:
 
     def _cancelled(self) -> int:
         self._die_of_fatal_signal()
-        return _say(CANCELLED, EXIT_INTERRUPTED)
+        return say(CANCELLED, EXIT_INTERRUPTED)
 
     def _lost(self) -> int:
         self._die_of_fatal_signal()
-        return _say(WORKER_LOST, EXIT_OUTCOME_UNKNOWN)
+        return say(BROKER_WORKER_LOST if self.brokered else WORKER_LOST, EXIT_OUTCOME_UNKNOWN)
 
     def _die_of_fatal_signal(self) -> None:
         """After a TERM or HUP, end the way this process would have ended without a server."""

@@ -30,21 +30,22 @@ from filelock import FileLock
 from . import rehearsal, wire
 from .worker import serve_call
 
-__all__ = ["main"]
+__all__ = ["main", "warm_up"]
 
 DEFAULT_IDLE_S = 300.0
 #: Workers kept waiting: one can rehearse while the other takes the next call.
 SPARES = 2
 #: How often the parent checks on its spares and the idle deadline (seconds).
 CHECK_EVERY_S = 1.0
-#: Modules no ``b24`` call runs: the sandbox portal, the offline worker, the demo
-#: and the other front ends.
+#: Modules no ``b24`` call runs: the sandbox portal, the offline worker, the demo,
+#: the other front ends and the broker.
 NOT_FOR_CALLS = (
     "b24agent.sandbox",
     "b24agent.worker",
     "b24agent.cli.demo",
     "b24agent.cli.sandbox",
     "b24agent.cli.worker",
+    "b24agent.broker",
 )
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     listener = _listen(args[0])
     if listener is None:
         return 0  # another server answers on this socket
-    _warm_up()
+    warm_up()
     _Server(args[0], listener, idle_s).run()
     return 0
 
@@ -90,7 +91,7 @@ def _listen(address: str) -> socket.socket | None:
         return listener
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Import every module a call may need and rehearse one, so workers do none of it; then
     keep those objects out of the GC, whose passes would copy their pages into each worker."""
     import netrc  # noqa: F401 - requests imports it on each request, to look for credentials

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 from ..client import main as run_call
 from ..common import as_b24_error
@@ -24,7 +25,7 @@ from ..output import dump_line
 from . import wire
 from .wire import EXITED, GO, READY
 
-__all__ = ["serve_call"]
+__all__ = ["serve", "serve_call", "take_stdio"]
 
 #: Longest request accepted: argv plus the environment (a real one is a few KB).
 MAX_REQUEST_BYTES = 1 << 20
@@ -34,16 +35,29 @@ RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def serve_call(conn: socket.socket) -> None:
     """Serve the call on ``conn`` if it comes from this user and the caller says go."""
-    if not _same_user(conn):
-        return
+    if _same_user(conn):
+        serve(conn, _become_the_caller, lambda request: run_call(request.argv[1:]))
+
+
+def serve(
+    conn: socket.socket,
+    become: Callable[[wire.Request, list[int]], None],
+    run: Callable[[wire.Request], int],
+) -> None:
+    """Receive one call, wait for GO, ``become`` the caller, ``run`` it, send the exit code.
+
+    Shared by the warm server and the broker, which differ in how much of the caller they take
+    on (everything, or only its stdio) and in what they run.
+    """
     request, fds = _receive(conn)
     conn.sendall(READY)
     if conn.recv(1) != GO:
         return  # the caller gave up or was interrupted first: it never started, nor will it
-    _become_the_caller(request, fds)
+    conn.settimeout(None)  # the call itself may take as long as it takes
+    become(request, fds)
     threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
     try:
-        code = run_call(request.argv[1:])
+        code = run(request)
     except KeyboardInterrupt as exc:  # relayed before the call's own handling was in place
         sys.stderr.write(dump_line(as_b24_error(exc).to_json()) + "\n")
         code = as_b24_error(exc).exit_code
@@ -53,17 +67,11 @@ def serve_call(conn: socket.socket) -> None:
     conn.sendall(EXITED + b"%d\n" % code)
 
 
-def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
-    """Take the caller's stdio, folder, umask, environment, time zone and signal dispositions."""
+def take_stdio(request: wire.Request, fds: list[int]) -> None:
+    """Take the caller's stdin/stdout/stderr, argv and signal dispositions (nothing else)."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    os.chdir(request.cwd)
-    os.umask(request.umask)
-    os.environ.clear()
-    os.environ.update(request.env)
-    time.tzset()
-    tempfile.tempdir = None  # found again from this environment's TMPDIR
     sys.argv = request.argv
     sys.stdin, sys.stdout, sys.stderr = _stdio()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -71,6 +79,17 @@ def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     for sig in request.ignored:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
+    """Take the caller's folder, umask, environment and time zone, then its stdio."""
+    os.chdir(request.cwd)
+    os.umask(request.umask)
+    os.environ.clear()
+    os.environ.update(request.env)
+    time.tzset()
+    tempfile.tempdir = None  # found again from this environment's TMPDIR
+    take_stdio(request, fds)
 
 
 def _same_user(conn: socket.socket) -> bool:

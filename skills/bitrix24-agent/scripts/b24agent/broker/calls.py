@@ -1,0 +1,93 @@
+"""One brokered call: who connected, what it may name, and running it under the broker's settings.
+
+The broker's worker takes on only the caller's stdin, stdout and stderr (passed as descriptors),
+never its environment, folder or umask: settings, state and policy are the broker's own. It opens
+no file a caller names, because it would open it with the operator's rights: ``--env-file``,
+``--audit-file`` and ``--verify-audit FILE`` are refused, and ``--params @file`` /
+``--batch-file FILE`` arrive as stdin (``b24`` reads them with the caller's rights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pwd
+import socket
+import struct
+import sys
+from typing import Any
+
+from ..cli.client import build_parser
+from ..cli.client import main as run_call
+from ..cli.output import dump_line
+from ..cli.warm import wire
+from ..cli.warm.worker import serve, take_stdio
+from ..errors import PolicyError, UsageError
+from ..guard.approval import WaitForDecision
+from ..settings import load_settings
+
+__all__ = ["peer", "serve_brokered_call"]
+
+#: A caller that connects must send its request within this many seconds.
+REQUEST_TIMEOUT_S = 10.0
+
+
+def peer(conn: socket.socket) -> dict[str, Any]:
+    """The kernel's word on who connected (SO_PEERCRED): pid, uid, gid and the user's name."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    return {"uid": uid, "gid": gid, "pid": pid, "user": name, "via": "broker"}
+
+
+def serve_brokered_call(conn: socket.socket) -> None:
+    """Serve one call from ``conn``: the caller's stdio, the broker's everything else."""
+    caller = peer(conn)
+    conn.settimeout(REQUEST_TIMEOUT_S)
+
+    def run(request: wire.Request) -> int:
+        refusal = _named_path(request.argv[1:])
+        if refusal is not None:
+            sys.stderr.write(dump_line(refusal.to_json()) + "\n")
+            return refusal.exit_code
+        return run_call(request.argv[1:], approver=WaitForDecision(), origin=caller)
+
+    serve(conn, take_stdio, run)
+
+
+def _own_env_file(named: str) -> bool:
+    """Whether ``named`` is the broker's own env file (a plan's execute line names it)."""
+    own = load_settings(require_credentials=False).env_file
+    return own is not None and os.path.realpath(named) == os.path.realpath(own)
+
+
+def _named_path(argv: list[str]) -> PolicyError | None:
+    """A refusal when ``argv`` names a file or folder the broker would open for the caller."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # --help is printed by the call itself
+            args = build_parser(os.path.basename(sys.argv[0])).parse_args(argv)
+    except (UsageError, SystemExit):
+        return None  # the call itself reports the usage error (or prints --help)
+    named = [
+        flag
+        for flag, given in (
+            ("--env-file", args.env_file is not None and not _own_env_file(args.env_file)),
+            ("--audit-file", args.audit_file is not None),
+            ("--verify-audit FILE", bool(args.verify_audit)),
+            ("--params @file", (args.params or "").startswith("@")),
+            ("--batch-file FILE", args.batch_file not in (None, "-")),
+        )
+        if given
+    ]
+    if not named:
+        return None
+    return PolicyError(
+        f"the broker opens no file a caller names: {', '.join(named)}",
+        code="BROKER_PATH_REFUSED",
+        hint="settings, audit log and state are the operator's (the broker's configuration); "
+        "b24 itself reads --params @file and --batch-file FILE when the flags are spelled in full",
+    )

@@ -1,0 +1,133 @@
+"""``b24`` with ``B24_BROKER=unix:PATH``: the call runs in the broker, never in this process.
+
+The broker (``b24agent/broker``) holds the credentials, keys, state and policy under the
+operator's account; this side holds no secret and sends only its arguments and its stdin,
+stdout and stderr (the warm server's wire). No environment and no folder go along: the broker
+runs every call under its own settings, so ``B24_PACKS=all`` here changes nothing.
+
+Files named on the command line are read here, with this user's rights, and reach the broker as
+stdin: ``--params @file`` and ``--batch-file FILE`` become ``-``. The broker itself opens no path
+a caller names. If the broker cannot be reached the call fails (exit 6, or 4 when this user may
+not connect); it never falls back to running here.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from .launch import ServedCall, say
+
+__all__ = ["forward", "read_by_caller"]
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 4
+EXIT_TRANSIENT = 6
+#: Flags whose value may name a file that this side reads: flag -> the prefix marking a file.
+FILE_FLAGS = {"--params": "@", "--batch-file": ""}
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, message: str, hint: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.line = json.dumps(
+            {
+                "error": {
+                    "code": code,
+                    "message": message,
+                    "hint": hint,
+                    "retryable": exit_code == EXIT_TRANSIENT,
+                }
+            }
+        )
+        self.exit_code = exit_code
+
+
+def forward(spec: str) -> int:
+    """Run ``sys.argv`` in the broker at ``spec`` and return its exit code."""
+    import sys
+
+    try:
+        where = _socket_path(spec)
+        argv, stdin = read_by_caller(sys.argv)
+        call = ServedCall(where, brokered=True, argv=argv, stdin=stdin)
+        try:
+            code = call.run()
+        except KeyboardInterrupt:
+            from .launch import CANCELLED, EXIT_INTERRUPTED
+
+            return say(CANCELLED, EXIT_INTERRUPTED)
+        if code is None:
+            raise _unreachable(where, call.failure)
+        return code
+    except _Refusal as refusal:
+        return say(refusal.line + "\n", refusal.exit_code)
+
+
+def _socket_path(spec: str) -> str:
+    scheme, _, path = spec.partition(":")
+    if scheme != "unix" or not path.startswith("/"):
+        raise _Refusal(
+            "CONFIG_INVALID",
+            "B24_BROKER is malformed: expected unix:/absolute/path/to/socket",
+            "fix B24_BROKER, e.g. unix:/run/b24-broker/b24.sock",
+            EXIT_CONFIG,
+        )
+    return path
+
+
+def _unreachable(where: str, failure: OSError | None) -> _Refusal:
+    reason = failure.strerror if failure is not None and failure.strerror else "no answer"
+    denied = failure is not None and failure.errno in (errno.EACCES, errno.EPERM)
+    return _Refusal(
+        "BROKER_UNREACHABLE",
+        f"cannot reach the b24 broker at {where}: {reason}",
+        "nothing was sent; "
+        + (
+            "the operator adds this user to the broker socket's group"
+            if denied
+            else "the operator starts b24-broker serve (B24_BROKER names its socket)"
+        ),
+        EXIT_CONFIG if denied else EXIT_TRANSIENT,
+    )
+
+
+def read_by_caller(argv: list[str]) -> tuple[list[str], int]:
+    """``argv`` with a file-reading flag turned into ``-`` and the fd to send as stdin (the
+    opened file, or 0). Only one flag may read a file, as only one stdin exists."""
+    out, stdin = list(argv), 0
+    index = 1
+    while index < len(out):
+        name, eq, value = out[index].partition("=")
+        prefix = FILE_FLAGS.get(name)
+        has_value = bool(eq) or index + 1 < len(out)
+        if prefix is None or not has_value:
+            index += 1
+            continue
+        value = value if eq else out[index + 1]
+        if value != "-" and value.startswith(prefix):
+            if stdin:
+                raise _Refusal(
+                    "USAGE",
+                    "through the broker only one of --params @file and --batch-file FILE may "
+                    "read a file",
+                    "pass the other inline or on stdin",
+                    EXIT_USAGE,
+                )
+            stdin = _open(name, value[len(prefix) :])
+            out[index : index + (1 if eq else 2)] = [f"{name}=-"]
+        index += 1
+    return out, stdin
+
+
+def _open(flag: str, path: str) -> int:
+    try:
+        return os.open(os.path.expanduser(path), os.O_RDONLY)
+    except OSError as exc:
+        raise _Refusal(
+            "INPUT_UNREADABLE",
+            f"{flag}: cannot read {path}: {exc.strerror}",
+            f"check the path given to {flag}",
+            EXIT_USAGE,
+        ) from None

@@ -1,0 +1,288 @@
+"""Real OS accounts for the broker tests: an operator who runs ``b24-broker`` and an agent.
+
+CI runs as root, so the tests create them (``useradd``) and remove them afterwards: the operator
+(primary group ``ops``, also in ``agents`` so its broker can give that group the call socket) and
+the agent (only in ``agents``). Every process of theirs runs with their uid and groups through
+``subprocess``'s ``user=``/``group=``/``extra_groups=``; nothing they run inherits the test's
+environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cli_support import SCRIPT, Run, check
+from conftest import Sandbox
+
+START_TIMEOUT_S = 30.0
+PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _others_can_run(path: str) -> bool:
+    """Whether a user other than the owner may execute ``path`` (every folder on the way too)."""
+    real = Path(os.path.realpath(path))
+    try:
+        return all(os.stat(part).st_mode & 0o001 for part in (real, *real.parents))
+    except OSError:
+        return False
+
+
+def _interpreter() -> tuple[str, dict[str, str]] | None:
+    """A Python the test's users may run, and the environment that finds our packages: this
+    one, or else the system's of the same version with this environment's site-packages (a
+    pyenv interpreter under /root is closed to other users)."""
+    if _others_can_run(sys.executable):
+        return sys.executable, {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not _others_can_run(system):
+        return None
+    paths = sysconfig.get_paths()
+    found = [str(SCRIPT.parent), paths["purelib"], paths["platlib"]]
+    return system, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(found))}
+
+
+PYTHON = _interpreter()
+
+
+def can_make_users() -> bool:
+    return os.geteuid() == 0 and shutil.which("useradd") is not None and PYTHON is not None
+
+
+def _python() -> tuple[str, dict[str, str]]:
+    assert PYTHON is not None
+    return PYTHON
+
+
+def _sh(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Accounts:
+    """The two users, their groups and a folder tree both can traverse."""
+
+    base: Path
+    suffix: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    @property
+    def operator(self) -> str:
+        return f"b24op{self.suffix}"
+
+    @property
+    def agent(self) -> str:
+        return f"b24ag{self.suffix}"
+
+    @property
+    def ops(self) -> str:
+        return f"b24ops{self.suffix}"
+
+    @property
+    def agents(self) -> str:
+        return f"b24agents{self.suffix}"
+
+    @property
+    def agent_home(self) -> Path:
+        return self.base / "agent-home"
+
+    @classmethod
+    def create(cls) -> Accounts:
+        base = Path(tempfile.mkdtemp(prefix="b24brk-"))
+        base.chmod(0o755)
+        accounts = cls(base)
+        _sh("groupadd", accounts.ops)
+        _sh("groupadd", accounts.agents)
+        nologin = shutil.which("nologin") or "/bin/false"
+        for user, primary in ((accounts.operator, accounts.ops), (accounts.agent, accounts.agents)):
+            _sh("useradd", "--no-create-home", "--shell", nologin, "-g", primary, user)
+        _sh("usermod", "-a", "-G", accounts.agents, accounts.operator)
+        accounts.owned_folder(accounts.agent_home, accounts.agent, 0o700)
+        return accounts
+
+    def remove(self) -> None:
+        for user in (self.operator, self.agent):
+            subprocess.run(["userdel", user], capture_output=True, timeout=60)
+        for group in (self.ops, self.agents):
+            subprocess.run(["groupdel", group], capture_output=True, timeout=60)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def owned_folder(self, path: Path, user: str, mode: int) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.chown(path, user, None)
+        path.chmod(mode)
+        return path
+
+    def as_operator(self) -> dict[str, Any]:
+        return {"user": self.operator, "group": self.ops, "extra_groups": [self.agents]}
+
+    def as_agent(self) -> dict[str, Any]:
+        return {"user": self.agent, "group": self.agents, "extra_groups": []}
+
+
+class Broker:
+    """``b24-broker serve`` as the operator, on ``portal``, with its own state and sockets."""
+
+    def __init__(self, accounts: Accounts, portal: Sandbox, name: str, **env: str) -> None:
+        self.accounts = accounts
+        self.portal = portal
+        self.run_dir = accounts.owned_folder(
+            accounts.base / f"{name}-run", accounts.operator, 0o755
+        )
+        self.state = accounts.owned_folder(
+            accounts.base / f"{name}-state", accounts.operator, 0o700
+        )
+        self.socket = self.run_dir / "b24.sock"
+        self.admin_socket = self.run_dir / "admin.sock"
+        # The credentials in the operator's env file (0600), the rest in the environment.
+        self.env_file = accounts.base / f"{name}-broker.env"
+        self.env_file.write_text(f"B24_WEBHOOK_URL={portal.webhook_url}\n")
+        shutil.chown(self.env_file, accounts.operator, None)
+        self.env_file.chmod(0o600)
+        self.env = {
+            "PATH": PATH,
+            "HOME": str(self.state),
+            "B24_STATE_DIR": str(self.state),
+            "B24_PACKS": "core",
+            "B24_APPROVAL": "writes",
+            "B24_APPROVAL_WAIT_SEC": "8",
+            "B24_RETRY_BASE_SEC": "0.05",
+            **env,
+        }
+        self.log = accounts.base / f"{name}-broker.log"
+        python, self.python_env = _python()
+        command = [python, "-m", "b24agent.broker", "serve", "--socket", str(self.socket)]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*command, "--group", accounts.agents, "--approvers", accounts.ops]
+                + ["--env-file", str(self.env_file)],
+                env={**self.env, **self.python_env},
+                cwd=self.state,
+                stdout=log,
+                stderr=log,
+                **accounts.as_operator(),
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (self.socket.exists() and self.admin_socket.exists()):
+            assert self.process.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the broker did not start"
+            time.sleep(0.05)
+
+    @property
+    def portal_state(self) -> Path:
+        return next(path for path in self.state.iterdir() if path.is_dir())
+
+    @property
+    def audit_file(self) -> Path:
+        return self.portal_state / "audit.jsonl"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def admin(self, *args: str, who: str = "operator") -> Run:
+        """``b24-broker ARGS`` run by the operator (or by the agent, who must fail)."""
+        account = self.accounts.as_operator() if who == "operator" else self.accounts.as_agent()
+        python, python_env = _python()
+        proc = subprocess.run(
+            [python, "-m", "b24agent.broker", *args, "--admin-socket", str(self.admin_socket)],
+            env={"PATH": PATH, "HOME": "/", **python_env},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **account,
+        )
+        run = Run(proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in run.err, run.err
+        return run
+
+    def operator_cli(self, *args: str, **env: str) -> Run:
+        """``b24 ARGS`` run in-process by the operator with the broker's own settings."""
+        python, python_env = _python()
+        proc = subprocess.run(
+            [python, str(SCRIPT), *args],
+            env={
+                **self.env,
+                "B24_SERVER": "off",
+                "B24_AUDIT_KEY_FILE": str(self.state / "audit.key"),  # the broker's default
+                "B24_ENV_FILE": str(self.env_file),
+                **python_env,
+                **env,
+            },
+            cwd=self.state,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **self.accounts.as_operator(),
+        )
+        run = Run(proc.returncode, proc.stdout, proc.stderr)
+        check(run)
+        return run
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit_file.read_text().splitlines()]
+
+
+class Agent:
+    """The agent's ``b24``: its own uid, B24_BROKER, and an environment that tries to widen."""
+
+    def __init__(self, accounts: Accounts, broker: Broker) -> None:
+        self.accounts = accounts
+        self.env = {
+            "PATH": PATH,
+            "HOME": str(accounts.agent_home),
+            "B24_BROKER": f"unix:{broker.socket}",
+            "B24_PACKS": "all",
+            "B24_READ_ONLY": "0",
+            "B24_APPROVAL": "off",
+            "B24_ALLOW_FLAGS": "allow-unlisted,no-audit,no-mask-secrets,no-idempotency",
+        }
+
+    def popen(self, *args: str, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [_python()[0], str(SCRIPT), *args],
+            env=self.env,
+            cwd=self.accounts.agent_home,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **self.accounts.as_agent(),
+        )
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float = 120) -> Run:
+        out, err = proc.communicate(timeout=timeout)
+        run = Run(proc.returncode, out, err)
+        check(run)
+        return run
+
+    def __call__(self, *args: str) -> Run:
+        return self.finish(self.popen(*args))
+
+    def popen_python(self, code: str) -> subprocess.Popen[str]:
+        """Python ``code`` running as the agent, with the agent's environment."""
+        return subprocess.Popen(
+            [_python()[0], "-c", code],
+            env=self.env,
+            cwd=self.accounts.agent_home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **self.accounts.as_agent(),
+        )
+
+    def python(self, code: str) -> Run:
+        """Run Python ``code`` as the agent (what its process could read or do)."""
+        out, err = (proc := self.popen_python(code)).communicate(timeout=60)
+        return Run(proc.returncode, out, err)

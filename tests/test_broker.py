@@ -1,0 +1,258 @@
+"""Broker mode (README "The broker"), with the agent as a second OS user.
+
+The operator's account runs ``b24-broker serve`` with the credentials, the policy (packs core,
+``B24_APPROVAL=writes``) and the state; the agent's account runs ``b24`` with ``B24_BROKER`` and
+an environment that tries to widen everything. What the agent can read, send and change is
+measured here, and these are the figures behind README's "What the guards stop" broker column.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from b24agent.fingerprint import canonical_json
+from broker_support import Accounts, Agent, Broker, can_make_users
+from cli_support import SCRIPT
+from conftest import Sandbox
+
+pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and useradd")
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[Accounts]:
+    made = Accounts.create()
+    yield made
+    made.remove()
+
+
+@pytest.fixture(scope="module")
+def broker(accounts: Accounts, sandbox_proc: Sandbox) -> Iterator[Broker]:
+    started = Broker(accounts, sandbox_proc, "main")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def agent(accounts: Accounts, broker: Broker, portal: Sandbox) -> Agent:
+    return Agent(accounts, broker)
+
+
+def _leads(portal: Sandbox, title: str) -> int:
+    found = portal.rest("crm.lead.list", {"filter": {"TITLE": title}}).json()["result"]
+    return len(found)
+
+
+def _sent(portal: Sandbox, method: str) -> int:
+    return portal.stats()["by_method"].get(method, 0)
+
+
+def _plan(agent: Agent, title: str) -> str:
+    run = agent("crm.lead.add", "--params", json.dumps({"fields": {"TITLE": title}}), "--plan-only")
+    assert run.code == 0, run.err
+    document = run.json()
+    assert document["approval"].startswith("pending")
+    return document["plan"]["id"]
+
+
+def test_the_agent_gets_the_brokers_policy_whatever_its_environment(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    me = agent("user.current", "--output", "result")
+    assert me.code == 0 and me.json()["ID"] == "1"  # with B24_PACKS=all (no such pack) read here,
+    # this would have been a configuration error
+    # B24_PACKS=all and B24_ALLOW_FLAGS in the agent's environment, wider flags on its command
+    # line: the broker's ceiling (packs core, no widening flag allowed) still decides.
+    notify = ("im.notify.system.add", "--params", '{"USER_ID": 1, "MESSAGE": "x"}')
+    for widening in ([], ["--packs", "core,comms"], ["--allow-unlisted"], ["--no-audit"]):
+        outside = agent(*notify, *widening)
+        assert outside.code == 3, outside.err
+    assert outside.error()["code"] != "APPROVAL_REQUIRED"  # refused by the ceiling itself
+    # --confirm-write is the agent's to type; the broker's B24_APPROVAL=writes wants a human.
+    direct = agent("crm.lead.add", "--params", '{"fields": {"TITLE": "direct"}}', "--confirm-write")
+    assert direct.code == 3 and direct.error()["code"] == "APPROVAL_REQUIRED"
+    # Files and folders named by the caller are never opened by the broker.
+    for flag in (["--env-file", str(broker.state / "audit.key")], ["--audit-file", "/tmp/x"]):
+        refused = agent("user.current", *flag)
+        assert refused.code == 3 and refused.error()["code"] == "BROKER_PATH_REFUSED"
+    assert _sent(portal, "crm.lead.add") == 0 and _sent(portal, "im.notify.system.add") == 0
+    # ... but the agent's own files reach the broker as stdin, read with the agent's rights.
+    params = agent.accounts.agent_home / "params.json"
+    agent.python(f"open({str(params)!r}, 'w').write('{{\"id\": 1}}')")
+    by_file = agent("user.get", "--params", f"@{params}", "--output", "result")
+    assert by_file.code == 0 and by_file.json()[0]["ID"] == "1", by_file.err
+    # Every audit line names the agent's uid, as the kernel reported it.
+    agent_uid = int(agent.python("import os; print(os.getuid())").out)
+    callers = {line["origin"]["uid"] for line in broker.audit_lines()[-6:]}
+    assert callers == {agent_uid}
+
+
+def test_the_agent_holds_no_secret_and_cannot_read_the_brokers_state(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    code = portal.webhook["code"]
+    waiting = agent.popen("--execute-plan", _plan(agent, "no secret"))
+    time.sleep(1.0)  # the call is now waiting in the broker for a decision
+    try:
+        for part in ("environ", "cmdline"):
+            assert code.encode() not in Path(f"/proc/{waiting.pid}/{part}").read_bytes()
+    finally:
+        waiting.send_signal(signal.SIGINT)  # relayed to the broker's worker: it stops waiting
+    interrupted = agent.finish(waiting)
+    assert interrupted.code == 130 and _sent(portal, "crm.lead.add") == 0
+    # Everything the agent's account can read under the test's folders, the broker's included.
+    readable = agent.python(
+        "import os, sys\n"
+        f"code = {code!r}.encode()\n"
+        "seen = holding = 0\n"
+        f"for root, dirs, files in os.walk({str(agent.accounts.base)!r}):\n"
+        "    for name in files:\n"
+        "        try:\n"
+        "            data = open(os.path.join(root, name), 'rb').read()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        seen += 1\n"
+        "        holding += code in data\n"
+        "print(seen, holding)\n"
+    )
+    seen, holding = map(int, readable.out.split())
+    assert seen >= 1 and holding == 0
+    for target in (
+        broker.state,
+        broker.portal_state,
+        broker.audit_file,
+        broker.state / "audit.key",
+    ):
+        tried = agent.python(
+            f"import os\ntry:\n    os.listdir({str(target)!r}) if os.path.isdir({str(target)!r}) "
+            f"else open({str(target)!r}).read()\nexcept PermissionError:\n    print('denied')\n"
+        )
+        assert tried.out.strip() == "denied", (target, tried.out, tried.err)
+
+
+def test_a_write_waits_for_a_human_and_runs_exactly_once(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    plan_id = _plan(agent, "approved once")
+    waiting = agent.popen("--execute-plan", plan_id, "--output", "result")
+    time.sleep(1.5)
+    assert waiting.poll() is None and _sent(portal, "crm.lead.add") == 0  # still waiting
+    # The agent holds no channel to approve: the admin socket is the operator group's.
+    self_approval = broker.admin("approve", plan_id, "--yes", who="agent")
+    assert self_approval.code == 4 and "BROKER_UNREACHABLE" in self_approval.err
+    approved = broker.admin("approve", plan_id, "--yes")
+    assert approved.code == 0, approved.err
+    assert '"plan": {' in approved.out and '"verdict": "approved"' in approved.out  # shown first
+    ran = agent.finish(waiting)
+    assert ran.code == 0, ran.err
+    assert _leads(portal, "approved once") == 1 and _sent(portal, "crm.lead.add") == 1
+    again = agent("--execute-plan", plan_id)
+    assert again.code == 5 and again.error()["code"] == "PLAN_SPENT"
+    assert _sent(portal, "crm.lead.add") == 1
+
+
+def test_declined_or_never_approved_sends_nothing(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    declined = _plan(agent, "declined")
+    assert broker.admin("deny", declined).code == 0
+    refused = agent("--execute-plan", declined)
+    assert refused.code == 3 and refused.error()["code"] == "APPROVAL_DENIED"
+    pending = agent("--execute-plan", _plan(agent, "never approved"))  # B24_APPROVAL_WAIT_SEC=8
+    assert pending.code == 3 and pending.error()["code"] == "APPROVAL_PENDING"
+    assert pending.error()["retryable"] is True
+    assert broker.admin("approve", declined, "--yes").code == 5  # a decision is final
+    assert _sent(portal, "crm.lead.add") == 0
+
+
+def _resign(plan_file: Path, key_file: Path, change: dict[str, Any]) -> None:
+    """Edit a stored plan as someone holding the plan key would (root, in this test)."""
+    stored = json.loads(plan_file.read_text())
+    stored["plan"]["params"] = change
+    key = bytes.fromhex(json.loads(key_file.read_text())["key"])
+    body = canonical_json(stored["plan"]).encode()
+    stored["signature"] = hmac.new(key, body, "sha256").hexdigest()
+    plan_file.write_text(json.dumps(stored))
+
+
+def test_an_approved_plan_edited_afterwards_is_refused(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    plans = broker.portal_state / "plans"
+    edited, resigned = _plan(agent, "edited"), _plan(agent, "resigned")
+    for plan_id in (edited, resigned):
+        assert broker.admin("approve", plan_id, "--yes").code == 0
+    text = (plans / f"{edited}.json").read_text()
+    (plans / f"{edited}.json").write_text(text.replace('"edited"', '"EDITED"'))
+    tampered = agent("--execute-plan", edited)
+    assert tampered.code == 5 and tampered.error()["code"] == "PLAN_TAMPERED"
+    _resign(
+        plans / f"{resigned}.json", plans / ".plan-signing-key.json", {"fields": {"TITLE": "Z"}}
+    )
+    stale = agent("--execute-plan", resigned)
+    assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
+    assert _sent(portal, "crm.lead.add") == 0
+
+
+def test_a_cut_tail_or_a_deleted_head_fails_verify_audit(
+    agent: Agent, broker: Broker, tmp_path: Path
+) -> None:
+    for _ in range(3):
+        assert agent("user.current").code == 0
+    through_broker = agent("--verify-audit")
+    assert through_broker.code == 0 and through_broker.json()["keyed"] is True
+    sound = broker.operator_cli("--verify-audit")
+    assert sound.code == 0 and sound.json()["keyed"] is True and sound.json()["anchored"]
+    log, head = broker.audit_file, broker.audit_file.with_name("audit.jsonl.head")
+    saved_log, saved_head = log.read_bytes(), head.read_bytes()
+    try:
+        lines = saved_log.splitlines(keepends=True)
+        log.write_bytes(b"".join(lines[:-1]))  # cut the tail
+        assert broker.operator_cli("--verify-audit").code == 1
+        new_end = json.loads(lines[-2])["hash"]  # ... and rewrite the head without the key
+        head.write_text(json.dumps({"hash": new_end, "mac": "0" * 64}))
+        forged = broker.operator_cli("--verify-audit")
+        assert forged.code == 1 and "MAC" in forged.error()["message"]
+        log.write_bytes(saved_log)
+        head.unlink()  # delete the head
+        deleted = broker.operator_cli("--verify-audit")
+        assert deleted.code == 1 and "head" in deleted.error()["message"]
+        without_key = broker.operator_cli("--verify-audit", B24_AUDIT_KEY_FILE="")
+        assert without_key.code == 1 and "keyed" in without_key.error()["message"]
+    finally:
+        log.write_bytes(saved_log)
+        head.write_bytes(saved_head)
+    assert broker.operator_cli("--verify-audit").code == 0
+
+
+def test_twenty_agents_through_one_broker_on_a_standard_plan(
+    accounts: Accounts, start_sandbox: Any
+) -> None:
+    """20 agent processes at once, 4 calls each: 80 requests against a bucket of 50 that drains
+    2 a second. The broker's one limiter paces them all; the portal rejects none."""
+    standard = start_sandbox("--plan", "standard")
+    broker = Broker(accounts, standard, "standard")
+    try:
+        agent = Agent(accounts, broker)
+        loop = (
+            "import subprocess, sys\n"
+            "for _ in range(4):\n"
+            f"    code = subprocess.call([sys.executable, {str(SCRIPT)!r}, 'crm.lead.list'],"
+            " stdout=subprocess.DEVNULL)\n"
+            "    if code:\n"
+            "        sys.exit(code)\n"
+        )
+        agents = [agent.popen_python(loop) for _ in range(20)]
+        codes = [proc.wait(timeout=240) for proc in agents]
+        stats = standard.stats()
+        assert codes == [0] * 20, [proc.stderr.read() for proc in agents if proc.returncode]
+        assert stats["by_method"]["crm.lead.list"] == 80
+        assert stats["rate_limit_rejections"] == 0 and stats["operating_limit_rejections"] == 0
+    finally:
+        broker.stop()
