@@ -161,10 +161,10 @@ class Broker:
         self.log = accounts.base / f"{name}-broker.log"
         python, self.python_env = _python()
         command = [python, "-m", "b24agent.broker", "serve", "--socket", str(self.socket)]
+        command += ["--env-file", str(self.env_file)]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*command, "--group", accounts.agents, "--approvers", accounts.ops]
-                + ["--env-file", str(self.env_file)],
+                [*command, "--group", accounts.agents, "--approvers", accounts.ops],
                 env={**self.env, **self.python_env},
                 cwd=self.state,
                 stdout=log,

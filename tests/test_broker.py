@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -139,8 +140,13 @@ def test_the_agent_holds_no_secret_and_cannot_read_the_brokers_state(
 def test_a_write_waits_for_a_human_and_runs_exactly_once(
     agent: Agent, portal: Sandbox, broker: Broker
 ) -> None:
-    plan_id = _plan(agent, "approved once")
-    waiting = agent.popen("--execute-plan", plan_id, "--output", "result")
+    planned = agent(
+        "crm.lead.add", "--params", '{"fields": {"TITLE": "approved once"}}', "--plan-only"
+    )
+    plan_id = planned.json()["plan"]["id"]
+    printed = shlex.split(planned.json()["execute"])  # python3 SCRIPT --execute-plan ID ...
+    assert printed[1] == str(SCRIPT) and "--env-file" in printed  # the broker's own env file
+    waiting = agent.popen(*printed[2:], "--output", "result")  # run as printed
     time.sleep(1.5)
     assert waiting.poll() is None and _sent(portal, "crm.lead.add") == 0  # still waiting
     # The agent holds no channel to approve: the admin socket is the operator group's.

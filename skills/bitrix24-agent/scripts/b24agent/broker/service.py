@@ -1,11 +1,11 @@
 """``b24-broker serve``: the long-running process, its sockets, and a forked worker per connection.
 
 Start-up, before any connection is taken: the operator's env file becomes every call's
-``B24_ENV_FILE`` (real variables win, as for ``b24``); the settings must load with credentials (a broken configuration
-stops here, exit 4, not at the first call); the state folder must be private (owned by this user,
-no group or other access), because it holds the token store, the plan key, the audit key and
-the audit log; the audit key is made once (``B24_AUDIT_KEY_FILE``, default ``audit.key`` in the
-state folder); and the process moves into the state folder, so no other ``.env`` is ever read.
+``B24_ENV_FILE`` (real variables win, as for ``b24``); the settings must load with credentials
+(a broken configuration stops here, exit 4, not at the first call); the state folder must be
+private (owned by this user, no group or other access), because it holds the token store, the
+plan key, the audit key and the audit log; the audit key is made once (``B24_AUDIT_KEY_FILE``,
+default ``audit.key`` in the state folder); and the process moves into the state folder.
 
 Two sockets, mode 0660: the call socket (group ``--group``: the agents) and the admin socket
 (group ``--approvers``: the people who approve). The parent only accepts and forks; each child
