@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import venv
 from pathlib import Path
@@ -102,6 +103,40 @@ def test_bare_python_gets_the_install_line_then_reads_and_writes(tmp_path: Path)
         read = ["crm.lead.get", "--params", json.dumps({"id": json.loads(added.stdout)})]
         got = run(python, client, *read, "--output", "result", env=env)
         assert json.loads(got.stdout)["TITLE"] == "after the install line"
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+        sandbox.stdout.close()
+
+
+def test_uv_runs_a_bare_copy_from_its_pep_723_header(tmp_path: Path) -> None:
+    """No install step at all: uv reads the script's header, builds an environment with those
+    packages, and the call works (here against a sandbox the same way)."""
+    uv = Path(sys.executable).parent / "uv"
+    copy = tmp_path / "skills" / SKILL.name
+    shutil.copytree(SKILL, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    scripts = copy / "scripts"
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    sandbox, portal = start_sandbox(base, scripts / "sandbox_portal.py")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "UV_NATIVE_TLS": "1",  # the machine's certificates, as pip uses them
+        "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"],
+        "B24_SERVER_IDLE_SEC": "5",
+        "B24_WEBHOOK_URL": portal["webhook_url"],
+        "B24_STATE_DIR": str(tmp_path / "st"),
+    }
+    try:
+        client = scripts / "bitrix24_client.py"
+        done = subprocess.run(
+            [str(uv), "run", "--no-config", "--python", str(base), str(client), "user.current",
+             "--output", "result"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["ID"] == str(portal["webhook"]["user_id"])
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)
