@@ -327,22 +327,29 @@ def test_the_operator_ceiling_holds_over_mcp(portal: Sandbox, tmp_path: Path, st
     assert not read.error, read.text
 
 
-def test_a_list_of_calls_becomes_one_plan_and_runs_as_one_request(
+def test_a_list_of_updates_becomes_one_bulk_plan_the_human_sees_record_by_record(
     portal: Sandbox, tmp_path: Path, state: Path
 ) -> None:
-    host = _host(portal, tmp_path, state, elicit=answering("accept"))
+    portal.admin("seed", {"crm.lead": 120})
+    asked: list[str] = []
+    host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked))
     calls = [
-        {"method": "crm.lead.add", "params": {"fields": {"TITLE": f"bulk {n}"}}} for n in range(3)
+        {"method": "crm.lead.update", "params": {"id": n, "fields": {"TITLE": f"bulk {n}"}}}
+        for n in range(1, 121)
     ]
 
     async def work(client: Any) -> Any:
         plan = await host.call(client, "b24_plan_batch", {"calls": calls})
-        assert not plan.error, plan.text
+        assert not plan.error, plan.text[:500]
         before = portal.stats()["requests"]
         ran = await host.call(client, "b24_execute_plan", {"plan_id": plan.data["plan_id"]})
-        return ran, portal.stats()["requests"] - before
+        return plan, ran, portal.stats()["requests"] - before
 
-    ran, sent = host.session(work)
-    assert not ran.error, ran.text
-    assert sent == 1
-    assert [len(_leads(portal, f"bulk {n}")) for n in range(3)] == [1, 1, 1]
+    plan, ran, sent = host.session(work)
+    assert len(plan.data["plan"]["previews"]) == 120
+    assert not ran.error, ran.text[:500]
+    assert ran.data["failed"] == 0 and len(ran.data["result"]) == 120
+    assert sent == 3  # 120 updates, 50 to a batch request
+    assert "120 calls" in asked[0] and "bulk 1" in asked[0]
+    titles = portal.rest("crm.lead.list", {"filter": {"%TITLE": "bulk "}, "select": ["ID"]}).json()
+    assert len(titles["result"]) == 50 and titles["total"] == 120

@@ -30,6 +30,8 @@ _RANK = {"read": 0, "write": 1, "destructive": 2}
 _NEEDS_HUMAN_FROM = {"off": 3, "destructive": 2, "writes": 1}
 #: Longest params / preview text shown in the question; the rest is cut with a marker.
 _SHOWN_CHARS = 4000
+#: The same for the previews of a bulk plan, one per call.
+_BULK_CHARS = 20000
 
 
 class Approve(BaseModel):
@@ -57,9 +59,9 @@ def can_elicit(capabilities: Any) -> bool:
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
-def _cut(value: Any) -> str:
+def _cut(value: Any, limit: int = _SHOWN_CHARS) -> str:
     text = json.dumps(value, ensure_ascii=False, indent=1)
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "\n… (cut)"
+    return text if len(text) <= limit else text[:limit] + "\n… (cut)"
 
 
 def question(plan: Plan) -> str:
@@ -71,7 +73,10 @@ def question(plan: Plan) -> str:
     ]
     if plan.target:
         lines.append(f"record: {json.dumps(plan.target, ensure_ascii=False)}")
-    lines.append(f"params: {_cut(plan.params)}")
+    if plan.previews is not None:  # a bulk plan: what each call does, record by record
+        lines.append(f"{len(plan.previews)} calls: {_cut(plan.previews, _BULK_CHARS)}")
+    else:
+        lines.append(f"params: {_cut(plan.params)}")
     if plan.preview:
         lines.append(f"preview: {_cut(plan.preview)}")
     lines.append(f"plan {plan.id} · expires {expires} · digest {plan.digest()[:16]}")

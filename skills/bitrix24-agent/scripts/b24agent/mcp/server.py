@@ -104,7 +104,7 @@ def build_server(
         return box.execute(ctx, seen, answer)
 
     @app.tool(
-        description="Plan up to 50 calls as one batch request: returns one plan_id.",
+        description="Plan a list of calls as one bulk plan (previews per record): one plan_id.",
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
     )
     def b24_plan_batch(
@@ -113,7 +113,7 @@ def build_server(
             Field(
                 description='[{"method": "crm.lead.update", "params": {...}}, ...]',
                 min_length=1,
-                max_length=50,
+                max_length=1000,
             ),
         ],
         ctx: Context,

@@ -10,7 +10,7 @@ otherwise turn our message into a bare "Error executing tool".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TextIO
 
 from mcp.server.mcpserver import Context, Elicit
@@ -20,10 +20,9 @@ from mcp.types import CallToolResult
 from .. import catalog
 from ..cli.common import as_b24_error
 from ..cli.output import Printer
-from ..encoding import encode_query
 from ..errors import B24Error, PolicyError, UsageError
 from ..guard import policy
-from ..guard.pipeline import Call, CallRequest, Guards, Pipeline
+from ..guard.pipeline import Call, CallOutcome, CallRequest, Guards, Mode, Pipeline
 from ..guard.plans import PlanStore
 from ..redact import Redactor
 from ..settings import Settings
@@ -37,8 +36,8 @@ Api = Literal["v2", "v3"]
 #: What the approval resolver answers when it asks nobody.
 NOT_NEEDED = "not-needed"
 CANNOT_ASK = "cannot-ask"
-#: Most calls one b24_plan_batch may hold: one batch request of the portal.
-MAX_BATCH_CALLS = 50
+#: Most calls one b24_plan_batch may hold (they run 50 to a batch request).
+MAX_BATCH_CALLS = 1000
 
 
 def _start_of(params: Mapping[str, Any]) -> int:
@@ -46,6 +45,17 @@ def _start_of(params: Mapping[str, Any]) -> int:
         return max(0, int(params.get("start") or 0))
     except (TypeError, ValueError):
         return 0
+
+
+def _per_call(outcomes: Iterable[CallOutcome]) -> dict[str, Any]:
+    """A bulk plan's outcomes as a list answer: one entry per call, a result or an error."""
+    rows: list[dict[str, Any]] = []
+    for item in outcomes:
+        where = {"line": item.call.line, "method": item.call.method}
+        rows.append(
+            {**where, **item.error.to_json()} if item.error else {**where, "result": item.result}
+        )
+    return {"result": rows, "failed": sum(1 for row in rows if "error" in row)}
 
 
 class ToolBox:
@@ -125,10 +135,12 @@ class ToolBox:
 
     # --- plans ---------------------------------------------------------------------------------
     def plan(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
-        return self._plan(ctx, "b24_plan", Call(method, params), api)
+        return self._plan(ctx, "b24_plan", "call", (Call(method, params),), api)
 
     def plan_batch(self, ctx: Context, calls: list[dict[str, Any]]) -> CallToolResult:
-        """Up to 50 calls as one plan of one ``batch`` request, each command checked on its own."""
+        """A list of calls as one bulk plan (the guard's, as ``--plan-only --batch-file``): every
+        call checked against packs and gates, a preview per record; it runs 50 calls a request,
+        idempotent as a whole."""
         if not 1 <= len(calls) <= MAX_BATCH_CALLS:
             return error_result(
                 UsageError(
@@ -138,17 +150,19 @@ class ToolBox:
                 ),
                 self._mask,
             )
-        commands = {
-            f"c{n}": f"{c['method']}?{encode_query(c.get('params') or {})}".rstrip("?")
+        lines = tuple(
+            Call(str(c.get("method") or ""), dict(c.get("params") or {}), n)
             for n, c in enumerate(calls, 1)
-        }
-        return self._plan(ctx, "b24_plan_batch", Call("batch", {"halt": 0, "cmd": commands}), "v2")
+        )
+        return self._plan(ctx, "b24_plan_batch", "batch_file", lines, "v2")
 
-    def _plan(self, ctx: Context, tool: str, call: Call, api: str) -> CallToolResult:
+    def _plan(
+        self, ctx: Context, tool: str, mode: Mode, calls: tuple[Call, ...], api: str
+    ) -> CallToolResult:
         def work(pipeline: Pipeline) -> Any:
             guards = Guards(plan_only=True)
             request = CallRequest(
-                "call", (call,), api=api, guards=guards, origin=self.origin(tool, ctx)
+                mode, calls, api=api, guards=guards, origin=self.origin(tool, ctx)
             )
             summary = pipeline.run(request).document["plan"]
             human = asks_for_human(summary["risk"], self.settings.approval_level(enforced=True))
@@ -205,9 +219,12 @@ class ToolBox:
                 "call", (Call(""),), guards=guards, origin=self.origin("b24_execute_plan", ctx)
             )
             outcome = pipeline.run(request)
-            assert outcome.response is not None
-            body = fit_rows(outcome.response.body, 0, self._spill)
-            return {"plan_id": plan.id, "ran": True, **body}
+            if outcome.stream is not None:  # a bulk plan: one outcome per call, in order
+                body: Mapping[str, Any] = _per_call(outcome.stream)
+            else:
+                assert outcome.response is not None
+                body = outcome.response.body
+            return {"plan_id": plan.id, "ran": True, **fit_rows(body, 0, self._spill)}
 
         return self._run(work)
 
