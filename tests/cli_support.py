@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,12 @@ class Cli:
         return clone
 
     def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return self.popen_with(None, *args, **env)
+
+    def popen_with(
+        self, preexec: Callable[[], None] | None, *args: str, **env: str
+    ) -> subprocess.Popen[str]:
+        """``popen`` with ``preexec`` run in the child first (e.g. a resource limit)."""
         return subprocess.Popen(
             [sys.executable, str(SCRIPT), *args],
             env={**self.env, **env},
@@ -71,6 +78,7 @@ class Cli:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=preexec,
         )
 
     def finish(self, proc: subprocess.Popen[str]) -> Run:

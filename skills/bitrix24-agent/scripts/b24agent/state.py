@@ -10,6 +10,7 @@ silently replaced by an empty default, because that would quietly drop tokens or
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ from .errors import CorruptStateError
 
 __all__ = [
     "JsonlWriter",
+    "Reservation",
     "StateBox",
     "complete_length",
     "create_exclusive",
@@ -178,6 +180,103 @@ def locked_json(
         yield box
         if not box.discard and json.dumps(box.data, sort_keys=True) != before:
             write_json_atomic(path, box.data, mode=mode)
+
+
+# Reserved writes: state that must be writable after an irreversible step.
+
+
+class Reservation:
+    """Room on disk for one later atomic replace of ``path``, taken *before* an irreversible
+    step whose result must not be lost (spending a single-use OAuth refresh token).
+
+    The room is allocated in ``<path>.pending`` (a fixed name, so the next reader finds it), so
+    writing the result cannot fail for want of space: a full disk is found while giving up is
+    still free. If replacing ``path`` fails anyway, the result stays durable in ``pending``
+    (``durable`` says so) and ``leftover`` / ``adopt`` let the next reader take it over. A crash
+    before ``commit`` leaves zeros there, which ``leftover`` recognises and removes. On a
+    copy-on-write filesystem an overwrite may still need new blocks; ``durable`` and the pending
+    file cover that case too.
+    """
+
+    def __init__(self, path: Path, size: int, *, mode: int = 0o600) -> None:
+        self.path = path
+        self.pending = self.pending_path(path)
+        self.durable = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = os.open(self.pending, flags, mode)
+        self._size = size
+        try:
+            _allocate(self._fd, size)
+        except BaseException:
+            self.release()
+            raise
+
+    @staticmethod
+    def pending_path(path: Path) -> Path:
+        return path.with_name(path.name + ".pending")
+
+    def commit(self, data: Any) -> None:
+        """Write ``data`` into the reserved room, then put it in place of ``path``."""
+        blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(blob) > self._size:
+            os.ftruncate(self._fd, len(blob))  # past the reservation: may still fit
+        os.pwrite(self._fd, blob, 0)
+        os.ftruncate(self._fd, len(blob))
+        os.fsync(self._fd)
+        self.durable = True
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.pending, self.path)
+        fsync_dir(self.path.parent)
+
+    def release(self) -> None:
+        """Give the room back (the irreversible step did not happen)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.pending)
+
+    @classmethod
+    def leftover(cls, path: Path, *, schema: Mapping[str, Any] | None = None) -> Any:
+        """What a committed-but-not-replaced write left for ``path``, or None. A pending file
+        that is not a whole valid record (a reservation never committed) is removed."""
+        pending = cls.pending_path(path)
+        try:
+            raw = pending.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if schema is not None:
+                _validate(data, schema)
+        except (UnicodeDecodeError, json.JSONDecodeError, jsonschema.ValidationError):
+            cls.discard(path)
+            return None
+        return data
+
+    @classmethod
+    def adopt(cls, path: Path) -> None:
+        """Put the pending record in place of ``path`` (a rename: needs no free space)."""
+        os.replace(cls.pending_path(path), path)
+        fsync_dir(path.parent)
+
+    @classmethod
+    def discard(cls, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cls.pending_path(path))
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Make ``size`` bytes of ``fd`` really taken on disk (ENOSPC now, not at the write)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.pwrite(fd, bytes(size), 0)  # a filesystem without fallocate: write the room
+    os.fsync(fd)
 
 
 # JSON Lines: append-only logs (audit log, worker journal, DLQ, sink).

@@ -8,6 +8,10 @@ process on the machine shares it (``state_dir/oauth-<client_id>.json``, mode 060
   process already rotated it, so use that instead of spending the refresh token again.
 * The new pair is written atomically (state.py) before the new access token is used, so a crash
   can lose at most the answer in flight, never a token we already relied on.
+* Room for the new pair is reserved on disk before the refresh token is spent
+  (``state.Reservation``): a full disk refuses the refresh while the old refresh token still
+  works, instead of spending it and losing its successor. If the store still cannot be replaced,
+  the new pair stays in ``oauth-<client_id>.json.pending`` and the next process takes it over.
 * Environment tokens seed the store once. The store remembers which env pair seeded it
   (``env_seed``) and hashes of every token rotated away (``spent``); env values matching either
   are stale and never overwrite newer stored tokens. Only a pair never seen before (the user
@@ -17,6 +21,7 @@ process on the machine shares it (``state_dir/oauth-<client_id>.json``, mode 060
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -38,6 +43,8 @@ __all__ = ["Credential", "OAuthAuth", "WebhookAuth", "make_auth"]
 
 #: How many rotated-away token hashes the store keeps to recognise stale env values.
 SPENT_KEEP = 64
+#: Bytes reserved beyond the current record for its successor (longer tokens, two more hashes).
+RESERVE_MARGIN = 4096
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,20 @@ class OAuthAuth:
     def _load(self) -> dict[str, Any]:
         """Open the store (seeding or reseeding it from the environment when that is right)."""
         with self._guard(), self._read_locked() as box:
-            box.data = self._reconcile(box.data)
+            box.data = self._reconcile(self._take_pending(box.data))
         return self._adopt(box.data)
+
+    def _take_pending(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Under the store's lock: the pair a refresh saved only in the pending file (the store
+        could not be replaced then), if it is the successor of ``stored``; else ``stored``."""
+        pending = state.Reservation.leftover(self._path, schema=self._schema)
+        if pending is None:
+            return stored
+        if stored is None or _digest(stored["refresh_token"]) in pending["spent"]:
+            state.Reservation.adopt(self._path)
+            return pending
+        state.Reservation.discard(self._path)  # from before the store was reseeded
+        return stored
 
     def _reconcile(self, stored: dict[str, Any] | None) -> dict[str, Any]:
         env_access, env_refresh = self._settings.access_token, self._settings.refresh_token
@@ -201,8 +220,10 @@ class OAuthAuth:
 
     def refresh(self, failed: Credential) -> None:
         """Single-flight refresh after ``failed`` got expired_token (threads and processes)."""
-        with self._guard(), self._read_locked() as box:
-            stored = box.data
+        with self._guard(), state.file_lock(self._path):
+            stored = self._take_pending(
+                state.read_json(self._path, default=None, schema=self._schema)
+            )
             if stored is None:
                 raise ConfigError(
                     f"the token store {self._path} disappeared",
@@ -210,22 +231,68 @@ class OAuthAuth:
                     hint="set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN again",
                 )
             if stored["access_token"] == failed.token:
-                answer = self._ask_token_server(stored["refresh_token"])
-                spent = [
-                    *stored["spent"],
-                    _digest(stored["access_token"]),
-                    _digest(stored["refresh_token"]),
-                ]
-                box.data = self._record(
-                    answer["access_token"],
-                    answer["refresh_token"],
-                    env_seed=stored["env_seed"],
-                    spent=spent,
-                    answer=answer,
-                )
-                self.refreshes += 1
-        # locked_json wrote the new pair (fsync + rename) before we get here and use it.
-        self._adopt(box.data)
+                stored = self._rotate(stored)
+        self._adopt(stored)
+
+    def _rotate(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """Spend the refresh token and store its successor; the room for the new pair is taken
+        first, so a full disk never costs the only working refresh token."""
+        room = self._reserve(stored)
+        try:
+            answer = self._ask_token_server(stored["refresh_token"])
+        except BaseException:
+            room.release()
+            raise
+        spent = [
+            *stored["spent"],
+            _digest(stored["access_token"]),
+            _digest(stored["refresh_token"]),
+        ]
+        record = self._record(
+            answer["access_token"],
+            answer["refresh_token"],
+            env_seed=stored["env_seed"],
+            spent=spent,
+            answer=answer,
+        )
+        self._on_secret(record["access_token"])
+        self._on_secret(record["refresh_token"])
+        try:
+            room.commit(record)
+        except OSError as exc:
+            raise self._unsaved(room, exc) from None
+        self.refreshes += 1
+        return record
+
+    def _reserve(self, stored: dict[str, Any]) -> state.Reservation:
+        # The new record differs from the old one by two tokens and two spent hashes.
+        size = len(json.dumps(stored)) + RESERVE_MARGIN
+        try:
+            return state.Reservation(self._path, size)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the token store {self._path}: {exc.strerror or exc}; the access "
+                "token expired, and the refresh token was not used",
+                code="TOKEN_STORE_UNWRITABLE",
+                hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
+                "call: the stored refresh token still works",
+            ) from None
+
+    def _unsaved(self, room: state.Reservation, exc: OSError) -> ConfigError:
+        reason = exc.strerror or type(exc).__name__
+        if room.durable:
+            return ConfigError(
+                f"the token store {self._path} could not be replaced ({reason}); the refreshed "
+                f"tokens are kept in {room.pending}",
+                code="TOKEN_STORE_PENDING",
+                hint="fix B24_STATE_DIR (space, permissions) and repeat the call: the next call "
+                "takes the tokens over from that file; do not delete it",
+            )
+        return ConfigError(
+            f"the refresh token was spent, but the new tokens could not be saved ({reason})",
+            code="TOKEN_STORE_LOST",
+            hint="authorise the app again and set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
+        )
 
     def _ask_token_server(self, refresh_token: str) -> dict[str, Any]:
         if not refresh_token:
