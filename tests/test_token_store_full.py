@@ -148,3 +148,21 @@ def test_a_store_that_cannot_be_replaced_keeps_the_new_pair_pending(
     assert not pending.exists()
     stats = portal.stats()
     assert stats["token_refreshes"] == 1 and stats["failed_refreshes"] == 0
+
+
+def test_a_reservation_left_by_a_killed_refresh_is_cleared(portal: Sandbox, tmp_path: Path) -> None:
+    """Killed after reserving, before the token server answered: zeros in the pending file,
+    which the next client removes (the stored pair is still the valid one)."""
+    path = token_store_path(settings_for(portal, tmp_path, oauth=True))
+    with client_for(portal, tmp_path, oauth=True) as client:
+        client.call("user.current")
+    state.Reservation(path, 8192)  # never committed nor released
+    pending = state.Reservation.pending_path(path)
+    assert pending.stat().st_size == 8192
+    with client_for(portal, tmp_path, oauth=True) as client:
+        assert client.call("user.current").result["ID"]
+    assert not pending.exists()
+    assert sorted(p.name for p in path.parent.glob(path.name + "*")) == [
+        path.name,
+        path.name + ".lock",
+    ]

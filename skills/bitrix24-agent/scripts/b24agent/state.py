@@ -242,19 +242,12 @@ class Reservation:
     def leftover(cls, path: Path, *, schema: Mapping[str, Any] | None = None) -> Any:
         """What a committed-but-not-replaced write left for ``path``, or None. A pending file
         that is not a whole valid record (a reservation never committed) is removed."""
-        pending = cls.pending_path(path)
         try:
-            raw = pending.read_bytes()
-        except FileNotFoundError:
+            return read_json(cls.pending_path(path), default=None, schema=schema)
+        except CorruptStateError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(exc.moved_to or cls.pending_path(path))
             return None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-            if schema is not None:
-                _validate(data, schema)
-        except (UnicodeDecodeError, json.JSONDecodeError, jsonschema.ValidationError):
-            cls.discard(path)
-            return None
-        return data
 
     @classmethod
     def adopt(cls, path: Path) -> None:

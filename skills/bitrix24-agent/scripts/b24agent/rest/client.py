@@ -343,7 +343,9 @@ class Bitrix24Client:
     ) -> Iterator[Any]:
         """Every row of a list method (fast id-chained export where possible); see export.py."""
         method = check_method_name(method)
-        rows = export.iter_all(self, method, params, limit=limit, progress=progress)
+        rows = export.iter_all(
+            self, method, params, limit=limit, progress=progress, again=self._policy.again
+        )
         while True:
             with self._masked():
                 try:

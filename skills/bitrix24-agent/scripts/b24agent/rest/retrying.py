@@ -73,6 +73,14 @@ class RetryPolicy:
         # "Full jitter": uniform in [0, min(cap, base * 2^(n-1))], so N clients spread out.
         return self._rng.uniform(0, min(self.max_s, self.base_s * 2 ** (attempt - 1)))
 
+    def again(self, error: BaseException, attempt: int) -> bool:
+        """For a read the caller resends itself (one page command of an export's batch):
+        whether failed attempt number ``attempt`` may be sent again; if so, after the wait."""
+        if attempt > self.max_retries or not self.may_resend(error):
+            return False
+        self._sleep(self.wait_s(error, attempt))
+        return True
+
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         return self.wait_s(error, state.attempt_number)
