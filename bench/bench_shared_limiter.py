@@ -56,7 +56,7 @@ def run(processes: int, calls: int, plan: str) -> dict[str, Any]:
         "processes": processes,
         "calls": total,
         "requests": stats["requests"],
-        "rejections": stats["rejections"],
+        "rejections": stats["http_rejections"],
         "failed": sum(r["failed"] for r in reports),
         "elapsed_s": round(elapsed, 1),
         "ideal_s": round(ideal, 1),

@@ -1,7 +1,8 @@
 """N ``crm.lead.add`` calls: our --batch-file and call_many against fast-bitrix24 and b24pysdk.
 
 Same sandbox as the export benchmark (standard plan, 50 ms latency), reset before each run;
-each run must leave exactly N new leads behind, and the median wall time of --runs is compared.
+each run must leave exactly N new leads behind (counted by an admin call, outside the bucket).
+Contenders run interleaved, ``--runs`` each, and their median wall times are compared.
 Target: ceil(N/50) requests, no rejections, wall time at or below the best peer's.
 
     .venv/bin/python bench/bench_writes.py [--calls 1000] [--latency-ms 50] [--runs 5]
@@ -19,25 +20,29 @@ from typing import Any
 
 from contenders import PARALLEL, lead_fields
 from harness import (
+    COLD,
+    WARM,
+    Results,
     Sandbox,
     b24_argv,
     comparison,
     contender_argv,
     cost,
-    median_of,
+    guarded,
+    interleaved,
     run_contender,
 )
 
 CLI_ARGS = ("--batch-file", "-", "--parallel", str(PARALLEL), "--confirm-write", "--compact")
 CLI = f"b24 --batch-file --parallel {PARALLEL}"
 LIBRARY = f"b24 call_many parallel={PARALLEL} (library)"
-OURS = (f"{CLI} (CLI)", f"{CLI} (CLI, B24_SERVER=off)", LIBRARY)
+OURS = (f"{CLI} {WARM}", f"{CLI} {COLD}", LIBRARY)
 
 
 def contenders(calls: int) -> dict[str, list[str]]:
     return {
-        f"{CLI} (CLI)": b24_argv(*CLI_ARGS),
-        f"{CLI} (CLI, B24_SERVER=off)": b24_argv(*CLI_ARGS),
+        f"{CLI} {WARM}": b24_argv(*CLI_ARGS),
+        f"{CLI} {COLD}": b24_argv(*CLI_ARGS),
         LIBRARY: contender_argv("write", "b24_call_many", str(calls)),
         "fast-bitrix24 call": contender_argv("write", "fast_bitrix24", str(calls)),
         "b24pysdk call_batches": contender_argv("write", "b24pysdk_call_batches", str(calls)),
@@ -53,13 +58,13 @@ def batch_file(calls: int) -> bytes:
 
 
 def run(sandbox: Sandbox, calls: int, runs: int, timeout_s: float) -> list[dict[str, Any]]:
-    figures = []
     stdin = batch_file(calls)
-    for name, argv in contenders(calls).items():
-        each = [run_once(sandbox, calls, name, argv, stdin, timeout_s) for _ in range(runs)]
-        figures.append(median_of(each))
-        print(json.dumps(figures[-1]), file=sys.stderr, flush=True)
-    return figures
+    argvs = contenders(calls)
+    results = Results()
+    for _, name in interleaved(list(argvs), runs):
+        figure = guarded(run_once, name, sandbox, calls, name, argvs[name], stdin, timeout_s)
+        results.add(name, figure)
+    return results.summaries(list(argvs))
 
 
 def run_once(
@@ -69,16 +74,17 @@ def run_once(
     sandbox.admin("reset", {})
     with tempfile.TemporaryDirectory() as tmp:
         run = run_contender(sandbox, name, argv, Path(tmp), stdin=stdin, timeout_s=timeout_s)
-    created = sandbox.total("crm.lead.list")
+    created = sandbox.count("crm.lead")
     complete = run.code == 0 and created == calls
-    return {"contender": name, "created": created, **cost(run, complete)}
+    short = "" if complete or run.code else f"left {created} leads, not {calls}"
+    return {"created": created, **cost(run, complete, short)}
 
 
 def report(calls: int, figures: list[dict[str, Any]]) -> str:
     rows, best = comparison(figures, OURS, ("leads created", "created"))
     return (
-        f"{calls:,} crm.lead.add, median wall of {len(figures[0]['walls'])} runs (targets: "
-        f"{math.ceil(calls / 50)} requests, 0 rejections, "
+        f"{calls:,} crm.lead.add, {figures[0]['runs']} interleaved runs per contender (targets: "
+        f"{math.ceil(calls / 50)} requests, no rejections, "
         f"wall <= best peer's {best} s)\n\n{rows}"
     )
 

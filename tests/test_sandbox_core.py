@@ -724,6 +724,8 @@ def test_admin_unknown_op_and_admin_calls_not_counted(portal: Sandbox) -> None:
         "token_refreshes": 0,
         "failed_refreshes": 0,
         "max_in_flight": 0,
+        "http_rejections": 0,
+        "command_refusals": 0,
     }
 
 

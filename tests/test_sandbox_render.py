@@ -160,3 +160,21 @@ def test_a_command_is_charged_its_own_work_not_its_wait_for_the_store() -> None:
     used, _ = portal.operating.state("webhook:1", "crm.lead.add")
     assert waited >= 0.3  # it did wait for the lock ...
     assert used == 0  # ... and was not charged for it (under the 0.1 s the portal ignores)
+
+
+def test_http_rejections_and_refused_commands_are_counted_apart(start_sandbox) -> None:
+    sandbox = start_sandbox("--plan", "standard")
+    sandbox.admin("settings", {"method_cost_ms": {"server.time": 500_000}})
+    answer = ok(sandbox.rest("batch", {"cmd": {"a": "server.time", "b": "server.time"}}))
+    assert answer["result_error"]["b"]["error"] == "OPERATION_TIME_LIMIT"
+    assert sandbox.rest("server.time").status_code == 429  # a refusal of the whole request
+    ok(sandbox.rest("batch", {"cmd": {"c": "no.such.method"}}))  # an error, not a refusal
+    for _ in range(60):  # past the bucket: 503s
+        sandbox.rest("scope")
+    stats = sandbox.stats()
+    assert stats["command_refusals"] == 1
+    assert stats["http_rejections"] == 1 + stats["rate_limit_rejections"] > 1
+    sandbox.admin("refill", {})
+    assert ok(sandbox.rest("scope"))  # the bucket is empty again ...
+    assert ok(sandbox.rest("server.time"))  # ... and so is the operating-time window
+    assert sandbox.admin("count", {"kind": "crm.lead"}) == {"count": 0}

@@ -137,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
             answer = json_answer(
                 500, {"error": "INTERNAL_SERVER_ERROR", "error_description": "sandbox bug"}
             )
+        if slow and answer.status in (429, 503) and path.startswith("/rest/"):
+            self.portal.stats.bump("http_rejections")
         latency = self.portal.config.latency_ms
         if slow and latency:
             time.sleep(latency / 1000.0)

@@ -19,12 +19,17 @@ COUNTERS = (
     "token_refreshes",
     "failed_refreshes",
     "max_in_flight",
+    "http_rejections",
+    "command_refusals",
 )
 
 
 class Stats:
     """Thread-safe counters: REST requests (a batch counts once, under ``batch``), rejections
-    by each limiter, token-server outcomes and the most REST requests ever answered at once.
+    by each limiter, token-server outcomes and the most REST requests ever answered at once;
+    ``http_rejections`` (whole requests refused by a limiter: 503 or 429) apart from
+    ``command_refusals`` (batch commands refused by the operating-time limit inside a 200),
+    so a benchmark can tell them apart.
     Admin calls are never counted."""
 
     def __init__(self) -> None:

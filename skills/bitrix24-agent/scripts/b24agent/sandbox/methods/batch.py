@@ -138,6 +138,8 @@ def batch(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
                 raise PortalError("ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
             _run_one(ctx, name, command, done)
         except PortalError as error:
+            if error.code == "OPERATION_TIME_LIMIT":
+                ctx.portal.stats.bump("command_refusals")
             done.result_error[name] = {
                 "error": error.code,
                 "error_description": error.description,
