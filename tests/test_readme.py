@@ -98,8 +98,22 @@ def test_every_help_exit_code_is_in_the_readme_and_no_other(script: str) -> None
     assert documented == shown
 
 
+def broker_help(command: str) -> str:
+    """``b24-broker COMMAND --help`` (the broker is run as a module: it has no skill script)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "b24agent.broker", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=SCRIPTS,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_the_readme_names_no_flag_that_no_program_has() -> None:
     known = set().union(*(help_flags(help_text(s)) for s in (*PROGRAMS, "mcp_server.py")))
+    known |= set().union(*(help_flags(broker_help(c)) for c in ("serve", "approve", "list")))
     assert sorted(set(FLAG.findall(README)) - known) == []
 
 
