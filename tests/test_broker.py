@@ -79,7 +79,11 @@ def test_the_agent_gets_the_brokers_policy_whatever_its_environment(
     direct = agent("crm.lead.add", "--params", '{"fields": {"TITLE": "direct"}}', "--confirm-write")
     assert direct.code == 3 and direct.error()["code"] == "APPROVAL_REQUIRED"
     # Files and folders named by the caller are never opened by the broker.
-    for flag in (["--env-file", str(broker.state / "audit.key")], ["--audit-file", "/tmp/x"]):
+    for flag in (
+        ["--env-file", str(broker.state / "audit.key")],
+        ["--audit-file", "/tmp/x"],
+        ["--install-skill", str(broker.state)],
+    ):
         refused = agent("user.current", *flag)
         assert refused.code == 3 and refused.error()["code"] == "BROKER_PATH_REFUSED"
     assert _sent(portal, "crm.lead.add") == 0 and _sent(portal, "im.notify.system.add") == 0

@@ -2,9 +2,10 @@
 
 The broker's worker takes on only the caller's stdin, stdout and stderr (passed as descriptors),
 never its environment, folder or umask: settings, state and policy are the broker's own. It opens
-no file a caller names, because it would open it with the operator's rights: ``--env-file``,
-``--audit-file`` and ``--verify-audit FILE`` are refused, and ``--params @file`` /
-``--batch-file FILE`` arrive as stdin (``b24`` reads them with the caller's rights).
+no file a caller names, because it would open it with the operator's rights: ``--env-file``
+(other than the broker's own), ``--audit-file``, ``--verify-audit FILE`` and ``--install-skill``
+are refused, and ``--params @file`` / ``--batch-file FILE`` arrive as stdin (``b24`` reads
+them with the caller's rights).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def _named_path(argv: list[str]) -> PolicyError | None:
             ("--verify-audit FILE", bool(args.verify_audit)),
             ("--params @file", (args.params or "").startswith("@")),
             ("--batch-file FILE", args.batch_file not in (None, "-")),
+            ("--install-skill DIR", args.install_skill is not None),
         )
         if given
     ]
@@ -89,5 +91,6 @@ def _named_path(argv: list[str]) -> PolicyError | None:
         f"the broker opens no file a caller names: {', '.join(named)}",
         code="BROKER_PATH_REFUSED",
         hint="settings, audit log and state are the operator's (the broker's configuration); "
-        "b24 itself reads --params @file and --batch-file FILE when the flags are spelled in full",
+        "b24 itself reads --params @file and --batch-file FILE when the flags are spelled in "
+        "full; --install-skill runs without B24_BROKER, with your own rights",
     )
