@@ -74,6 +74,8 @@ class Host:
     elicit: Elicit | None = None
     mode: str = "auto"
     texts: list[str] = field(default_factory=list)
+    #: How the server is started (another user's account: ``runuser -u USER -- python ...``).
+    command: list[str] = field(default_factory=lambda: [sys.executable, str(SERVER)])
 
     @property
     def errlog(self) -> Path:
@@ -81,8 +83,9 @@ class Host:
 
     def session(self, work: Callable[[Client], Awaitable[Any]]) -> Any:
         """Start the server, run ``work(client)``, stop it; returns what ``work`` returned."""
+        command, *args = self.command
         params = StdioServerParameters(
-            command=sys.executable, args=[str(SERVER)], env=self.env, cwd=str(self.folder)
+            command=command, args=args, env=self.env, cwd=str(self.folder)
         )
 
         async def main() -> Any:

@@ -9,5 +9,6 @@ line names the MCP client and tool. Writes go plan -> human approval (MCP elicit
 Modules: ``server`` (tools and resources on the SDK's MCPServer), ``tools`` (what each tool does),
 ``approval`` (who must approve a plan, and asking), ``shaping`` (results under the token cap,
 errors as tool errors), ``exports`` (JSONL files in the operator's folder), ``http`` (streamable
-HTTP on loopback behind a bearer token), ``main`` (the command line).
+HTTP on loopback behind a bearer token), ``brokered`` (the tools through ``b24-broker`` when
+``B24_BROKER`` is set), ``main`` (the command line).
 """

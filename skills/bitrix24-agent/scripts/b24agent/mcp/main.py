@@ -8,6 +8,7 @@ optional ``--env-file``. A problem found at start is one JSON line on stderr and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,16 +60,23 @@ def serve(argv: Sequence[str] | None) -> None:
     from ..settings import load_settings
     from .server import build_server
 
-    settings = load_settings(env_file=args.env_file)
+    # Read here as b24's launcher reads it: in front of the broker this side holds no
+    # credentials, so settings load without them (only this server's own variables count).
+    broker = os.environ.get("B24_BROKER") or None
+    settings = load_settings(env_file=args.env_file, require_credentials=broker is None)
     if args.http is None:
-        build_server(settings).run("stdio")
+        build_server(settings, broker=broker).run("stdio")
         return
     from .http import BearerToken, auth_settings, loopback_address, token_of
 
     host, port = loopback_address(args.http)
     verifier = BearerToken(token_of(settings.mcp_token))
     app = build_server(
-        settings, transport="http", token_verifier=verifier, auth=auth_settings(host, port)
+        settings,
+        transport="http",
+        broker=broker,
+        token_verifier=verifier,
+        auth=auth_settings(host, port),
     )
     import uvicorn
 

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from ..settings import Settings
 from .approval import Approve, Seen
+from .brokered import BrokeredToolBox
 from .tools import ToolBox
 
 __all__ = ["REFERENCES", "build_server"]
@@ -54,11 +55,17 @@ def build_server(
     settings: Settings,
     *,
     transport: str = "stdio",
+    broker: str | None = None,
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
 ) -> MCPServer:
-    """The server for ``settings``; ``token_verifier``/``auth`` guard the HTTP transport."""
-    box = ToolBox(settings, transport)
+    """The server for ``settings``; ``token_verifier``/``auth`` guard the HTTP transport;
+    ``broker`` (``B24_BROKER``) runs every tool in the broker instead of here."""
+    box = (
+        ToolBox(settings, transport)
+        if broker is None
+        else BrokeredToolBox(settings, transport, broker)
+    )
     app: MCPServer = MCPServer(
         "bitrix24-agent",
         instructions=INSTRUCTIONS,
@@ -101,7 +108,7 @@ def build_server(
         seen: Annotated[Seen, Resolve(plan_seen)],
         answer: Annotated[ElicitationResult[Approve], Resolve(human)],
     ) -> CallToolResult:
-        return box.execute(ctx, seen, answer)
+        return box.execute(ctx, plan_id, seen, answer)
 
     @app.tool(
         description="Plan a list of calls as one bulk plan (previews per record): one plan_id.",

@@ -47,6 +47,19 @@ def _start_of(params: Mapping[str, Any]) -> int:
         return 0
 
 
+def reads_only(method: str, params: Mapping[str, Any]) -> None:
+    """Refuse a call that would change anything: b24_call and b24_export only read."""
+    assessment = policy.assess([(method, params, None)])
+    if assessment.writes:
+        top = assessment.riskiest()
+        raise PolicyError(
+            f"{top.label} is a {assessment.risk} call; b24_call runs reads only",
+            code="READS_ONLY",
+            hint="plan it with b24_plan, then run the plan with b24_execute_plan (a "
+            "human may be asked to approve it)",
+        )
+
+
 def _per_call(outcomes: Iterable[CallOutcome]) -> dict[str, Any]:
     """A bulk plan's outcomes as a list answer: one entry per call, a result or an error."""
     rows: list[dict[str, Any]] = []
@@ -94,15 +107,7 @@ class ToolBox:
     # --- reads ---------------------------------------------------------------------------------
     def call(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
         def work(pipeline: Pipeline) -> Any:
-            assessment = policy.assess([(method, params, None)])
-            if assessment.writes:
-                top = assessment.riskiest()
-                raise PolicyError(
-                    f"{top.label} is a {assessment.risk} call; b24_call runs reads only",
-                    code="READS_ONLY",
-                    hint="plan it with b24_plan, then run the plan with b24_execute_plan (a "
-                    "human may be asked to approve it)",
-                )
+            reads_only(method, params)
             request = CallRequest(
                 "call", (Call(method, params),), api=api, origin=self.origin("b24_call", ctx)
             )
@@ -199,7 +204,7 @@ class ToolBox:
         return Elicit(self._mask(question(plan)), Approve)
 
     def execute(
-        self, ctx: Context, seen: Seen, answer: ElicitationResult[Approve]
+        self, ctx: Context, plan_id: str, seen: Seen, answer: ElicitationResult[Approve]
     ) -> CallToolResult:
         def work(pipeline: Pipeline) -> Any:
             if seen.error is not None:

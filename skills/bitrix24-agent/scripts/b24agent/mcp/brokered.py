@@ -1,0 +1,175 @@
+"""b24-mcp in front of the broker (``B24_BROKER=unix:PATH``): the MCP side holds no secret.
+
+Each tool becomes the ``b24`` command a shell agent would type, run with only ``B24_BROKER``
+(and PATH, HOME) in its environment; ``b24`` hands it to the broker, which runs it through the
+pipeline under the operator's settings, credentials, limiter and keyed audit, and waits for a
+person's ``b24-broker approve`` before a plan above ``B24_APPROVAL`` runs. So in this mode:
+the human approves through the broker's admin socket, not MCP elicitation (the MCP client is the
+agent's side, which must not hold an approval channel); the broker's audit names the caller's
+uid, not the MCP client or tool; ``b24_export`` reports no request count (the broker streams
+rows, not figures). Everything else is the standalone server's: schemas, size cap, errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from mcp.server.mcpserver import Context, Elicit
+from mcp.server.mcpserver.resolve import ElicitationResult
+from mcp.types import CallToolResult
+
+from ..errors import B24Error
+from ..guard.pipeline import Call, Mode
+from ..settings import Settings
+from .approval import Approve, Seen
+from .shaping import error_result, fit_rows, ok_result
+from .tools import NOT_NEEDED, Api, ToolBox, reads_only
+
+__all__ = ["BrokeredToolBox"]
+
+CLIENT = Path(__file__).resolve().parents[2] / "bitrix24_client.py"
+
+
+class _Refused(B24Error):
+    """The broker's one-line error, carried back as it was (code, message, hint)."""
+
+
+def _failure(code: int, err: str) -> B24Error:
+    for line in reversed(err.splitlines()):
+        try:
+            error = json.loads(line)["error"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        failure = _Refused(
+            str(error.get("message", "")),
+            code=str(error.get("code", "")),
+            hint=str(error.get("hint", "")),
+            retryable=bool(error.get("retryable")),
+        )
+        failure.details["exit_code"] = code
+        return failure
+    return _Refused(f"b24 through the broker ended with exit {code}", code="BROKER_CALL_FAILED")
+
+
+class BrokeredToolBox(ToolBox):
+    """The tools, each run as ``b24 ...`` through the broker."""
+
+    def __init__(self, settings: Settings, transport: str, broker: str) -> None:
+        super().__init__(settings, transport)
+        self.env = {
+            "B24_BROKER": broker,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+        }
+
+    def _b24(self, args: list[str], stdin: str, stdout: IO[str] | int = subprocess.PIPE) -> str:
+        """Run ``b24 ARGS`` through the broker; its stdout, or its error raised."""
+        done = subprocess.run(
+            [sys.executable, str(CLIENT), *args, "--compact"],
+            input=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise _failure(done.returncode, done.stderr)
+        return done.stdout or ""
+
+    def _brokered(self, work: Any) -> CallToolResult:
+        try:
+            return ok_result(work(), self._mask)
+        except Exception as exc:
+            from ..cli.common import as_b24_error
+
+            return error_result(as_b24_error(exc), self._mask)
+
+    # --- the tools ---------------------------------------------------------------------------
+    def call(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
+        def work() -> Any:
+            reads_only(method, params)
+            flags = ["--rest-v3"] if api == "v3" else []
+            body = json.loads(self._b24([method, "--params", "-", *flags], json.dumps(params)))
+            return fit_rows(body, int(params.get("start") or 0), self._spill)
+
+        return self._brokered(work)
+
+    def _plan(
+        self, ctx: Context, tool: str, mode: Mode, calls: tuple[Call, ...], api: str
+    ) -> CallToolResult:
+        def work() -> Any:
+            if mode == "batch_file":
+                lines = "".join(
+                    json.dumps({"method": c.method, "params": dict(c.params)}) + "\n" for c in calls
+                )
+                out = self._b24(["--batch-file", "-", "--plan-only"], lines)
+            else:
+                (call,) = calls
+                flags = ["--rest-v3"] if api == "v3" else []
+                args = [call.method, "--params", "-", "--plan-only", *flags]
+                out = self._b24(args, json.dumps(dict(call.params)))
+            summary = json.loads(out)["plan"]
+            return {
+                "plan_id": summary["id"],
+                "plan": summary,
+                "approval": "a person approves it through the broker (b24-broker approve) "
+                "when B24_APPROVAL of the broker requires; b24_execute_plan waits for that",
+                "next": {"tool": "b24_execute_plan", "arguments": {"plan_id": summary["id"]}},
+            }
+
+        return self._brokered(work)
+
+    def seen(self, plan_id: str) -> Seen:
+        return Seen()  # the plan lives in the broker's state, out of this side's reach
+
+    def ask(self, seen: Seen, ctx: Context) -> Elicit[Approve] | str:
+        return NOT_NEEDED  # the broker asks its approvers; this side must not approve
+
+    def execute(
+        self, ctx: Context, plan_id: str, seen: Seen, answer: ElicitationResult[Approve]
+    ) -> CallToolResult:
+        def work() -> Any:
+            out = self._b24(["--execute-plan", plan_id, "--confirm-destructive"], "")
+            lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+            body = lines[0] if len(lines) == 1 and "line" not in lines[0] else {"result": lines}
+            return {"plan_id": plan_id, "ran": True, **fit_rows(body, 0, self._spill)}
+
+        return self._brokered(work)
+
+    def export(self, ctx: Context, method: str, params: dict[str, Any]) -> CallToolResult:
+        def work() -> Any:
+            reads_only(method, params)
+            args = [method, "--params", "-", "--all", "--output", "jsonl", "--compact"]
+
+            def write(handle: IO[str], _rows: Iterable[Any]) -> int:
+                process = subprocess.Popen(
+                    [sys.executable, str(CLIENT), *args],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=self.env,
+                    text=True,
+                )
+                assert process.stdin and process.stdout and process.stderr
+                process.stdin.write(json.dumps(params))
+                process.stdin.close()
+                rows = 0
+                for line in process.stdout:
+                    handle.write(self._mask(line))
+                    rows += 1
+                err = process.stderr.read()
+                if process.wait() != 0:
+                    raise _failure(process.returncode, err)
+                return rows
+
+            path, rows = self.folder.write_lines(method, (), write)
+            return {"path": str(path), "rows": rows, "requests": None, "method": method}
+
+        return self._brokered(work)
