@@ -98,6 +98,26 @@ def test_the_agent_gets_the_brokers_policy_whatever_its_environment(
     assert callers == {agent_uid}
 
 
+def test_a_program_calls_the_broker_and_gets_the_output_back(agent: Agent, broker: Broker) -> None:
+    """``brokered.call``: the MCP server's or the worker's way in, from any thread."""
+    result = agent.python(
+        "import json, sys, threading\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from b24agent.cli.warm.brokered import call\n"
+        "box = []\n"
+        "def run():\n"
+        f"    box.append(call('unix:{broker.socket}', ['b24', 'user.get', '--params', '-',"
+        " '--output', 'result'], stdin=b'{\"ID\": 1}'))\n"
+        "thread = threading.Thread(target=run); thread.start(); thread.join()\n"
+        "print(json.dumps([box[0].exit_code, json.loads(box[0].stdout)[0]['ID']]))\n"
+        f"gone = call('unix:{broker.run_dir}/none.sock', ['b24', 'user.current'])\n"
+        "print(json.dumps([gone.exit_code, json.loads(gone.stderr)['error']['code']]))\n"
+    )
+    assert result.code == 0, result.err
+    first, second = (json.loads(line) for line in result.out.splitlines())
+    assert first == [0, "1"] and second == [6, "BROKER_UNREACHABLE"]
+
+
 def test_the_agent_holds_no_secret_and_cannot_read_the_brokers_state(
     agent: Agent, portal: Sandbox, broker: Broker
 ) -> None:

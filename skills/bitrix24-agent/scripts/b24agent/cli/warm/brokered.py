@@ -16,10 +16,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
+from typing import NamedTuple
 
 from .launch import ServedCall, say
 
-__all__ = ["forward", "read_by_caller"]
+__all__ = ["Brokered", "call", "forward", "read_by_caller"]
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 4
@@ -51,7 +53,7 @@ def forward(spec: str) -> int:
     try:
         where = _socket_path(spec)
         argv, stdin = read_by_caller(sys.argv)
-        call = ServedCall(where, brokered=True, argv=argv, stdin=stdin)
+        call = ServedCall(where, brokered=True, argv=argv, stdio=(stdin, 1, 2))
         try:
             code = call.run()
         except KeyboardInterrupt:
@@ -131,3 +133,39 @@ def _open(flag: str, path: str) -> int:
             f"check the path given to {flag}",
             EXIT_USAGE,
         ) from None
+
+
+class Brokered(NamedTuple):
+    """What a brokered call printed, and its exit code."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+def call(spec: str, argv: list[str], stdin: bytes = b"") -> Brokered:
+    """Run ``b24 ARGV`` in the broker at ``spec`` (``unix:PATH``) from a program rather than a
+    shell (the MCP server, the offline worker): its output is collected, not printed, and no
+    signal handler is installed, so any thread may call it. ``argv`` starts with the program
+    name; files it names are the broker's to refuse, so pass their content as ``stdin``."""
+    with (
+        tempfile.TemporaryFile() as given,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        given.write(stdin)
+        given.seek(0)
+        try:
+            where = _socket_path(spec)
+            served = ServedCall(
+                where, brokered=True, argv=argv, stdio=(given.fileno(), out.fileno(), err.fileno())
+            )
+            code = served.run(relay_signals=False)
+            if code is None:
+                raise _unreachable(where, served.failure)
+        except _Refusal as refusal:
+            err.write(refusal.line.encode() + b"\n")
+            code = refusal.exit_code
+        out.seek(0)
+        err.seek(0)
+        return Brokered(code, out.read(), err.read())

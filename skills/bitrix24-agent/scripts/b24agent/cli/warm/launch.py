@@ -76,9 +76,9 @@ def main() -> int:
     return run_here()
 
 
-def say(line: str, code: int) -> int:
+def say(line: str, code: int, fd: int = 2) -> int:
     try:  # noqa: SIM105 - contextlib costs 2 ms of start-up
-        os.write(2, line.encode())
+        os.write(fd, line.encode())
     except OSError:
         pass  # stderr is gone; the exit code still tells
     return code
@@ -99,19 +99,31 @@ class ServedCall:
     """
 
     def __init__(
-        self, where: str, *, brokered: bool = False, argv: list[str] | None = None, stdin: int = 0
+        self,
+        where: str,
+        *,
+        brokered: bool = False,
+        argv: list[str] | None = None,
+        stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> None:
         self.where = where
         self.brokered = brokered
         self.argv = sys.argv if argv is None else argv
-        self.stdin = stdin
+        self.stdio = stdio
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.started = False
         self.pending: list[int] = []
         self.fatal: int | None = None
         self.failure: OSError | None = None
 
-    def run(self) -> int | None:
+    def run(self, *, relay_signals: bool = True) -> int | None:
+        """The exit code; ``relay_signals=False`` for a library caller (no handlers installed,
+        which only the main thread may do; the call ends when it ends)."""
+        if not relay_signals:
+            try:
+                return self._run([])
+            finally:
+                self.sock.close()
         ignored = [s for s in FORWARDED if _signal.getsignal(s) == _signal.SIG_IGN]
         relayed = [s for s in FORWARDED if s not in ignored]
         previous = {sig: _signal.signal(sig, self._on_signal) for sig in relayed}
@@ -152,7 +164,7 @@ class ServedCall:
                 request = wire.encode_request(
                     self.argv, dict(os.environ), os.getcwd(), _umask(), ignored
                 )
-            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (self.stdin, 1, 2))
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in self.stdio)
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             self.sock.settimeout(TAKE_TIMEOUT_S)
             if self.sock.recv(1) != wire.READY:
@@ -182,11 +194,12 @@ class ServedCall:
 
     def _cancelled(self) -> int:
         self._die_of_fatal_signal()
-        return say(CANCELLED, EXIT_INTERRUPTED)
+        return say(CANCELLED, EXIT_INTERRUPTED, self.stdio[2])
 
     def _lost(self) -> int:
         self._die_of_fatal_signal()
-        return say(BROKER_WORKER_LOST if self.brokered else WORKER_LOST, EXIT_OUTCOME_UNKNOWN)
+        lost = BROKER_WORKER_LOST if self.brokered else WORKER_LOST
+        return say(lost, EXIT_OUTCOME_UNKNOWN, self.stdio[2])
 
     def _die_of_fatal_signal(self) -> None:
         """After a TERM or HUP, end the way this process would have ended without a server."""
