@@ -19,10 +19,11 @@ folder keeps working when an agent runtime copies it alone; ``pyproject.toml`` m
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from . import errors as _errors
+
+TYPE_CHECKING = False  # no ``typing`` at run time: see errors.py
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,8 @@ __all__ = ["Bitrix24Client", "Settings", "__version__", "load_settings", *_ERROR
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     globals()[name] = value
     return value

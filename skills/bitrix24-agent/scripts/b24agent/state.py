@@ -63,8 +63,9 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_temp(path: Path, data: Any, mode: int) -> Path:
-    """Write ``data`` as JSON to a fsynced temp file next to ``path`` and return its path."""
+def _write_temp(path: Path, data: Any, mode: int, durable: bool = True) -> Path:
+    """Write ``data`` as JSON to a temp file next to ``path`` (fsynced when ``durable``) and
+    return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -74,7 +75,8 @@ def _write_temp(path: Path, data: Any, mode: int) -> Path:
             # worker checkpoint of 1,000 rows.
             handle.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -82,11 +84,18 @@ def _write_temp(path: Path, data: Any, mode: int) -> Path:
     return Path(tmp_name)
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one."""
-    tmp = _write_temp(path, data, mode)
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically: readers see the old file or the new one.
+
+    ``durable=False`` skips both fsyncs, for state whose loss in a power cut costs nothing
+    (the rate limiter's model: after a reboot its moments are in the past anyway). Readers
+    still never see a half-written file; a power cut may leave the old one, or on some file
+    systems an empty one, which the reader reports as corrupt once and then starts afresh.
+    """
+    tmp = _write_temp(path, data, mode, durable)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def create_exclusive(path: Path, data: Any, *, mode: int = 0o600) -> bool:

@@ -118,28 +118,40 @@ class _FileStore:
         self._path = path
         self._schema = load_schema("limiter-state")
         self._lock = state.file_lock(path, timeout=LOCK_TIMEOUT_S)
+        #: Threads of this process queue here, woken in turn, instead of each polling the
+        #: file lock every 2 ms (20 threads of a parallel batch spent 0.16 s doing that).
+        self._threads = threading.Lock()
 
     def update(self, change: Callable[[dict[str, Any]], T]) -> T:
+        if not self._threads.acquire(timeout=LOCK_TIMEOUT_S):
+            raise self._busy()
         try:
             with self._lock.acquire(poll_interval=LOCK_POLL_S):
                 data = state.read_json(self._path, default={}, schema=self._schema)
                 result = change(data)
-                state.write_json_atomic(self._path, data, mode=0o600)
+                # Not fsynced: the model is shared through the page cache, and after a power
+                # cut its moments lie in the past anyway. Two fsyncs were a fifth of a call.
+                state.write_json_atomic(self._path, data, mode=0o600, durable=False)
         except CorruptStateError as exc:
             raise exc.with_hint("the limiter starts afresh on the next call") from None
         except LockTimeout:
-            raise TransientError(
-                f"the rate limiter file {self._path} stayed locked too long",
-                code="LIMITER_BUSY",
-                hint="a process holding it may be stuck; retry",
-            ) from None
+            raise self._busy() from None
         except OSError as exc:
             raise ConfigError(
                 f"cannot use the rate limiter file {self._path}: {exc.strerror or exc}",
                 code="CONFIG_INVALID",
                 hint="check B24_RATE_LIMITER_FILE / B24_STATE_DIR, or set B24_RATE_LIMITER=memory",
             ) from None
+        finally:
+            self._threads.release()
         return result
+
+    def _busy(self) -> TransientError:
+        return TransientError(
+            f"the rate limiter file {self._path} stayed locked too long",
+            code="LIMITER_BUSY",
+            hint="a process holding it may be stuck; retry",
+        )
 
 
 class Limiter(Protocol):
