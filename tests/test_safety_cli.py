@@ -474,7 +474,7 @@ def test_batch_file_run_twice_is_replayed(portal: Sandbox, cli: Cli, tmp_path: P
     assert len(_leads(portal, TITLE="bf")) == 4
 
 
-def test_batch_file_with_an_unknown_line_waits_for_resolve(
+def test_batch_file_with_an_unknown_create_is_settled_by_its_line_origin_id(
     portal: Sandbox, cli: Cli, tmp_path: Path
 ) -> None:
     portal.admin("faults", {"rules": [{"method": "crm.deal.add", "after": True, "times": 1}]})
@@ -488,8 +488,29 @@ def test_batch_file_with_an_unknown_line_waits_for_resolve(
     first = cli("--batch-file", path, "--confirm-write")
     assert first.code == 7 and len(first.out.splitlines()) == 2
     again = cli("--batch-file", path, "--confirm-write")
-    assert again.code == 7 and again.error()["code"] == "OUTCOME_UNRESOLVED"
-    assert len(_leads(portal, TITLE="ok")) == 1
+    assert again.code == 0, again.err
+    deals = portal.rest("crm.deal.list", {"filter": {"TITLE": "d"}, "select": ["ID"]}).json()
+    assert len(deals["result"]) == 1 and len(_leads(portal, TITLE="ok")) == 1
+    results = [json.loads(line)["result"] for line in again.out.splitlines()]
+    assert results[1] == int(deals["result"][0]["ID"])
+
+
+def test_batch_file_with_an_unknown_line_that_cannot_be_looked_up_names_it(
+    portal: Sandbox, cli: Cli, tmp_path: Path
+) -> None:
+    portal.admin("faults", {"rules": [{"method": "tasks.task.add", "after": True, "times": 1}]})
+    task = {"fields": {"TITLE": "unsure-line", "RESPONSIBLE_ID": 1}}
+    path = _batch_file(
+        tmp_path, [("crm.lead.add", {"fields": {"TITLE": "ok"}}), ("tasks.task.add", task)]
+    )
+    assert cli("--batch-file", path, "--confirm-write").code == 7
+    again = cli("--batch-file", path, "--confirm-write")
+    assert again.code == 7 and again.error()["code"] == "BATCH_LINES_UNRESOLVED"
+    assert "line 2 (tasks.task.add)" in again.error()["message"]
+    assert "--idempotency-resolve" in again.error()["hint"]
+    done = cli("--batch-file", path, "--confirm-write", "--idempotency-resolve", "done")
+    assert done.code == 0, done.err
+    assert len(_leads(portal, TITLE="ok")) == 1 and len(_tasks(portal, "unsure-line")) == 1
 
 
 def test_rest_v3_write_resends_the_same_idempotency_key(portal: Sandbox, cli: Cli) -> None:

@@ -88,6 +88,11 @@ CLI_HINTS = {
     "done (it happened)",
     "NOT_A_LIST_METHOD": "call it once without --all or --limit",
     "EXPORT_OF_WRITE": "drop --all/--limit to make the call once",
+    "BATCH_LINES_UNRESOLVED": "check those lines on the portal, then repeat the same command "
+    "with --idempotency-resolve done (they ran) or --idempotency-resolve failed (send them "
+    "again); lines already settled are not sent again either way",
+    "BATCH_FILE_UNKNOWN": "repeat the same command: lines that ran are not sent again and CRM "
+    "creates are found by their ORIGIN_ID; lines that cannot be looked up are named then",
     "AUDIT_LOG_MISSING": "pass the log's path: --verify-audit FILE (default: B24_AUDIT_FILE)",
     "ERROR_METHOD_NOT_FOUND": "no such method here; check the name with --explain METHOD, or "
     "whether it is REST 3.0 only (--rest-v3) or needs a module the portal lacks",

@@ -115,6 +115,10 @@ class IdempotencyStore:
     def _path(self, key: str) -> Path:
         return self.directory / f"{digest(key)}.json"
 
+    def journal_path(self, key: str) -> Path:
+        """Where a write of many lines (a batch file) notes its progress under ``key``."""
+        return self.directory / f"{digest(key)}.lines.jsonl"
+
     def _lock(self) -> FileLock:
         """One lock per folder: decisions are short and local, so contention stays low."""
         return file_lock(self.directory / ".records")
@@ -246,6 +250,7 @@ class IdempotencyStore:
                     continue
                 if record and record["expires_at"] < now and record["state"] != "in_progress":
                     path.unlink(missing_ok=True)
+                    self.journal_path(record["key"]).unlink(missing_ok=True)
                     removed += 1
         return removed
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +40,6 @@ from ..errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
-    OutcomeUnknownError,
     PolicyError,
     TransientError,
     UsageError,
@@ -54,7 +53,7 @@ from ..rest.sendable import check_sendable
 from . import approval, policy
 from .audit import AuditEvent, AuditLog
 from .auditchain import check, load_key
-from .batchrecord import dump_outcomes, load_outcomes
+from .batchwrite import BATCH_FILE, LineCall, batch_params, run_batch
 from .idempotency import IdempotencyStore, auto_key
 from .plans import Context, Plan, PlanStore
 from .safewrite import Send, WriteOutcome, run_write
@@ -77,8 +76,6 @@ __all__ = [
 Mode = Literal["call", "export", "batch_file"]
 #: Failures that prove nothing reached the portal's method: a plan refused so stays unspent.
 _NOT_SENT = (ApiError, UsageError, PolicyError, ConfigError, AuthError, TransientError)
-#: How a batch file is named in audit lines and idempotency fingerprints.
-BATCH_FILE = "batch-file"
 
 
 @dataclass(frozen=True)
@@ -168,13 +165,9 @@ class _Record:
     @classmethod
     def of(cls, request: CallRequest) -> _Record:
         if request.mode == "batch_file":
-            return cls(BATCH_FILE, _batch_file_params(request.calls), request.api)
+            return cls(BATCH_FILE, batch_params(request.calls), request.api)
         first = request.calls[0]
         return cls(first.method, dict(first.params), request.api)
-
-
-def _batch_file_params(calls: tuple[Call, ...]) -> dict[str, Any]:
-    return {"calls": [{"method": c.method, "params": dict(c.params)} for c in calls]}
 
 
 def _program() -> str:
@@ -473,19 +466,11 @@ class Pipeline:
         self, request: CallRequest, record: _Record, method: str, params: Any, send: Send
     ) -> WriteOutcome:
         """Run ``send`` under the request's key (given, or derived from the call itself)."""
-        settings = self._settings
-        given = request.guards.idempotency_key
-        key = validate_idempotency_key(given) if given else auto_key(method, request.api, params)
-        record.idempotency_key = key
-        store = IdempotencyStore(
-            settings.idempotency_dir,
-            ttl_s=settings.idempotency_ttl_s,
-            auto_window_s=settings.auto_idempotency_window_s,
-        )
+        key = self._key(request, record, method, params)
         written = run_write(
-            store,
+            self._idempotency_store(),
             key=key,
-            auto=given is None,
+            auto=request.guards.idempotency_key is None,
             method=method,
             api=request.api,
             params=params,
@@ -497,6 +482,22 @@ class Pipeline:
         if written.how == "replayed":
             record.outcome = "replayed"
         return written
+
+    @staticmethod
+    def _key(request: CallRequest, record: _Record, method: str, params: Any) -> str:
+        """The request's idempotency key: the one given, or one derived from the call."""
+        given = request.guards.idempotency_key
+        key = validate_idempotency_key(given) if given else auto_key(method, request.api, params)
+        record.idempotency_key = key
+        return key
+
+    def _idempotency_store(self) -> IdempotencyStore:
+        settings = self._settings
+        return IdempotencyStore(
+            settings.idempotency_dir,
+            ttl_s=settings.idempotency_ttl_s,
+            auto_window_s=settings.auto_idempotency_window_s,
+        )
 
     def _call_once(self, request: CallRequest, record: _Record) -> Outcome:
         call = request.calls[0]
@@ -515,38 +516,38 @@ class Pipeline:
         return Outcome("response", response=response, notes=[n for n in [written.note] if n])
 
     def _batch_file_once(self, request: CallRequest, record: _Record) -> Outcome:
-        """A batch file is one unit for idempotency: its per-line outcomes are the response.
-
-        Sending is not streamed here, because the record must hold every line's outcome. If a
-        line's outcome is unknown, or the run stops after some lines were sent, the key becomes
-        outcome-unknown; the lines done so far are still printed.
-        """
+        """A batch file runs at most once under one key, settled line by line after an
+        interruption (batchwrite.py). Sending is not streamed here: the outcomes are printed
+        once the run is settled; if it stopped early, its error comes after them."""
         calls = request.calls
-        done: list[CallOutcome] = []
+        lines = [LineCall(c.line or i + 1, c.method, c.params) for i, c in enumerate(calls)]
+        key = self._key(request, record, BATCH_FILE, batch_params(calls))
 
-        def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
-            try:
-                done.extend(self._call_many(request))
-            except B24Error as exc:
-                if not done:
-                    raise
-                raise _Stopped(len(done), len(calls), exc) from exc
-            body = dump_outcomes(done)
-            if any(isinstance(o.error, OutcomeUnknownError) for o in done):
-                raise _Stopped(len(done), len(calls), None)
-            return body
+        def send(pairs: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterator[tuple[int, Any, Any]]:
+            outcomes = self._get_client().call_many(
+                pairs,
+                progress=self._progress,
+                parallel=request.parallel,
+                params_checked=request.params_checked,
+            )
+            return ((o.index, o.result, o.error) for o in outcomes)
 
-        params = _batch_file_params(calls)
-        try:
-            written = self._write_once(request, record, BATCH_FILE, params, send)
-        except _Stopped as stopped:
-            return Outcome("calls", stream=stopped.stream(done))
-        if written.how == "sent":
-            return Outcome("calls", stream=iter(done))
-        stored = [
-            CallOutcome(calls[i], result, error) for i, result, error in load_outcomes(written.body)
-        ]
-        return Outcome("calls", stream=iter(stored), notes=[n for n in [written.note] if n])
+        run = run_batch(
+            self._idempotency_store(),
+            key=key,
+            auto=request.guards.idempotency_key is None,
+            api=request.api,
+            calls=lines,
+            send=send,
+            read_many=self._read_many,
+            mask=self._redactor.mask_obj,
+            in_flight_s=self._settings.read_timeout,
+            resolve=request.guards.idempotency_resolve,
+        )
+        if run.how == "replayed":
+            record.outcome = "replayed"
+        done = [CallOutcome(calls[i], *run.outcomes[i]) for i in sorted(run.outcomes)]
+        return Outcome("calls", stream=_then(done, run.stopped), notes=run.notes)
 
     # --- audit -----------------------------------------------------------------------------------
     def _audited(
@@ -634,24 +635,11 @@ class Pipeline:
             ) from failure
 
 
-class _Stopped(Exception):
-    """A batch file whose run left some writes' outcome unknown (see _batch_file_once)."""
-
-    def __init__(self, sent: int, total: int, cause: B24Error | None) -> None:
-        super().__init__(f"batch file stopped after {sent} of {total} calls")
-        self.cause = cause
-        self.error = OutcomeUnknownError(
-            f"the batch file stopped after {sent} of {total} calls"
-            + (f": {cause.message}" if cause else " with calls of unknown outcome"),
-            code="BATCH_FILE_UNKNOWN",
-            hint="the calls printed ran or may have run; check the portal, then send only "
-            "what is missing (or repeat with --idempotency-resolve failed to send all again)",
-        )
-
-    def stream(self, done: list[CallOutcome]) -> Iterator[CallOutcome]:
-        yield from done
-        if self.cause is not None:
-            raise self.error
+def _then(done: list[CallOutcome], error: B24Error | None) -> Iterator[CallOutcome]:
+    """The outcomes, then ``error`` if the run stopped early."""
+    yield from done
+    if error is not None:
+        raise error
 
 
 def verify_audit(settings: Settings, path: str | None) -> dict[str, Any]:

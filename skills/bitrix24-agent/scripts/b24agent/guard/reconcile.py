@@ -55,20 +55,32 @@ class OriginLink:
         fields[self.field] = external_id
         return {**params, "fields": fields}, external_id
 
+    def query(self, params: Mapping[str, Any], origin_id: str) -> tuple[str, dict[str, Any]]:
+        """The list call that finds the record carrying ``origin_id``."""
+        if self.item:
+            filter_ = {"=originId": origin_id}
+            return "crm.item.list", {"entityTypeId": params.get("entityTypeId"), "filter": filter_}
+        filter_ = {"=ORIGIN_ID": origin_id}
+        return f"{self.entity_method}.list", {
+            "filter": filter_,
+            "select": ["ID"],
+            "order": {"ID": "ASC"},
+        }
+
+    def answer(self, result: Any) -> dict[str, Any] | None:
+        """The answer the create would have given, from ``query``'s result (None: not there)."""
+        if self.item:
+            items = result.get("items", []) if isinstance(result, Mapping) else []
+            found = sorted(items, key=lambda item: int(item.get("id", 0)))
+            return {"result": {"item": found[0]}} if found else None
+        rows = result if isinstance(result, list) else []
+        return {"result": int(rows[0]["ID"])} if rows else None
+
     def find(
         self, params: Mapping[str, Any], origin_id: str, read: Reader
     ) -> dict[str, Any] | None:
         """The answer the create would have given, if a record carrying ``origin_id`` exists."""
-        if self.item:
-            query = {"entityTypeId": params.get("entityTypeId"), "filter": {"=originId": origin_id}}
-            result = read("crm.item.list", query)
-            items = result.get("items", []) if isinstance(result, Mapping) else []
-            found = sorted(items, key=lambda item: int(item.get("id", 0)))
-            return {"result": {"item": found[0]}} if found else None
-        query = {"filter": {"=ORIGIN_ID": origin_id}, "select": ["ID"], "order": {"ID": "ASC"}}
-        rows = read(f"{self.entity_method}.list", query)
-        rows = rows if isinstance(rows, list) else []
-        return {"result": int(rows[0]["ID"])} if rows else None
+        return self.answer(read(*self.query(params, origin_id)))
 
 
 def origin_link(method: str) -> OriginLink | None:
