@@ -101,9 +101,12 @@ class Sandbox:
 
 
 def launch(*args: str) -> Sandbox:
-    """Start a sandbox subprocess and wait for its JSON start-up line."""
+    """Start a sandbox subprocess and wait for its JSON start-up line. It ignores Bearer
+    headers, so every OAuth test passes only by sending the token the documented way (the
+    ``auth`` parameter); a test of the header turns ``bearer_header`` on through admin settings.
+    """
     process = subprocess.Popen(
-        [sys.executable, str(SANDBOX_SCRIPT), "--port", "0", *args],
+        [sys.executable, str(SANDBOX_SCRIPT), "--port", "0", "--ignore-bearer", *args],
         stdout=subprocess.PIPE,
         text=True,
     )

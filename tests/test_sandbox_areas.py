@@ -53,8 +53,8 @@ def error(portal: Sandbox, method: str, params: dict[str, Any] | None = None) ->
 
 
 def oauth_call(portal: Sandbox, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {portal.oauth['access_token']}"}
-    response = portal.session.post(f"{portal.url}/rest/{method}", json=params, headers=headers)
+    body = {**params, "auth": portal.oauth["access_token"]}
+    response = portal.session.post(f"{portal.url}/rest/{method}", json=body)
     return response.json()
 
 

@@ -32,6 +32,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def auth(token: str) -> dict[str, str]:
+    """The token the documented way: the ``auth`` parameter (here in the query string)."""
+    return {"auth": token}
+
+
 def refresh(portal: Sandbox, token: str, **override: str) -> requests.Response:
     query = {
         "grant_type": "refresh_token",
@@ -152,7 +157,7 @@ def test_oauth_address_without_token(portal: Sandbox) -> None:
 
 
 def test_oauth_unknown_token(portal: Sandbox) -> None:
-    fails(oauth_post(portal, "server.time", headers=bearer("nope")), 401, "invalid_token")
+    fails(oauth_post(portal, "server.time", params=auth("nope")), 401, "invalid_token")
 
 
 @pytest.mark.parametrize("where", ["header", "query_auth", "body_auth", "body_access_token"])
@@ -160,6 +165,7 @@ def test_oauth_token_places(portal: Sandbox, where: str) -> None:
     token = portal.oauth["access_token"]
     url = f"{portal.url}/rest/app.info"
     if where == "header":
+        portal.admin("settings", {"bearer_header": True})
         response = portal.session.post(url, headers=bearer(token), timeout=30)
     elif where == "query_auth":
         response = portal.session.get(url, params={"auth": token}, timeout=30)
@@ -172,16 +178,24 @@ def test_oauth_token_places(portal: Sandbox, where: str) -> None:
 
 
 def test_bearer_header_is_checked_before_params(portal: Sandbox) -> None:
+    portal.admin("settings", {"bearer_header": True})
     response = oauth_post(
         portal, "server.time", {"auth": portal.oauth["access_token"]}, headers=bearer("bad")
     )
     fails(response, 401, "invalid_token")
 
 
+def test_bearer_header_ignored_when_the_setting_is_off(portal: Sandbox) -> None:
+    """The suite's sandboxes read no header: a client that only sends Bearer gets nowhere."""
+    token = portal.oauth["access_token"]
+    fails(oauth_post(portal, "server.time", headers=bearer(token)), 401, "NO_AUTH_FOUND")
+    assert ok(oauth_post(portal, "server.time", {"auth": token}))
+
+
 def test_unknown_method_is_404(portal: Sandbox) -> None:
     fails(portal.rest("no.such.method"), 404, "ERROR_METHOD_NOT_FOUND")
     fails(
-        oauth_post(portal, "no.such.method", headers=bearer(portal.oauth["access_token"])),
+        oauth_post(portal, "no.such.method", params=auth(portal.oauth["access_token"])),
         404,
         "ERROR_METHOD_NOT_FOUND",
     )
@@ -202,7 +216,7 @@ def test_insufficient_scope(portal: Sandbox) -> None:
 
 def test_app_only_method_refuses_webhook(portal: Sandbox) -> None:
     fails(portal.rest("event.get"), 403, "WRONG_AUTH_TYPE")
-    response = oauth_post(portal, "event.get", headers=bearer(portal.oauth["access_token"]))
+    response = oauth_post(portal, "event.get", params=auth(portal.oauth["access_token"]))
     assert isinstance(ok(response), list)
 
 
@@ -240,7 +254,7 @@ def test_refresh_rotates_strictly(portal: Sandbox) -> None:
     assert grant["user_id"] == 1
     for key in ("scope", "domain", "server_endpoint", "status"):
         assert key in grant
-    assert ok(oauth_post(portal, "server.time", headers=bearer(grant["access_token"])))
+    assert ok(oauth_post(portal, "server.time", params=auth(grant["access_token"])))
 
     again = refresh(portal, portal.oauth["refresh_token"])
     fails(again, 400, "invalid_grant")
@@ -285,14 +299,14 @@ def test_wrong_client_does_not_spend_refresh_token(portal: Sandbox) -> None:
 
 def test_expired_token_then_refresh(portal: Sandbox) -> None:
     token = portal.oauth["access_token"]
-    assert ok(oauth_post(portal, "server.time", headers=bearer(token)))
+    assert ok(oauth_post(portal, "server.time", params=auth(token)))
     assert portal.admin("expire-tokens")["expired"] >= 1
-    fails(oauth_post(portal, "server.time", headers=bearer(token)), 401, "expired_token")
+    fails(oauth_post(portal, "server.time", params=auth(token)), 401, "expired_token")
     fails(oauth_post(portal, "server.time", {"auth": token}), 401, "expired_token")
     fresh = refresh(portal, portal.oauth["refresh_token"]).json()["access_token"]
-    assert ok(oauth_post(portal, "server.time", headers=bearer(fresh)))
+    assert ok(oauth_post(portal, "server.time", params=auth(fresh)))
     # an older token stays "expired", not "invalid", after other refreshes
-    fails(oauth_post(portal, "server.time", headers=bearer(token)), 401, "expired_token")
+    fails(oauth_post(portal, "server.time", params=auth(token)), 401, "expired_token")
 
 
 def test_token_lifetime_setting(portal: Sandbox) -> None:
@@ -300,7 +314,7 @@ def test_token_lifetime_setting(portal: Sandbox) -> None:
     grant = refresh(portal, portal.oauth["refresh_token"]).json()
     assert grant["expires_in"] == 0
     fails(
-        oauth_post(portal, "server.time", headers=bearer(grant["access_token"])),
+        oauth_post(portal, "server.time", params=auth(grant["access_token"])),
         401,
         "expired_token",
     )
@@ -309,7 +323,7 @@ def test_token_lifetime_setting(portal: Sandbox) -> None:
 def test_oauth_user_setting_applies_to_current_tokens(portal: Sandbox) -> None:
     token = portal.oauth["access_token"]
     portal.admin("settings", {"oauth_user_id": 2})
-    assert ok(oauth_post(portal, "user.current", headers=bearer(token)))["ID"] == "2"
+    assert ok(oauth_post(portal, "user.current", params=auth(token)))["ID"] == "2"
     assert refresh(portal, portal.oauth["refresh_token"]).json()["user_id"] == 2
     assert ok(portal.rest("user.current"))["ID"] == "1"  # the webhook's user is fixed
 
@@ -318,7 +332,7 @@ def test_reset_restores_start_tokens(portal: Sandbox) -> None:
     assert refresh(portal, portal.oauth["refresh_token"]).status_code == 200
     portal.admin("expire-tokens")
     portal.admin("reset")
-    assert ok(oauth_post(portal, "server.time", headers=bearer(portal.oauth["access_token"])))
+    assert ok(oauth_post(portal, "server.time", params=auth(portal.oauth["access_token"])))
     assert refresh(portal, portal.oauth["refresh_token"]).status_code == 200
 
 
@@ -363,11 +377,14 @@ def test_operating_time_limit(portal: Sandbox) -> None:
         seen.append(portal.rest("server.time").json()["time"]["operating"])
     assert seen == [100, 200, 300, 400, 500]
     body = fails(portal.rest("server.time"), 429, "OPERATION_TIME_LIMIT")
+    assert "operating_reset_at" not in body  # limits.md: the refusal carries no reset time
+    portal.admin("settings", {"reset_at_in_limit_error": True})
+    body = fails(portal.rest("server.time"), 429, "OPERATION_TIME_LIMIT")
     assert body["operating_reset_at"] > time.time() + 500
-    assert portal.stats()["operating_limit_rejections"] == 1
+    assert portal.stats()["operating_limit_rejections"] == 2
     assert ok(portal.rest("feature.get", OFFLINE))  # other methods keep working
     # the budget is per credential: the OAuth app still has its own
-    assert ok(oauth_post(portal, "server.time", headers=bearer(portal.oauth["access_token"])))
+    assert ok(oauth_post(portal, "server.time", params=auth(portal.oauth["access_token"])))
 
 
 def test_operating_time_counts_batch_commands_not_batch(portal: Sandbox) -> None:
@@ -492,7 +509,7 @@ def test_batch_next_total_and_chained_export(portal: Sandbox) -> None:
 def test_batch_through_oauth_keeps_app_auth(portal: Sandbox) -> None:
     token = portal.oauth["access_token"]
     response = oauth_post(
-        portal, "batch", {"cmd": {"e": "event.get", "i": "app.info"}}, headers=bearer(token)
+        portal, "batch", {"cmd": {"e": "event.get", "i": "app.info"}, **auth(token)}
     )
     answer = ok(response)
     assert answer["result_error"] == []
@@ -726,6 +743,7 @@ def test_admin_unknown_op_and_admin_calls_not_counted(portal: Sandbox) -> None:
         "max_in_flight": 0,
         "http_rejections": 0,
         "command_refusals": 0,
+        "redirects": 0,
     }
 
 
@@ -900,3 +918,43 @@ def test_cli_refuses_remote_host_and_stops_cleanly_on_sigterm(start_sandbox) -> 
     assert ok(sandbox.rest("server.time"))
     sandbox.process.terminate()
     assert sandbox.process.wait(timeout=15) == 0
+
+
+# --- REST 3.0 batch, paging from page 0, documentation and scopes (rest-v3.md) ----------------
+
+
+def test_v3_batch_is_a_json_array_answered_in_order(portal: Sandbox) -> None:
+    first = ok(v3(portal, "tasks.task.add", TASK))["item"]["id"]
+    calls = [
+        {"method": "tasks.task.get", "query": {"id": first, "select": ["id", "title"]}},
+        {"method": "tasks.task.add", "query": TASK, "as": "second"},
+    ]
+    result = ok(v3(portal, "batch", calls))
+    assert result[0] == {"item": {"id": first, "title": "Prepare report"}}
+    assert result[1]["item"]["id"] == first + 1
+    # the v2 form with cmd strings does not work on REST 3.0
+    old_form = v3(portal, "batch", {"cmd": {"a": "tasks.task.get?id=1"}})
+    fails(old_form, 400, "BITRIX_REST_V3_EXCEPTION_INVALIDSELECTEXCEPTION")
+    # all or nothing on the wire: a failing call fails the request with its own error
+    missing = [{"method": "tasks.task.get", "query": {"id": 999}}]
+    fails(v3(portal, "batch", missing), 400, "BITRIX_REST_V3_EXCEPTION_ENTITYNOTFOUNDEXCEPTION")
+
+
+def test_v3_pagination_page_zero_means_offset(portal: Sandbox) -> None:
+    ids = [ok(v3(portal, "tasks.task.add", TASK))["item"]["id"] for _ in range(3)]
+    listed = v3(portal, "tasks.task.list", {"pagination": {"page": 0, "limit": 2, "offset": 1}})
+    assert [i["id"] for i in ok(listed)["items"]] == ids[1:]
+    negative = v3(portal, "tasks.task.list", {"pagination": {"page": -1}})
+    fails(negative, 400, "BITRIX_REST_V3_EXCEPTION_INVALIDPAGINATIONEXCEPTION")
+
+
+def test_v3_openapi_document_and_scope_list(portal: Sandbox) -> None:
+    for name in ("rest.documentation.openapi", "documentation"):
+        url = f"{portal.webhook_url.replace('/rest/', '/rest/api/')}{name}"
+        document = portal.session.get(url, timeout=30).json()
+        assert document["openapi"] == "3.0.0" and "/tasks.task.get" in document["paths"]
+        assert "/crm.lead.add" not in document["paths"]  # v2 only
+    items = ok(v3(portal, "rest.scope.list", {}))["items"]
+    scopes = {item["method"]: item["scope"] for item in items}
+    assert scopes["tasks.task.get"] == "task" and scopes["crm.lead.add"] == "crm"
+    fails(portal.rest("rest.scope.list"), 404, "ERROR_METHOD_NOT_FOUND")  # REST 3.0 only

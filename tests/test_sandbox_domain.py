@@ -35,11 +35,10 @@ V3 = "BITRIX_REST_V3_EXCEPTION_"
 
 
 def app(portal: Sandbox, method: str, params: dict[str, Any] | None = None) -> requests.Response:
-    """A call as the OAuth application (Bearer header to ``/rest/<method>``)."""
+    """A call as the OAuth application (``auth`` param to ``/rest/<method>``)."""
     return portal.session.post(
         f"{portal.url}/rest/{method}",
-        json=params or {},
-        headers={"Authorization": f"Bearer {portal.oauth['access_token']}"},
+        json={**(params or {}), "auth": portal.oauth["access_token"]},
         timeout=30,
     )
 

@@ -193,8 +193,7 @@ def oauth_call(portal: Any, method: str, params: dict[str, Any] | None = None) -
     """One REST call with the app's access token; returns ``result`` (fails on an error body)."""
     response = portal.session.post(
         f"{portal.url}/rest/{method}",
-        json=params or {},
-        headers={"Authorization": f"Bearer {portal.oauth['access_token']}"},
+        json={**(params or {}), "auth": portal.oauth["access_token"]},
         timeout=30,
     )
     body = response.json()

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed-demo", action="store_true", help="add demo leads, deals, tasks")
     parser.add_argument(
+        "--ignore-bearer",
+        action="store_true",
+        help="read OAuth tokens only from the auth/access_token params, never a Bearer header",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow a non-loopback --host (the sandbox has no TLS; use with care)",
@@ -100,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(2, f"refusing to listen on non-loopback host {args.host}; --allow-remote")
     if args.latency_ms < 0 or not 0 <= args.port <= 65535:
         return _fail(2, "--latency-ms must be >= 0 and --port in 0..65535")
-    config = SandboxConfig(plan=args.plan, latency_ms=args.latency_ms)
+    config = SandboxConfig(
+        plan=args.plan, latency_ms=args.latency_ms, bearer_header=not args.ignore_bearer
+    )
     try:
         portal = Portal(config, Credentials(), args.db)
         server = SandboxServer((args.host, args.port), portal)

@@ -1,4 +1,7 @@
-"""Credentials for each request: webhook (secret in the path) or OAuth (Bearer token).
+"""Credentials for each request: webhook (secret in the path) or OAuth (the access token in
+the ``auth`` body field, the way the docs pass it everywhere: rest-v3.md "pass the authorization
+token in the ``auth`` field in the request body"; a Bearer header appears only in a few examples
+and a portal need not read it).
 
 OAuth refresh tokens are single-use, so the token store is the one copy of the truth and every
 process on the machine shares it (``state_dir/oauth-<client_id>.json``, mode 0600):
@@ -49,11 +52,11 @@ RESERVE_MARGIN = 4096
 
 @dataclass(frozen=True)
 class Credential:
-    """What one request carries: a path prefix after ``/rest/`` and headers. ``token`` is the
-    access token used (compared on expiry to tell whether someone else already refreshed)."""
+    """What one request carries: a path prefix after ``/rest/`` and ``token``, the OAuth access
+    token sent as the ``auth`` body field (also compared on expiry to tell whether someone else
+    already refreshed)."""
 
     path_prefix: str = field(repr=False)
-    headers: dict[str, str] = field(repr=False)
     token: str | None = field(default=None, repr=False)
 
 
@@ -67,7 +70,7 @@ class WebhookAuth:
         self.identity = f"webhook:{settings.webhook_user_id}"
 
     def credential(self) -> Credential:
-        return Credential(self._prefix, {})
+        return Credential(self._prefix)
 
     def refresh(self, failed: Credential) -> None:
         raise AuthError(
@@ -216,7 +219,7 @@ class OAuthAuth:
         current = self._current
         current = self._load() if current is None else self._fresh(current)
         token = current["access_token"]
-        return Credential("", {"Authorization": f"Bearer {token}"}, token)
+        return Credential("", token)
 
     def refresh(self, failed: Credential) -> None:
         """Single-flight refresh after ``failed`` got expired_token (threads and processes)."""

@@ -90,6 +90,9 @@ class Bitrix24Client:
         self._limiter = make_limiter(settings)
         self._policy = RetryPolicy(settings)
         self._is_write = is_write or default_is_write
+        #: ``time.operating_reset_at`` of each method's last success: a 429 OPERATION_TIME_LIMIT
+        #: carries no reset time (limits.md), which says to take it from there.
+        self._reset_at: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -203,7 +206,10 @@ class Bitrix24Client:
                 raise
             except OperationTimeLimitError as exc:
                 if key is not None:
-                    self._limiter.blocked(key, exc.details.get("operating_reset_at"))
+                    reset_at = exc.details.get("operating_reset_at") or self._reset_at.get(key)
+                    if reset_at is not None:
+                        exc.details["operating_reset_at"] = int(reset_at)
+                    self._limiter.blocked(key, reset_at)
                 raise
 
         return self._policy.run(attempt, lambda: self._auth.refresh(used[-1]))
@@ -212,7 +218,11 @@ class Bitrix24Client:
         """Record operating time: a batch's commands under their own methods (the batch itself
         is not counted by the portal)."""
         if method.lower() != "batch":
-            self._limiter.record(self._key(method), envelope.time)
+            key = self._key(method)
+            self._limiter.record(key, envelope.time)
+            reset_at = envelope.time.get("operating_reset_at")
+            if isinstance(reset_at, (int, float)):
+                self._reset_at[key] = float(reset_at)
             return
         result = envelope.body.get("result")
         times = result.get("result_time") if isinstance(result, Mapping) else None

@@ -8,15 +8,24 @@ their ``error`` string first, whatever the status (a 200 can carry an error). Ma
 (HTML, truncated or wrong-shaped JSON, empty body) become errors that describe the answer's type
 and size, never its text: an HTML error page may echo the request URL and with it the webhook
 code. Messages never include the URL either, for the same reason.
+
+A renamed portal answers 302 with its new address (settings/how-to-call-rest-api/change-domen.md);
+the method did not run there. The same POST (same body, never turned into a GET) is sent once to
+the new address, and only where credentials may go: the same ``/rest/...`` path (a webhook's
+secret is in it) over https, plain http only on loopback as for ``B24_DOMAIN``. Anything else is
+refused with nothing run. Later calls go straight to the new address, and the operator is told
+it once (one JSON line on stderr), so the configuration can be fixed.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -31,12 +40,27 @@ from ..errors import (
     not_sent,
     server_fault,
 )
-from ..settings import Settings
+from ..settings import Settings, is_loopback_host
 from .auth import Credential
 
 __all__ = ["Envelope", "Transport", "new_session"]
 
 USER_AGENT = f"bitrix24-agent/{__version__}"
+#: A renamed portal redirects once; a few hops allow a rename chain, more is a loop.
+MAX_REDIRECTS = 3
+
+
+def tell_operator_moved(new_base: str) -> None:
+    """One JSON line on stderr: where the portal answers now (scheme, host and port only)."""
+    notice = {
+        "notice": {
+            "code": "PORTAL_MOVED",
+            "message": f"the portal answers at {new_base} now; calls were repeated there",
+            "hint": "set B24_DOMAIN (or B24_WEBHOOK_URL) to the new address",
+            "new_address": new_base,
+        }
+    }
+    sys.stderr.write(json.dumps(notice) + "\n")
 
 
 @dataclass(frozen=True)
@@ -68,9 +92,15 @@ def new_session(pool_size: int = 10) -> requests.Session:
 class Transport:
     """Sends one request per ``send`` call over a shared keep-alive session."""
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        on_moved: Callable[[str], None] = tell_operator_moved,
+    ) -> None:
         self.session = session or new_session()
         self._base = settings.base_url.rstrip("/")
+        self._on_moved = on_moved
         self._timeout = (settings.connect_timeout, settings.read_timeout)
         self._count_lock = threading.Lock()
         self.requests_sent = 0
@@ -90,9 +120,11 @@ class Transport:
         idempotency_key: str | None = None,
     ) -> Envelope:
         """POST ``params`` as JSON to ``method``; return the success envelope or raise."""
-        headers = {"Content-Type": "application/json", **credential.headers}
+        headers = {"Content-Type": "application/json"}
         if idempotency_key is not None and api == "v3":
             headers["Idempotency-Key"] = idempotency_key
+        if credential.token is not None:
+            params = {**params, "auth": credential.token}
         try:
             data = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         except (TypeError, ValueError) as exc:
@@ -113,13 +145,20 @@ class Transport:
         api: str,
         write: bool,
     ) -> requests.Response:
+        url = self.url(method, credential, api)
+        for _ in range(MAX_REDIRECTS):
+            reply = self._post(url, data, headers, method=method, write=write)
+            if not reply.is_redirect:
+                return reply
+            url = self._follow(reply, url, method)
+        return self._post(url, data, headers, method=method, write=write)
+
+    def _post(
+        self, url: str, data: bytes, headers: dict[str, str], *, method: str, write: bool
+    ) -> requests.Response:
         try:
             reply = self.session.post(
-                self.url(method, credential, api),
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
+                url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
             )
         except requests.RequestException as exc:
             if _reached_wire(exc):
@@ -127,6 +166,32 @@ class Transport:
             raise network_error(exc, method=method, write=write) from None
         self._count()
         return reply
+
+    def _follow(self, reply: requests.Response, url: str, method: str) -> str:
+        """Where a redirect may be repeated (module docstring), or a ConfigError; nothing ran."""
+        target = urljoin(url, reply.headers["Location"].strip())
+        new, old = urlsplit(target), urlsplit(url)
+        host = new.hostname or ""
+        why = None
+        if new.scheme not in ("http", "https") or not host or new.username or new.password:
+            why = "an address that is not a plain https URL"
+        elif new.scheme == "http" and not is_loopback_host(host):
+            why = "a plain-http address (credentials go only over https)"
+        elif new.path != old.path:
+            why = "another path (credentials go only to the same /rest/ path)"
+        if why is not None:
+            raise ConfigError(
+                f"{method}: the portal redirects (HTTP {reply.status_code}) to {why}; "
+                "nothing was run and nothing was sent there",
+                code="PORTAL_REDIRECT",
+                hint="set B24_DOMAIN / B24_WEBHOOK_URL to the portal's current https address",
+                http_status=reply.status_code,
+            )
+        base = f"{new.scheme}://{new.netloc}"
+        if base != self._base:
+            self._base = base
+            self._on_moved(base)
+        return target
 
     def _count(self) -> None:
         with self._count_lock:
@@ -195,10 +260,10 @@ def _malformed(reply: requests.Response, what: str, *, method: str, write: bool)
 def decode(reply: requests.Response, *, method: str, api: str, write: bool) -> Envelope:
     """Turn an HTTP answer into an Envelope, or raise the B24Error it means."""
     if reply.is_redirect:
-        # The portal answered with a redirect instead of running anything: a moved portal or
-        # http->https. The Location is not shown, since it may repeat the webhook path.
+        # Still redirecting after MAX_REDIRECTS hops: a loop. The Location is not shown, since
+        # it may repeat the webhook path.
         raise ConfigError(
-            f"{method}: the portal address redirects (HTTP {reply.status_code}); nothing was run",
+            f"{method}: the portal keeps redirecting (HTTP {reply.status_code}); nothing was run",
             code="PORTAL_REDIRECT",
             hint="set B24_DOMAIN / B24_WEBHOOK_URL to the portal's current https address",
             http_status=reply.status_code,
@@ -217,6 +282,8 @@ def decode(reply: requests.Response, *, method: str, api: str, write: bool) -> E
         )
     if "error" in body and body["error"] is not None:
         raise _error(body, reply, write=write)
+    if "result" not in body and api == "v3" and "openapi" in body:
+        body = {"result": body}  # rest.documentation.openapi answers the document itself
     if "result" not in body:
         raise _malformed(reply, "JSON without result or error", method=method, write=write)
     if reply.status_code >= 400:

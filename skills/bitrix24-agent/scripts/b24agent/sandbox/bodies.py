@@ -101,14 +101,17 @@ def v2_params(query: str, body: bytes, content_type: str) -> dict[str, Any]:
     return params
 
 
-def v3_params(body: bytes, content_type: str) -> dict[str, Any]:
-    """A JSON object body; the query string is never read (rest-v3.md)."""
+def v3_params(body: bytes, content_type: str, *, batch: bool = False) -> dict[str, Any]:
+    """A JSON object body; the query string is never read (rest-v3.md). A ``batch`` body is a
+    JSON array of calls at the root; it is handed on as ``{"calls": [...]}``."""
     if not body.strip():
         return {}
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind not in ("", "application/json"):
         raise bad_body(f"REST 3.0 takes a JSON body, not {kind}", "v3")
     decoded = decode_json(body, "v3")
+    if batch and isinstance(decoded, list):
+        return {"calls": decoded}
     if not isinstance(decoded, dict):
         raise bad_body("JSON body must be an object", "v3")
     return decoded

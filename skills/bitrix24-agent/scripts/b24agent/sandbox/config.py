@@ -84,6 +84,15 @@ class SandboxConfig:
     method_cost_ms: dict[str, float] = field(default_factory=dict)
     admin_user_ids: set[int] = field(default_factory=lambda: {1})
     oauth_user_id: int = 1
+    #: Read an ``Authorization: Bearer`` header (some doc examples); the documented way is the
+    #: ``auth`` parameter, which is always read. Off proves a client never needs the header.
+    bearer_header: bool = True
+    #: A renamed portal (change-domen.md): every ``/rest/`` request whose Host is not this
+    #: address's gets a 302 to it, same path and query; "" serves every Host.
+    moved_to: str = ""
+    #: 429 OPERATION_TIME_LIMIT bodies as limits.md shows them: no ``operating_reset_at``.
+    #: On, the body carries it too (a client must not rely on that).
+    reset_at_in_limit_error: bool = False
 
     def copy(self) -> SandboxConfig:
         return copy.deepcopy(self)
@@ -128,6 +137,18 @@ def _int(value: object, key: str) -> int:
     return int(_number(value, key))
 
 
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
+
+
+def _base_url(value: object, key: str) -> str:
+    if not isinstance(value, str) or (value and "://" not in value):
+        raise ValueError(f"{key} must be an address with a scheme, or empty")
+    return value.rstrip("/")
+
+
 #: How each admin-settable field is validated and converted from JSON.
 _SETTERS = {
     "plan": _plan,
@@ -139,6 +160,9 @@ _SETTERS = {
     "operating_budget_s": _number,
     "method_cost_ms": _costs,
     "oauth_user_id": _int,
+    "bearer_header": _bool,
+    "moved_to": _base_url,
+    "reset_at_in_limit_error": _bool,
 }
 
 

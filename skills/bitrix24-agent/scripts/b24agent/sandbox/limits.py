@@ -87,12 +87,13 @@ class OperatingBudget:
 
     def check(self, credential: str, method: str) -> None:
         used, reset_at = self.state(credential, method)
-        if used > self._config().operating_budget_s:
+        config = self._config()
+        if used > config.operating_budget_s:
+            # limits.md shows no reset time in the refusal: a client takes it from the last
+            # successful answer's ``time``. The setting adds it for clients that read it.
+            extra = {"operating_reset_at": reset_at} if config.reset_at_in_limit_error else {}
             raise PortalError(
-                "OPERATION_TIME_LIMIT",
-                f"Method is blocked due to operation time limit until {reset_at}",
-                429,
-                {"operating_reset_at": reset_at},
+                "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit", 429, extra
             )
 
     def record(self, credential: str, method: str, seconds: float) -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from . import v3
 from .admin import check_token, run_admin
@@ -204,14 +204,30 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- REST -----------------------------------------------------------------------------
 
+    def _moved(self, path: str, query: str) -> Answer | None:
+        """A renamed portal (change-domen.md): 302 to the new address, nothing run."""
+        moved_to = self.portal.config.moved_to
+        if not moved_to or urlsplit(moved_to).netloc == self.headers.get("Host", ""):
+            return None
+        self.portal.stats.bump("redirects")
+        location = moved_to + path + (f"?{query}" if query else "")
+        return Answer(302, b"", "text/html; charset=utf-8", {"Location": location})
+
     def _rest(self, path: str, query: str, body: bytes) -> Answer:
+        moved = self._moved(path, query)
+        if moved is not None:
+            return moved
         route = parse_rest_path(path)
         portal = self.portal
         portal.stats.request(route.method)
         ctype = self.headers.get("Content-Type", "")
         key = self.headers.get("Idempotency-Key") if route.api == "v3" else None
         try:
-            params = v3_params(body, ctype) if route.api == "v3" else v2_params(query, body, ctype)
+            params = (
+                v3_params(body, ctype, batch=route.method == "batch")
+                if route.api == "v3"
+                else v2_params(query, body, ctype)
+            )
             auth = self._authenticate(route, params)
             if not portal.bucket.take():
                 portal.stats.bump("rate_limit_rejections")
@@ -228,7 +244,7 @@ class Handler(BaseHTTPRequestHandler):
     def _authenticate(self, route: Route, params: dict[str, Any]) -> AuthInfo:
         if route.webhook is not None:
             return self.portal.webhook_auth(*route.webhook)
-        header = self.headers.get("Authorization", "")
+        header = self.headers.get("Authorization", "") if self.portal.config.bearer_header else ""
         scheme, _, bearer = header.partition(" ")
         token_params = [params.pop(name, None) for name in ("auth", "access_token")]
         token = bearer.strip() if scheme.lower() == "bearer" else None

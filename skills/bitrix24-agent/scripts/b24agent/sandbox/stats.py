@@ -21,6 +21,7 @@ COUNTERS = (
     "max_in_flight",
     "http_rejections",
     "command_refusals",
+    "redirects",
 )
 
 

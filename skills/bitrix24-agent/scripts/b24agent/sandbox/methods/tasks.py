@@ -360,7 +360,8 @@ def v3_delete(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pagination(raw: Any) -> tuple[int, int]:
-    """(offset, limit) from ``{page, limit, offset}``: limit 1..1000 (default 50)."""
+    """(offset, limit) from ``{page, limit, offset}``: limit 1..1000 (default 50). ``page`` 0
+    means no page, so ``offset`` counts (the vendor's JS SDK always sends ``page: 0``)."""
     raw = raw if raw is not None else {}
     bad = PortalError(
         PREFIX + "INVALIDPAGINATIONEXCEPTION",
@@ -375,9 +376,9 @@ def _pagination(raw: Any) -> tuple[int, int]:
             raise bad
         values[key] = value
     limit = values["limit"] if values["limit"] is not None else PAGE_SIZE
-    if not 1 <= limit <= 1000 or (values["page"] is not None and values["page"] < 1):
+    if not 1 <= limit <= 1000 or (values["page"] is not None and values["page"] < 0):
         raise bad
-    if values["page"] is not None:
+    if values["page"]:
         return (values["page"] - 1) * limit, limit
     return max(values["offset"] or 0, 0), limit
 
