@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCRIPTS := skills/bitrix24-agent/scripts
 
-.PHONY: install test lint format demo bench sandbox references runtimes clean
+.PHONY: install test lint format demo bench sandbox references runtimes peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,25 @@ $(CODEX): | $(PY)
 	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node @openai/codex@$(CODEX_VERSION); \
 	else echo "make: npm not found; the Codex loader test will skip" >&2; fi
 
+# The vendor's JS SDK, unmodified, that tests/test_peer_b24jssdk.py runs against the sandbox
+# (v2 and REST 3.0 calls, lists and batches); same npm prefix, a few seconds.
+JSSDK_VERSION := 2.2.0
+JSSDK := $(VENV)/node/node_modules/@bitrix24/b24jssdk/package.json
+
+$(JSSDK): | $(PY)
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node @bitrix24/b24jssdk@$(JSSDK_VERSION); \
+	else echo "make: npm not found; the JS SDK peer test will skip" >&2; fi
+
+# Unmodified peer clients against the sandbox (also part of make test).
+peers: $(STAMP) $(JSSDK)
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/test_peer_b24jssdk.py tests/test_peer_fast_bitrix24.py
+
 runtimes: $(STAMP) $(CODEX)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_runtimes.py
 
 # Two workers: the suite is mostly waiting on subprocesses and sockets, and 2 cores is the target.
-test: lint $(CODEX)
+test: lint $(CODEX) $(JSSDK)
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 demo: $(STAMP)

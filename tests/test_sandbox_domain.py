@@ -606,14 +606,18 @@ def test_users(portal: Sandbox) -> None:
 
 
 def test_im_message_add(portal: Sandbox) -> None:
+    chat = ok(portal.rest("im.chat.add", {"TITLE": "Team", "USERS": [2]}))
     first = ok(portal.rest("im.message.add", {"DIALOG_ID": "2", "MESSAGE": "Hello"}))
-    second = ok(portal.rest("im.message.add", {"DIALOG_ID": "chat7", "MESSAGE": "All"}))
+    second = ok(portal.rest("im.message.add", {"DIALOG_ID": f"chat{chat}", "MESSAGE": "All"}))
     assert isinstance(first, int) and second == first + 1
     stored = portal.admin("messages", {})["messages"]
     assert [(m["dialog_id"], m["text"], m["author_id"]) for m in stored] == [
         ("2", "Hello", 1),
-        ("chat7", "All", 1),
+        (f"chat{chat}", "All", 1),
     ]
+    # a chat that does not exist: im-message-add.md's CHAT_ID, and nothing is stored
+    fails(portal.rest("im.message.add", {"DIALOG_ID": "chat77", "MESSAGE": "x"}), 400, "CHAT_ID")
+    assert len(portal.admin("messages", {})["messages"]) == 2
     fails(portal.rest("im.message.add", {"DIALOG_ID": "2", "MESSAGE": " "}), 400, "MESSAGE_EMPTY")
     fails(portal.rest("im.message.add", {"DIALOG_ID": "99", "MESSAGE": "x"}), 400, "USER_NOT_FOUND")
     fails(portal.rest("im.message.add", {"MESSAGE": "x"}), 400, "USER_ID_EMPTY")
@@ -936,6 +940,14 @@ def test_own_changes_through_the_bound_connector_are_not_queued(portal: Sandbox)
     queued = ok(app(portal, "event.offline.list", {"auth_connector": "sync"}))
     assert [r["EVENT_DATA"]["FIELDS"]["ID"] for r in queued] == [app_elsewhere, by_webhook]
     assert offline_list(portal) == []  # the connector's queue is its own
+
+
+def test_own_changes_without_a_connector_are_queued(portal: Sandbox) -> None:
+    """offline-events.md, "How to Avoid Cycles": the app's own update "adds an event back to the
+    queue"; only a matching auth_connector keeps it out."""
+    bind_offline(portal, "ONCRMLEADADD")
+    own = int(ok(app(portal, "crm.lead.add", {"fields": {"TITLE": "the app itself"}})))
+    assert [r["EVENT_DATA"]["FIELDS"]["ID"] for r in offline_list(portal)] == [own]
 
 
 def test_offline_methods_need_an_admin(portal: Sandbox) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from b24agent.catalog import methods_in_pack, packs, riskiest
 from b24agent.catalog.loader import MethodInfo, load
+from b24agent.sandbox import methods as _handlers  # noqa: F401  (registers every handler)
+from b24agent.sandbox.registry import lookup as sandbox_lookup
 
 from tools.build_catalog import write_text_atomic
 
@@ -155,6 +157,8 @@ class Entry:
     app_only: bool
     deprecated: bool
     ranked: bool
+    #: sandbox_portal.py serves it (under one of its API versions), so a chain can rehearse it.
+    in_sandbox: bool
 
     @property
     def group(self) -> str:
@@ -181,6 +185,7 @@ def _entries(pack: str) -> list[Entry]:
             app_only=any(v.app_only for v in variants),
             deprecated=all(v.deprecated for v in variants),
             ranked=catalog.rank(name) is not None,
+            in_sandbox=any(sandbox_lookup(v.api, name) for v in variants),
         )
         for name, variants in by_name.items()
     ]
@@ -203,6 +208,10 @@ def _docs_cell(url: str) -> str:
     return url.removeprefix(DOCS_PREFIX)
 
 
+#: The mark of a listed method the sandbox portal does not serve (rehearse it with --plan-only).
+NOT_IN_SANDBOX = "not in the sandbox"
+
+
 def _notes(entry: Entry) -> str:
     notes = []
     if entry.apis == ("v3",):
@@ -211,6 +220,8 @@ def _notes(entry: Entry) -> str:
         notes.append("OAuth app only")
     if entry.deprecated:
         notes.append("deprecated")
+    if not entry.in_sandbox:
+        notes.append(NOT_IN_SANDBOX)
     return "; ".join(notes)
 
 

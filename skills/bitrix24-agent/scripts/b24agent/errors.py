@@ -276,6 +276,11 @@ _CODES: dict[str, tuple[str, str]] = {
         "the user behind the webhook/app lacks the rights (event.offline.* needs an admin)",
     ),
     "WRONG_LICENSE": (_DENIED, "the portal's plan does not include this feature"),
+    "ACCESS_ERROR": (
+        _DENIED,
+        "the chat refuses this user: not a member, or the chat forbids the action "
+        "(im.dialog.get to see the chat and its restrictions)",
+    ),
     "NOT_FOUND": (_NOT_FOUND, "no record with this id; list the entity to find valid ids"),
     "ERROR_METHOD_NOT_FOUND": (
         _NO_METHOD,

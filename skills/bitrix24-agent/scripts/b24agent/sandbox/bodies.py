@@ -103,7 +103,9 @@ def v2_params(query: str, body: bytes, content_type: str) -> dict[str, Any]:
 
 def v3_params(body: bytes, content_type: str, *, batch: bool = False) -> dict[str, Any]:
     """A JSON object body; the query string is never read (rest-v3.md). A ``batch`` body is a
-    JSON array of calls at the root; it is handed on as ``{"calls": [...]}``."""
+    JSON array of calls at the root; it is handed on as ``{"calls": [...]}``. An object keyed
+    ``"0".."n-1"`` counts as that array (PHP decodes both alike; the vendor's JS SDK sends it so,
+    with the app's ``auth`` beside the numbered calls)."""
     if not body.strip():
         return {}
     kind = content_type.split(";", 1)[0].strip().lower()
@@ -112,6 +114,11 @@ def v3_params(body: bytes, content_type: str, *, batch: bool = False) -> dict[st
     decoded = decode_json(body, "v3")
     if batch and isinstance(decoded, list):
         return {"calls": decoded}
+    if batch and isinstance(decoded, dict) and "0" in decoded:
+        numbered = {k: v for k, v in decoded.items() if k != "auth"}
+        if list(numbered) == [str(i) for i in range(len(numbered))]:
+            rest = {k: v for k, v in decoded.items() if k == "auth"}
+            return {"calls": list(numbered.values()), **rest}
     if not isinstance(decoded, dict):
         raise bad_body("JSON body must be an object", "v3")
     return decoded

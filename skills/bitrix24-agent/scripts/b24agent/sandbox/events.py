@@ -6,9 +6,10 @@ Bitrix24 tells applications about changes two ways (api-reference/events/index.m
   a queue in the background and never retried. The sandbox posts only to loopback addresses, so
   a test can run a tiny HTTP server and nothing ever leaves the machine.
 - offline: a row in the portal's queue that the app drains with ``event.offline.get``. Rows
-  merge by MESSAGE_ID, and a change made by the app itself through the same ``auth_connector``
-  its binding names is not queued (the vendor's ``Sender``: same client_id and same connector ->
-  skipped), which is how an app avoids reacting to its own writes.
+  merge by MESSAGE_ID. A change made by the app itself with the ``auth_connector`` its binding
+  names is not queued; without one it is, like anyone's (offline-events.md "How to Avoid
+  Cycles": the app's own ``crm.deal.update`` "adds an event back to the queue"), so a binding
+  without a connector echoes the app's own writes.
 
 ``emit`` runs inside the handler's store transaction, so queue rows commit or roll back with the
 change itself, and online posts leave only after the commit.
@@ -114,8 +115,9 @@ class EventBus:
                 self._post_after_commit(binding, name, data)
                 continue
             if (
-                ctx.auth.client_id == binding["app"]
-                and (ctx.auth_connector or "") == binding["connector"]
+                binding["connector"]
+                and ctx.auth.client_id == binding["app"]
+                and ctx.auth_connector == binding["connector"]
             ):
                 continue
             store.queue_offline(

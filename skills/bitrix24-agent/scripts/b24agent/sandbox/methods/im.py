@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .. import docstore
 from ..admin import admin_op
 from ..context import CallContext
 from ..errors import PortalError
 from ..registry import method
+from .chats import CHAT
 from .users import user_exists
 
 #: ``chatXXX`` (chat), ``sgXXX`` (group chat) or ``XXX`` (a user's personal chat).
@@ -28,12 +30,25 @@ def message_add(ctx: CallContext, params: dict[str, Any]) -> int:
         raise PortalError("USER_ID_EMPTY", "User ID can't be empty")
     if match.group(1) is None and not user_exists(ctx.portal.store, int(match.group(2))):
         raise PortalError("USER_NOT_FOUND", "User not found")
+    if match.group(1) is not None:
+        _check_chat(ctx, match.group(2))
     text = upper.get("MESSAGE")
     text = "" if text is None else str(text)
     if not text.strip() and not upper.get("ATTACH"):
         raise PortalError("MESSAGE_EMPTY", "Message can't be empty")
     system = str(upper.get("SYSTEM") or "N").upper() == "Y"
     return ctx.portal.store.add_message(dialog, ctx.auth.user_id, text, system)
+
+
+def _check_chat(ctx: CallContext, chat_id: str) -> None:
+    """A group chat must exist (else ``CHAT_ID``, "Error creating message") and have the caller
+    as a member (else ``ACCESS_ERROR``), as im-message-add.md lists them. Workgroup chats
+    (``sg``) are not kept by the sandbox, so they never exist here."""
+    chat = docstore.get(ctx.portal.store, CHAT, int(chat_id))
+    if chat is None:
+        raise PortalError("CHAT_ID", "Error creating message")
+    if ctx.auth.user_id not in chat["USERS"]:
+        raise PortalError("ACCESS_ERROR", "Action unavailable")
 
 
 @admin_op("POST", "messages")
