@@ -12,18 +12,9 @@ from b24agent import catalog
 from b24agent.sandbox import methods  # noqa: F401  (registers every handler)
 from b24agent.sandbox.registry import all_methods
 from conftest import Sandbox
+from test_sandbox_areas import call, ok
 
 MODULES = ("crm_lookups", "dialogs", "storage", "sites", "commerce")
-
-
-def call(portal: Sandbox, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    return portal.rest(method, params or {}).json()
-
-
-def ok(portal: Sandbox, method: str, params: dict[str, Any] | None = None) -> Any:
-    body = call(portal, method, params)
-    assert "error" not in body, (method, body)
-    return body["result"]
 
 
 def error(portal: Sandbox, method: str, params: dict[str, Any] | None = None) -> str:
