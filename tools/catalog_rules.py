@@ -9,8 +9,10 @@ Risk answers one question for the safety layer: what does the call do to the por
 - ``write``: it changes or creates something, sends something, or moves a workflow on.
 - ``destructive``: data is gone afterwards from the user's point of view (delete, remove, clear,
   unbind/unregister/unset, terminate/kill/stop, reset), including moves to a trash that is
-  time-limited and may be switched off, and "set the whole collection" calls that drop the rows
-  they are not given.
+  time-limited and may be switched off, "set the whole collection" calls that drop the rows
+  they are not given, and steps the caller cannot take back: leaving a chat (the docs: "removes
+  the current user from the chat") and handing ownership to someone else (only an owner may call
+  ``setowner``, so afterwards only the new owner can hand it back).
 
 The builder decides in this order and records which rule fired (``build.py --report``):
 
@@ -209,6 +211,8 @@ DESTRUCTIVE_VERBS = frozenset(
         "markdeleted",
         "markdeletedblock",
         "markfolderdelete",
+        "leave",  # im/imbot chat.leave: removes the caller (or the bot) from the chat
+        "setowner",  # im/imbot chat, sonet_group: hands ownership over; only the owner may
     }
 )
 DESTRUCTIVE_PREFIXES = ("delete", "remove", "unbind")  # unbind, unbindingFromMenu...
@@ -223,6 +227,7 @@ _REPLACES_ROWS = "replaces the whole list: existing rows not passed are deleted"
 _REPLACES_LINKS = "replaces the whole set: links not passed are removed"
 _OFFSET_CONFIRMS = "its offset parameter confirms earlier events, which are then gone"
 _PUBLIC_LINK = "creates a public link when there is none, exposing the object to anyone"
+_TOKEN_LINK = "creates a one-time download link that carries an authorization token"
 
 OVERRIDES: dict[str, tuple[Risk, str]] = {
     # A "get" that changes the queue it reads from.
@@ -237,6 +242,12 @@ OVERRIDES: dict[str, tuple[Risk, str]] = {
     "disk.folder.getexternallink": ("write", _PUBLIC_LINK),
     "crm.invoice.getexternallink": ("write", _PUBLIC_LINK),
     "disk.storage.getforapp": ("write", "creates the app's storage when it does not exist yet"),
+    "salescenter.payment.getpublicurl": (
+        "write",
+        "generates a payment link (and QR code) through which anyone holding it can pay",
+    ),
+    "im.v2.file.download": ("write", _TOKEN_LINK),
+    "imbot.v2.file.download": ("write", _TOKEN_LINK),
     "entity.rights": ("write", "reads or replaces the storage's access rights"),
     "imopenlines.session.open": (
         "write",
@@ -284,6 +295,18 @@ OVERRIDES: dict[str, tuple[Risk, str]] = {
     # The batch envelope: the policy layer rates it by its riskiest command.
     "batch": ("write", "composite: as risky as its riskiest command (policy checks each one)"),
 }
+
+# Read from their docs pages (bitrix24/b24restdocs 5988ed1) because the verb alone does not say
+# what they do, and left where the verb rules put them: cancel, cancellist, unconfirm (inventory
+# documents go back to unconducted, balances restored; conduct again to redo), finish, transfer,
+# skip, join (open-line dialogs end or move; the dialog stays), restore, restorefromversion,
+# sharetouser, share, archive, unpublic, markundeletedblock, move, mute, hide, pause, close,
+# defer, renew, complete, approve, disapprove, confirm, deactivatephone (state changes anyone
+# with the right can undo: write); getpublicurl and getpreview of landing sites and pages,
+# imopenlines.config.path.get, voximplant.url.get, lists.element.get.file.url,
+# task.item.getfiles, landing.syspage.getspecialpage, the catalog and vote ``download`` methods
+# (they return what exists: read); im.v2.event.unsubscribe (stops recording events, which are
+# then never kept: destructive by its verb).
 
 COMPOSITE = frozenset({"batch"})
 """Methods whose effect is the sum of the commands they carry."""
