@@ -248,7 +248,7 @@ def test_a_destructive_plan_shows_the_record_to_the_human(
 def test_an_oversized_list_answer_is_cut_to_whole_rows_with_a_marker(
     portal: Sandbox, tmp_path: Path, state: Path
 ) -> None:
-    comment = "long comment " * 300  # ~3,900 characters a row: 50 rows are ~200,000
+    comment = "длинный комментарий " * 150  # 3,000 characters, 5,700 bytes: 50 rows ~285 KB
     cmd = {
         f"a{n}": f"crm.lead.add?fields[TITLE]=big{n}&fields[COMMENTS]={comment}" for n in range(50)
     }
@@ -257,7 +257,7 @@ def test_an_oversized_list_answer_is_cut_to_whole_rows_with_a_marker(
     params = {"select": ["ID", "TITLE", "COMMENTS"], "order": {"ID": "ASC"}}
     cut = host.one("b24_call", {"method": "crm.lead.list", "params": params})
     assert not cut.error, cut.text[:300]
-    assert len(cut.text) <= 60_000
+    assert len(cut.text.encode()) <= 60_000  # ~25,000 tokens at 2.4 bytes a token
     marker = cut.data["truncated"]
     shown = marker["rows_shown"]
     assert 0 < shown < 50 == marker["rows_in_answer"]

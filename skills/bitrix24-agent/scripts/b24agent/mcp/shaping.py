@@ -1,12 +1,13 @@
 """Tool results an MCP host can take: under its size cap, secrets masked, errors as tool errors.
 
 Claude Code refuses a tool result over 25,000 tokens, and others cut silently, so a result is
-kept under ``MAX_CHARS`` of compact JSON (at the ~2.4 characters a token that dense JSON costs at
-worst, that is under 25,000 tokens). A list answer keeps as many whole rows as fit and says so in
-``truncated``: how many rows were shown and the ``start`` that continues after them (or
-b24_export for every row). An answer with no row list to cut is saved whole to a file in the
-export folder and ``truncated`` names it. Errors become ``isError`` results carrying our code,
-message and hint, the same object the CLI prints on stderr.
+kept under ``MAX_BYTES`` of compact JSON in UTF-8 (at the ~2.4 bytes a token that dense JSON
+costs at worst, that is under 25,000 tokens; a Cyrillic letter is two bytes, so Russian CRM
+text is budgeted by what it costs, not by its length in characters). A list answer keeps as
+many whole rows as fit and says so in ``truncated``: how many rows were shown and the ``start``
+that continues after them (or b24_export for every row). An answer with no row list to cut is
+saved whole to a file in the export folder and ``truncated`` names it. Errors become ``isError``
+results carrying our code, message and hint, the same object the CLI prints on stderr.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from mcp.types import CallToolResult, TextContent
 
 from ..errors import B24Error
 
-__all__ = ["MAX_CHARS", "error_result", "fit_rows", "ok_result", "to_text"]
+__all__ = ["MAX_BYTES", "error_result", "fit_rows", "ok_result", "to_text"]
 
-MAX_CHARS = 60_000
+MAX_BYTES = 60_000
 #: Room kept for the envelope and the ``truncated`` marker around the rows.
 _MARKER_ROOM = 1_000
 
@@ -31,6 +32,10 @@ Mask = Callable[[str], str]
 def to_text(document: Any) -> str:
     """Compact JSON, the form of every result."""
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def _size(document: Any) -> int:
+    return len(to_text(document).encode("utf-8"))
 
 
 def ok_result(document: Any, mask: Mask) -> CallToolResult:
@@ -66,18 +71,18 @@ def fit_rows(
     to cut and returns what the marker should say about the file.
     """
     document = dict(body)
-    size = len(to_text(document))
-    if size <= MAX_CHARS:
+    size = _size(document)
+    if size <= MAX_BYTES:
         return document
     found = _rows_at(document)
     if found is None:
-        return {"truncated": {"reason": f"the answer is {size} characters", **spill(document)}}
+        return {"truncated": {"reason": f"the answer is {size} bytes", **spill(document)}}
     rows, key = found
-    room = MAX_CHARS - _MARKER_ROOM - (size - len(to_text(rows)))
+    room = MAX_BYTES - _MARKER_ROOM - (size - _size(rows))
     kept: list[Any] = []
     used = 2
     for row in rows:
-        used += len(to_text(row)) + 1
+        used += _size(row) + 1
         if used > room:
             break
         kept.append(row)
@@ -92,6 +97,6 @@ def fit_rows(
         "hint": "call again with params.start = next_start for the next rows, or use b24_export "
         "to get every row in a file",
     }
-    if len(to_text(document)) > MAX_CHARS:  # the answer's other fields alone are too big
-        return {"truncated": {"reason": f"the answer is {size} characters", **spill(dict(body))}}
+    if _size(document) > MAX_BYTES:  # the answer's other fields alone are too big
+        return {"truncated": {"reason": f"the answer is {size} bytes", **spill(dict(body))}}
     return document
