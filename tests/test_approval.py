@@ -47,3 +47,36 @@ def test_the_destructive_level_holds_only_destructive_calls(portal: Sandbox, cli
     gone = deletes("crm.lead.delete", "--params", f'{{"id": {lead}}}', "--confirm-destructive")
     assert gone.code == 3 and gone.error()["code"] == "APPROVAL_REQUIRED"
     assert _sent(portal, "crm.lead.delete") == 0
+
+
+def test_a_decision_binds_the_digest_is_final_and_never_the_makers(tmp_path: Path) -> None:
+    """The decision store the broker's admin socket writes (library level)."""
+    from b24agent.errors import ConflictError, PolicyError
+    from b24agent.guard.approval import DecisionStore, WaitForDecision
+    from b24agent.guard.plans import Context, PlanStore
+    from b24agent.redact import Redactor
+
+    plans = PlanStore(tmp_path / "plans", portal="127.0.0.1_9000", ttl_s=600)
+    plan = plans.create(
+        method="crm.lead.add",
+        api="v2",
+        params={"fields": {"TITLE": "x"}},
+        risk="write",
+        read=lambda method, params: None,
+        mask=Redactor([]).mask_obj,
+        context=Context(made_by={"uid": 1001, "via": "broker"}),
+    )
+    decisions = DecisionStore(plans)
+    with pytest.raises(ConflictError, match="changed since it was shown"):
+        decisions.decide(plan.id, "0" * 64, "approved", {"uid": 1002})
+    with pytest.raises(PolicyError, match="cannot approve"):
+        decisions.decide(plan.id, plan.digest(), "approved", {"uid": 1001})
+    decisions.decide(plan.id, plan.digest(), "denied", {"uid": 1002})
+    with pytest.raises(ConflictError, match="final"):
+        decisions.decide(plan.id, plan.digest(), "approved", {"uid": 1002})
+    with pytest.raises(PolicyError, match="declined"):
+        WaitForDecision().wait(plans, plan, 0)
+    record = tmp_path / "plans" / f"{plan.id}.decision"
+    record.write_text(record.read_text().replace('"denied"', '"approved"'))
+    with pytest.raises(ConflictError, match="decision file was changed"):
+        WaitForDecision().wait(plans, plan, 0)
