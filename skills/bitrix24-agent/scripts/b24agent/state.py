@@ -5,6 +5,12 @@ through here so that a crash, a kill -9 or two racing processes can never leave 
 or lose an update: lock, read, change, write a temp file, fsync, rename, fsync the folder.
 A file that does not parse (or fails its schema) is moved aside and reported with its path, never
 silently replaced by an empty default, because that would quietly drop tokens or reservations.
+
+The local boundary: a state folder must belong to this user and be closed to group and others
+for writing (else another user could plant or swap files in it), and a state file is opened
+without following a symbolic link and only when it is a regular file: a planted link to a key
+or to another file, or a FIFO that would block, is refused with STATE_UNSAFE (exit 4) and left
+as it is, and so is what it points to.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -24,12 +31,14 @@ import jsonschema
 from filelock import FileLock
 from jsonschema.validators import validator_for
 
-from .errors import CorruptStateError
+from .errors import ConfigError, CorruptStateError
 
 __all__ = [
     "JsonlWriter",
     "Reservation",
     "StateBox",
+    "check_folder",
+    "check_state_file",
     "complete_length",
     "create_exclusive",
     "file_lock",
@@ -37,6 +46,7 @@ __all__ = [
     "last_line",
     "locked_json",
     "move_aside",
+    "open_read",
     "read_json",
     "read_jsonl",
     "write_json_atomic",
@@ -47,9 +57,85 @@ LOCK_TIMEOUT_S = 60.0
 _TAIL_CHUNK = 64 * 1024
 
 
+#: How every state file is opened: never through a symbolic link, never waiting on a FIFO.
+_SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _unsafe(path: Path, what: str) -> ConfigError:
+    return ConfigError(
+        f"{path} {what}; refused, and nothing was read from or written to it",
+        code="STATE_UNSAFE",
+        hint="remove it or fix its owner and mode (state folders: this user's, not writable by "
+        "group or others), and find out who changed it",
+    )
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a state folder this user does not own or that group or others may write to."""
+    try:
+        info = os.stat(folder)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise _unsafe(folder, "is a state folder's path but not a folder")
+    if info.st_uid != os.geteuid():
+        raise _unsafe(folder, f"is a state folder owned by another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        raise _unsafe(folder, f"is a state folder writable by group or others (mode {mode:04o})")
+
+
+def _make_folder(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_folder(folder)
+
+
+def check_state_file(path: Path) -> None:
+    """Refuse early, before a call is sent, a state file that is a link or not a regular file
+    (the open itself refuses it again, so a swap after this check gains nothing)."""
+    check_folder(path.parent)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise _unsafe(path, "is a symbolic link; state files are never followed")
+    if not stat.S_ISREG(info.st_mode):
+        raise _unsafe(path, "is not a regular file (a FIFO, device or folder)")
+
+
+def _open(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a state file safely (see the module's docstring); returns a blocking descriptor."""
+    check_folder(path.parent)
+    try:
+        fd = os.open(path, flags | _SAFE_FLAGS, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path, "is a symbolic link; state files are never followed") from None
+        if exc.errno == errno.ENXIO:  # a FIFO that nobody reads
+            raise _unsafe(path, "is not a regular file (a FIFO)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _unsafe(path, "is not a regular file (a FIFO, device or folder)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_read(path: Path) -> BinaryIO:
+    """A state file opened for reading (FileNotFoundError when absent)."""
+    return os.fdopen(_open(path, os.O_RDONLY), "rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open_read(path) as handle:
+        return handle.read()
+
+
 def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
-    """The cross-process lock guarding ``path`` (a sibling ``.lock`` file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The cross-process lock guarding ``path`` (a sibling ``.lock`` file; filelock opens it
+    without following a link)."""
+    _make_folder(path.parent)
     return FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
 
 
@@ -66,7 +152,7 @@ def fsync_dir(folder: Path) -> None:
 def _write_temp(path: Path, data: Any, mode: int, durable: bool = True) -> Path:
     """Write ``data`` as JSON to a temp file next to ``path`` (fsynced when ``durable``) and
     return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -143,7 +229,7 @@ def _validate(data: Any, schema: Mapping[str, Any]) -> None:
 def read_json(path: Path, *, default: Any = None, schema: Mapping[str, Any] | None = None) -> Any:
     """Read a JSON state file: ``default`` when absent, CorruptStateError when untrustworthy."""
     try:
-        raw = path.read_bytes()
+        raw = _read_bytes(path)
     except FileNotFoundError:
         return default
     try:
@@ -289,12 +375,12 @@ class JsonlWriter:
 
     def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        created = not path.exists()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        _make_folder(path.parent)
+        created = not os.path.lexists(path)
+        self._fd = _open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
         if created:
             fsync_dir(path.parent)
-        _drop_torn_tail(path, self._fd)
+        _drop_torn_tail(self._fd)
 
     def append(self, record: Any, *, sync: bool = True) -> None:
         """Write ``record`` as one line; with ``sync`` (default) fsync before returning.
@@ -331,10 +417,10 @@ class JsonlWriter:
         self.close()
 
 
-def _drop_torn_tail(path: Path, fd: int) -> None:
+def _drop_torn_tail(fd: int) -> None:
     """Cut a partial last line left by a crash, so the next record starts on a line of its own
     (that partial record was never acknowledged to anyone, so nothing is lost)."""
-    with path.open("rb") as handle:
+    with os.fdopen(os.dup(fd), "rb") as handle:
         end = handle.seek(0, os.SEEK_END)
         complete = complete_length(handle)
     if complete < end:
@@ -363,7 +449,7 @@ def complete_length(handle: BinaryIO) -> int:
 def last_line(path: Path) -> bytes | None:
     """The last whole line of ``path`` (without its newline), skipping a torn tail; None when
     the file holds no whole line. The one tail reader: the audit chain and the worker use it."""
-    with path.open("rb") as handle:
+    with open_read(path) as handle:
         end = complete_length(handle)
         position, tail = end - 1, b""  # tail: the bytes read so far, before the final newline
         while position > 0:
@@ -381,7 +467,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The records of ``path`` (none when absent). A torn last line is skipped; any other line
     that is not a JSON object raises CorruptStateError naming the file and line."""
     try:
-        raw = path.read_bytes()
+        raw = _read_bytes(path)
     except FileNotFoundError:
         return
     lines = raw.split(b"\n")

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import B24Error, ConfigError, CorruptStateError, UsageError
 from ..fingerprint import canonical_json, digest
-from ..state import create_exclusive, read_json, write_json_atomic
+from ..state import create_exclusive, open_read, read_json, write_json_atomic
 
 __all__ = [
     "GENESIS_HASH",
@@ -249,7 +249,7 @@ def _whole_lines(path: Path, *, live: bool) -> Iterator[tuple[int, bytes]]:
     """Numbered lines of one chain file. The live file's last line without its newline is a
     torn tail (a writer killed mid-append, never acknowledged, cut by the next writer): left
     out, so it is no alarm. Anywhere else a line without a newline is checked like any other."""
-    with path.open("rb") as handle:
+    with open_read(path) as handle:
         for number, raw in enumerate(handle, start=1):
             if live and not raw.endswith(b"\n"):
                 return  # only the last line can lack its newline

@@ -50,6 +50,7 @@ from ..redact import Redactor
 from ..rest.idempotency_key import validate_idempotency_key
 from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
+from ..state import check_state_file
 from . import approval, policy
 from .audit import AuditEvent, AuditLog
 from .auditchain import check, load_key
@@ -276,6 +277,8 @@ class Pipeline:
     # --- the run ---------------------------------------------------------------------------------
     def run(self, request: CallRequest) -> Outcome:
         """Check every guard for every call first, then dispatch; audit whatever happens."""
+        # A planted link or FIFO in the audit's place stops the run before anything is sent.
+        check_state_file(Path(self._settings.audit_file))
         record = _Record.of(request)
         try:
             policy.check_widening(widening_flags(request.guards), self._settings.allowed_flags)
