@@ -61,10 +61,10 @@ def main() -> int:
 
         os._exit(forward(os.environ["B24_BROKER"]))
     local = any(arg.partition("=")[0] in LOCAL_FLAGS for arg in sys.argv[1:])
-    where = wire.address() if wire.enabled() and not local else None
+    where = wire.dial() if wire.enabled() and not local else None
     if where is not None:
         try:
-            code = ServedCall(where).run()
+            code = ServedCall(where[0], through=where[1]).run()
         except KeyboardInterrupt:  # before our handlers were in place: nothing was sent
             code = say(CANCELLED, EXIT_INTERRUPTED)
         if code is not None:
@@ -102,11 +102,14 @@ class ServedCall:
         self,
         where: str,
         *,
+        through: str | None = None,
         brokered: bool = False,
         argv: list[str] | None = None,
         stdio: tuple[int, int, int] = (0, 1, 2),
     ) -> None:
         self.where = where
+        #: The path to connect to (wire.dial's, through the checked folder), if not ``where``.
+        self.through = through or where
         self.brokered = brokered
         self.argv = sys.argv if argv is None else argv
         self.stdio = stdio
@@ -151,12 +154,14 @@ class ServedCall:
 
     def _run(self, ignored: list[int]) -> int | None:
         try:
-            self.sock.connect(self.where)
+            self.sock.connect(self.through)
         except OSError as exc:
             self.failure = exc
             if not self.brokered:
                 _start_server(self.where)
             return None
+        if not self.brokered and not _ours(self.sock):
+            return None  # another user's socket: it gets nothing, and the call runs here
         try:
             if self.brokered:
                 request = wire.encode_request(self.argv, {}, "/", 0o077, ignored)
@@ -206,6 +211,16 @@ class ServedCall:
         if self.fatal is not None:
             _signal.signal(self.fatal, _signal.SIG_DFL)
             os.kill(os.getpid(), self.fatal)
+
+
+def _ours(sock: _socket.socket) -> bool:
+    """The kernel's word on who listens (struct ucred: pid, uid, gid): this user, or nobody.
+    (The broker runs as its own user on purpose and is checked by its own client.)"""
+    try:
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return False
+    return int.from_bytes(creds[4:8], sys.byteorder) == os.getuid()
 
 
 def server_command(where: str) -> list[str]:

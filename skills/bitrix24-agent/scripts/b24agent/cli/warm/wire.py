@@ -5,9 +5,13 @@ and how one call is framed.
 already loaded or built into the interpreter (``os``, ``sys``, ``_socket``, ``zlib``): importing
 ``socket`` alone (enum, selectors) costs 7 ms and ``json`` 3 ms, against a 9 ms ``curl``.
 
-The socket sits in a folder only this user can enter. Its name carries a stamp of the code (the
-interpreter, the package folder and every module's mtime), so after an upgrade or an edit the
-next call starts a fresh server and the old one exits when idle; no call runs stale code.
+The socket sits in a folder only this user can enter. The caller opens that folder without
+following a link, checks the open folder (owner, mode) and connects through it
+(``/proc/self/fd/N/NAME``), so a folder renamed or swapped after the check cannot redirect the
+call; and before it sends anything it asks the kernel who listens (SO_PEERCRED, launch.py).
+The socket's name carries a stamp of the code (the interpreter, the package folder and every
+module's mtime), so after an upgrade or an edit the next call starts a fresh server and the old
+one exits when idle; no call runs stale code.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "address",
     "code_stamp",
     "decode_request",
+    "dial",
     "enabled",
     "encode_request",
     "frame_length",
@@ -58,17 +63,18 @@ def enabled(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
     return sys.platform.startswith("linux") and choice not in OFF_VALUES
 
 
-def private_folder(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | None:
-    """``$XDG_RUNTIME_DIR/bitrix24-agent`` or ``$TMPDIR/bitrix24-agent-<uid>``, made 0700.
-
-    None when the folder is not a plain directory owned by this user and closed to everyone
-    else: in a shared /tmp another user could have made it first to catch our calls.
-    """
+def _folder_path(environ: os._Environ[str] | dict[str, str]) -> str:
     runtime = environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        folder = os.path.join(runtime, "bitrix24-agent")
-    else:
-        folder = os.path.join(environ.get("TMPDIR") or "/tmp", f"bitrix24-agent-{os.getuid()}")
+        return os.path.join(runtime, "bitrix24-agent")
+    return os.path.join(environ.get("TMPDIR") or "/tmp", f"bitrix24-agent-{os.getuid()}")
+
+
+def _open_private_folder(environ: os._Environ[str] | dict[str, str]) -> int | None:
+    """A descriptor of the folder, made 0700 if missing, opened without following a link and
+    checked as opened: a directory owned by this user and closed to everyone else (in a shared
+    /tmp another user could have made it first to catch our calls). None otherwise."""
+    folder = _folder_path(environ)
     try:
         os.mkdir(folder, 0o700)
     except FileExistsError:
@@ -76,13 +82,24 @@ def private_folder(environ: os._Environ[str] | dict[str, str] = os.environ) -> s
     except OSError:
         return None
     try:
-        info = os.lstat(folder)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    is_dir = (info.st_mode & 0o170000) == 0o040000
-    if not is_dir or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        os.close(fd)
         return None
-    return folder
+    return fd
+
+
+def private_folder(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | None:
+    """``$XDG_RUNTIME_DIR/bitrix24-agent`` or ``$TMPDIR/bitrix24-agent-<uid>``, made 0700;
+    None when it is not a plain directory owned by this user and closed to everyone else."""
+    fd = _open_private_folder(environ)
+    if fd is None:
+        return None
+    os.close(fd)
+    return _folder_path(environ)
 
 
 def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
@@ -120,17 +137,38 @@ def _confinement() -> list[str]:
     return found
 
 
+def _socket_name() -> str | None:
+    try:
+        return f"b24-{code_stamp()}.sock"
+    except OSError:
+        return None  # a module vanished mid-scan (an upgrade under way): run this call here
+
+
 def address(environ: os._Environ[str] | dict[str, str] = os.environ) -> str | None:
     """The server socket for this code, or None when the server cannot be used safely."""
     folder = private_folder(environ)
-    if folder is None:
+    name = _socket_name()
+    if folder is None or name is None:
         return None
-    try:
-        stamp = code_stamp()
-    except OSError:
-        return None  # a module vanished mid-scan (an upgrade under way): run this call here
-    path = os.path.join(folder, f"b24-{stamp}.sock")
+    path = os.path.join(folder, name)
     return path if len(path.encode()) <= MAX_SOCKET_PATH else None
+
+
+def dial(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[str, str] | None:
+    """``(path, through)``: the socket's path (where a server binds) and the path a caller
+    connects to, through the folder it opened and checked, so that no rename after the check
+    can hand the call to another user's socket. None when the server cannot be used safely."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    fd = _open_private_folder(environ)
+    if fd is None:
+        return None
+    name = _socket_name()
+    path = os.path.join(_folder_path(environ), name or "")
+    if name is None or len(path.encode()) > MAX_SOCKET_PATH:
+        os.close(fd)
+        return None
+    return path, f"/proc/self/fd/{fd}/{name}"
 
 
 class Request:
