@@ -3,9 +3,11 @@
 - A 500-line batch file of CRM creates, killed five times at random and rerun: 500 records, none
   twice (each line is settled by its own ORIGIN_ID).
 - 50 calls killed at random moments (some mid audit write): ``--verify-audit`` still exits 0.
+- A create killed while the portal still runs it is not settled (nor sent again) before the
+  read timeout has passed.
 
 Calls run in their own process (``B24_SERVER=off``) so the kill lands on the process doing the
-work. Both are marked slow; their figures are printed (``-s``).
+work. All are marked slow; their figures are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -125,3 +127,24 @@ def test_fifty_killed_calls_leave_an_audit_chain_that_verifies(
     assert run.code == 0, run.err
     after = cli("user.current")  # the next writer repairs what a kill left
     assert after.code == 0 and cli("--verify-audit").code == 0
+
+
+@pytest.mark.slow
+def test_a_create_killed_in_flight_is_not_sent_again_while_the_portal_may_run_it(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """Killed while the portal still works on its create: a rerun at once would find nothing
+    by ORIGIN_ID and create a second record when the first request lands. It is refused
+    (retryable) until the read timeout has passed, then settled by the look-up."""
+    env = {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off", "B24_READ_TIMEOUT": "3"}
+    cli = Cli(tmp_path, env)
+    portal.admin("faults", {"rules": [{"method": "crm.lead.add", "error": None, "delay_ms": 1500}]})
+    args = ("crm.lead.add", "--params", '{"fields": {"TITLE": "in-flight"}}', "--confirm-write")
+    assert _kill_after(cli, 1.0, *args, "--idempotency-key", "flight-1") is None
+    early = cli(*args, "--idempotency-key", "flight-1")
+    assert early.code == 5 and early.error()["code"] == "IDEMPOTENCY_KEY_IN_FLIGHT", early.err
+    assert early.error()["retryable"] is True
+    time.sleep(3.0)
+    late = cli(*args, "--idempotency-key", "flight-1")
+    assert late.code == 0, late.err
+    assert sum(_titles(portal, "in-flight").values()) == 1

@@ -23,6 +23,7 @@ identical call made after the window from colliding with the old one on the port
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -107,10 +108,15 @@ def since(stamp: float) -> str:
 class IdempotencyStore:
     """The records of one portal (a folder), one JSON file per key."""
 
-    def __init__(self, directory: Path, *, ttl_s: float, auto_window_s: float) -> None:
+    def __init__(
+        self, directory: Path, *, ttl_s: float, auto_window_s: float, in_flight_s: float = 0.0
+    ) -> None:
         self.directory = directory
         self.ttl_s = ttl_s
         self.auto_window_s = auto_window_s
+        #: How long a request may still run on the portal after its sender died (the read
+        #: timeout): a record left in progress by a dead process is not settled before that.
+        self.in_flight_s = in_flight_s
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{digest(key)}.json"
@@ -189,6 +195,8 @@ class IdempotencyStore:
                     hint="wait for it to finish, then repeat: you will get its result",
                     retryable=True,
                 )
+            if state == "in_progress" and now - existing["updated_at"] < self.in_flight_s:
+                raise _in_flight(key, existing, existing["updated_at"] + self.in_flight_s - now)
             if not recoverable:
                 raise _unresolved(key, existing)
             taken = {
@@ -253,6 +261,19 @@ class IdempotencyStore:
                     self.journal_path(record["key"]).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _in_flight(key: str, record: Mapping[str, Any], wait: float) -> ConflictError:
+    owner = record.get("owner", {})
+    return ConflictError(
+        f"the call holding idempotency key {key!r} (pid {owner.get('pid')}, started "
+        f"{since(record['updated_at'])}) ended without settling it; its request may still be "
+        "running on the portal, so it cannot be settled yet",
+        code="IDEMPOTENCY_KEY_IN_FLIGHT",
+        hint=f"repeat the same call in {math.ceil(wait)} s (a request is given B24_READ_TIMEOUT "
+        "to finish); nothing was sent now",
+        retryable=True,
+    )
 
 
 def _unresolved(key: str, record: Mapping[str, Any]) -> OutcomeUnknownError:

@@ -500,6 +500,7 @@ class Pipeline:
             settings.idempotency_dir,
             ttl_s=settings.idempotency_ttl_s,
             auto_window_s=settings.auto_idempotency_window_s,
+            in_flight_s=settings.read_timeout,
         )
 
     def _call_once(self, request: CallRequest, record: _Record) -> Outcome:
