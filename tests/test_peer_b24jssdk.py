@@ -147,5 +147,9 @@ def test_vendor_js_sdk_v2_and_v3_calls_lists_and_batches(https_portal, tmp_path:
     got, added = out["v3_batch"]
     assert got == {"item": {"id": first, "title": "JS SDK task"}}
     assert added["item"]["id"] == first + 1
-    stats = portal.stats()["by_method"]
-    assert stats["batch"] == 2 and stats["crm.lead.list"] >= 3
+    stats = portal.stats()
+    assert stats["by_method"]["batch"] == 2 and stats["by_method"]["crm.lead.list"] >= 3
+    print(
+        f"b24jssdk: v2 callMethod, callListMethod ({len(ids)} leads), callBatch with a reference;"
+        f" v3 call, callList, batch of 2; {stats['requests']} HTTP requests over TLS"
+    )
