@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from b24agent.backends.file import FileDocuments
 from b24agent.errors import (
     ApiError,
     ConflictError,
@@ -29,7 +30,12 @@ FP = request_fingerprint("crm.lead.add", "v2", {"fields": {"TITLE": "a"}})
 
 
 def _store(tmp_path: Path, **kwargs) -> IdempotencyStore:
-    return IdempotencyStore(tmp_path / "idem", ttl_s=kwargs.get("ttl", 86400), auto_window_s=600)
+    return IdempotencyStore(
+        FileDocuments(tmp_path / "idem"),
+        journals=tmp_path / "idem",
+        ttl_s=kwargs.get("ttl", 86400),
+        auto_window_s=600,
+    )
 
 
 def _records(tmp_path: Path) -> list[dict]:
@@ -261,7 +267,9 @@ def test_stored_response_is_masked(tmp_path: Path) -> None:
 
 
 def test_expired_record_lets_the_call_run_again(tmp_path: Path) -> None:
-    store = IdempotencyStore(tmp_path / "idem", ttl_s=0.2, auto_window_s=0.2)
+    store = IdempotencyStore(
+        FileDocuments(tmp_path / "idem"), journals=tmp_path / "idem", ttl_s=0.2, auto_window_s=0.2
+    )
     send = Sender()
     _run(store, send)
     time.sleep(0.3)
@@ -269,14 +277,18 @@ def test_expired_record_lets_the_call_run_again(tmp_path: Path) -> None:
 
 
 def test_sweep_removes_expired_settled_records(tmp_path: Path) -> None:
-    store = IdempotencyStore(tmp_path / "idem", ttl_s=0.1, auto_window_s=0.1)
+    store = IdempotencyStore(
+        FileDocuments(tmp_path / "idem"), journals=tmp_path / "idem", ttl_s=0.1, auto_window_s=0.1
+    )
     _run(store, Sender(), key="old")
     time.sleep(0.2)
     assert store.sweep() == 1 and _records(tmp_path) == []
 
 
 def _race(barrier, results, directory: str) -> None:
-    store = IdempotencyStore(Path(directory), ttl_s=600, auto_window_s=600)
+    store = IdempotencyStore(
+        FileDocuments(Path(directory)), journals=Path(directory), ttl_s=600, auto_window_s=600
+    )
     barrier.wait()
     try:
         ticket = store.begin("race", fingerprint=FP, method="crm.lead.add")

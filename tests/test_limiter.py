@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from b24agent.errors import OperationTimeLimitError
 from b24agent.rest.client import Bitrix24Client
-from b24agent.rest.limiter import BucketModel, RateLimiter, _MemoryStore
+from b24agent.rest.limiter import BucketModel, RateLimiter, memory_bucket
 from b24agent.settings import Settings
 from client_support import settings_for, webhook_env
 from conftest import ROOT, Sandbox
@@ -77,7 +77,9 @@ def test_rejection_fills_the_bucket() -> None:
     """After a 503 the next request waits one drain interval, however empty our model was."""
     waits: list[float] = []
     settings = Settings(base_url="http://127.0.0.1:1", auth_mode="webhook", rate=2.0, burst=50)
-    limiter = RateLimiter(settings, _MemoryStore(), sleep=waits.append, clock=lambda: 100.0)
+    limiter = RateLimiter(
+        settings, memory_bucket(settings), sleep=waits.append, clock=lambda: 100.0
+    )
     limiter.acquire()
     assert waits == []
     limiter.rejected()
@@ -94,7 +96,7 @@ def test_blocked_method_waits_for_its_reset_within_the_cap() -> None:
         clock[0] += seconds
 
     settings = Settings(base_url="http://127.0.0.1:1", auth_mode="webhook", rate=2.0, burst=50)
-    limiter = RateLimiter(settings, _MemoryStore(), sleep=sleep, clock=lambda: clock[0])
+    limiter = RateLimiter(settings, memory_bucket(settings), sleep=sleep, clock=lambda: clock[0])
     limiter.blocked("webhook:1|crm.lead.list", 105.0)
     limiter.acquire("webhook:1|crm.lead.get")  # other methods are not held, nor delayed
     assert waits == []

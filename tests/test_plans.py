@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from b24agent.backends.file import FileDocuments
 from b24agent.errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from b24agent.guard.diffing import changes, preview, record_ref
 from b24agent.guard.plans import PlanStore
@@ -40,7 +41,7 @@ class Portal:
 
 
 def _store(tmp_path: Path, portal: str = "127.0.0.1_9000", ttl: float = 600) -> PlanStore:
-    return PlanStore(tmp_path / "plans", portal=portal, ttl_s=ttl)
+    return PlanStore(FileDocuments(tmp_path / "plans"), portal=portal, ttl_s=ttl)
 
 
 def _plan(store: PlanStore, read=None, method="crm.lead.update", params=None, risk="write"):
@@ -207,7 +208,7 @@ def test_unknown_id_is_refused(tmp_path: Path) -> None:
 
 
 def _claim(barrier, results, directory: str, plan_id: str) -> None:
-    store = PlanStore(Path(directory), portal="127.0.0.1_9000", ttl_s=600)
+    store = PlanStore(FileDocuments(Path(directory)), portal="127.0.0.1_9000", ttl_s=600)
     plan = store.load(plan_id)
     barrier.wait()
     try:

@@ -145,6 +145,9 @@ class Settings:
     max_operating_wait_s: float = 60.0
     mcp_export_dir: Path = Path("exports")
     mcp_token: str | None = field(default=None, repr=False)
+    #: "file", or a redis:// / rediss:// URL (may hold a password, so never in repr).
+    state_backend: str = field(default="file", repr=False)
+    worker_lease_s: float = 30.0
 
     def approval_level(self, *, enforced: bool) -> str:
         """``B24_APPROVAL``, or when unset: writes where a person can approve (broker, MCP:
@@ -165,6 +168,7 @@ class Settings:
             self.client_secret,
             self.application_token,
             self.mcp_token,
+            urlsplit(self.state_backend).password,
         )
         return [v for v in values if v]
 

@@ -345,6 +345,7 @@ class _Run:
         return settings
 
     def execute(self) -> int:
+        from ..backends import open_backend
         from ..rest.client import Bitrix24Client
         from ..worker.checkpoint import Checkpoint
         from ..worker.dlq import DeadLetterQueue
@@ -378,6 +379,13 @@ class _Run:
             dlq = DeadLetterQueue(args.dlq_file or folder / "dlq.jsonl")
             stack.callback(dlq.close)
             client = stack.enter_context(Bitrix24Client(settings))
+            leases = open_backend(settings).worker_leases(
+                _queue_name(args.auth_connector),
+                _worker_name(folder),
+                lease_s=settings.worker_lease_s,
+            )
+            leases.start()
+            stack.callback(leases.stop)
             worker = Worker(
                 queue=OfflineQueue(
                     client,
@@ -402,6 +410,7 @@ class _Run:
                 stop=stop,
                 wake=wake,
                 mask=self.mask,
+                leases=leases,
             )
             extra: dict[str, Any] = {"handler": handler.description, "dlq_file": str(dlq.path)}
             if isinstance(handler, SinkHandler):
@@ -436,6 +445,21 @@ class _Run:
         self.stderr.write(self.mask(dump_line(error.to_json())) + "\n")
         self.stderr.flush()
         return error.exit_code
+
+
+def _queue_name(auth_connector: str | None) -> str:
+    """The portal queue workers share: each auth_connector has its own."""
+    return f"offline:{auth_connector}" if auth_connector else "offline"
+
+
+def _worker_name(folder: Path) -> str:
+    """This worker's name in the fleet: host and state folder, stable across restarts, so a
+    restarted worker still owns the reservations its checkpoint holds."""
+    import socket
+
+    from ..fingerprint import digest
+
+    return f"{socket.gethostname()}:{digest(str(folder.resolve()))[:16]}"
 
 
 def _mode(args: argparse.Namespace) -> str:

@@ -19,11 +19,9 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..errors import ConflictError, PolicyError
-from ..state import create_exclusive, read_json
 from .plans import Plan, PlanStore
 
 __all__ = [
@@ -109,8 +107,9 @@ class DecisionStore:
     def __init__(self, plans: PlanStore) -> None:
         self.plans = plans
 
-    def _path(self, plan_id: str) -> Path:
-        return self.plans.directory / f"{plan_id}.decision"
+    @staticmethod
+    def _name(plan_id: str) -> str:
+        return f"{plan_id}.decision"
 
     def decide(self, plan_id: str, digest: str, verdict: Verdict, by: Mapping[str, Any]) -> Plan:
         """Record ``verdict`` on the plan whose digest the person saw; returns the plan.
@@ -131,13 +130,15 @@ class DecisionStore:
         body = {"plan": plan_id, "digest": digest, "verdict": verdict, "by": dict(by)}
         body["at"] = time.time()
         record = {"decision": body, "signature": self.plans.sign(body)}
-        if not create_exclusive(self._path(plan_id), record):
+        if not self.plans.plans.create(
+            self._name(plan_id), record, expires_at=self.plans.kept_until(plan)
+        ):
             raise _conflict(plan_id, "it was decided already; a decision is final", "DECIDED")
         return plan
 
     def decision(self, plan_id: str) -> Decision | None:
         """The signed decision on ``plan_id``, or None while nobody decided."""
-        stored = read_json(self._path(plan_id), schema=_DECISION_SCHEMA)
+        stored = self.plans.plans.read(self._name(plan_id), schema=_DECISION_SCHEMA)
         if stored is None:
             return None
         body = stored["decision"]

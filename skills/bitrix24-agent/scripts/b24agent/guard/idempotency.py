@@ -9,8 +9,9 @@ holds the request fingerprint (method, api, params), a state and, once done, the
                                    └── a retry settles it (ORIGIN_ID look-up, or the resolve flag)
 
 ``begin`` is the only decision point and runs atomically: the first caller creates the record
-with ``state.create_exclusive`` (no lock needed on the happy path); everyone else decides under
-the folder's lock, so of N racing callers exactly one gets to send. Same key with other params,
+exclusively (no lock needed on the happy path); everyone else decides in one atomic step of the
+state backend (the folder's lock, or a Redis transaction), so of N racing callers on any number
+of hosts exactly one gets to send. Same key with other params,
 or while another process holds the key, is a ConflictError (exit 5). A record whose owner process
 died on this host counts as outcome unknown: it may have sent the write before dying.
 
@@ -33,12 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
-
 from .. import catalog
+from ..backends.base import Change, Documents
 from ..errors import ConflictError, CorruptStateError, OutcomeUnknownError
 from ..fingerprint import digest
-from ..state import create_exclusive, file_lock, read_json, write_json_atomic
 
 __all__ = [
     "IdempotencyStore",
@@ -105,29 +104,43 @@ def since(stamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
+#: Settled records stay this long past their expiry in stores that expire them by themselves.
+_KEEP_AFTER_EXPIRY_S = 3600.0
+
+
+def _expiry(record: Any) -> float | None:
+    return record["expires_at"] + _KEEP_AFTER_EXPIRY_S if isinstance(record, dict) else None
+
+
 class IdempotencyStore:
-    """The records of one portal (a folder), one JSON file per key."""
+    """The records of one portal, one document per key (a file in the records folder, or a Redis
+    key shared by the fleet). A batch file's line journal stays a local file in ``journals``:
+    it notes what this host sent."""
 
     def __init__(
-        self, directory: Path, *, ttl_s: float, auto_window_s: float, in_flight_s: float = 0.0
+        self,
+        records: Documents,
+        *,
+        journals: Path,
+        ttl_s: float,
+        auto_window_s: float,
+        in_flight_s: float = 0.0,
     ) -> None:
-        self.directory = directory
+        self.records = records
+        self.journals = journals
         self.ttl_s = ttl_s
         self.auto_window_s = auto_window_s
         #: How long a request may still run on the portal after its sender died (the read
         #: timeout): a record left in progress by a dead process is not settled before that.
         self.in_flight_s = in_flight_s
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{digest(key)}.json"
+    @staticmethod
+    def _name(key: str) -> str:
+        return f"{digest(key)}.json"
 
     def journal_path(self, key: str) -> Path:
         """Where a write of many lines (a batch file) notes its progress under ``key``."""
-        return self.directory / f"{digest(key)}.lines.jsonl"
-
-    def _lock(self) -> FileLock:
-        """One lock per folder: decisions are short and local, so contention stays low."""
-        return file_lock(self.directory / ".records")
+        return self.journals / f"{digest(key)}.lines.jsonl"
 
     def _new_record(self, key: str, fingerprint: str, method: str, auto: bool) -> dict[str, Any]:
         now = time.time()
@@ -162,19 +175,18 @@ class IdempotencyStore:
         it can look up, or ``--idempotency-resolve``); without one, an unknown record is refused
         until the user resolves it.
         """
-        path = self._path(key)
         record = self._new_record(key, fingerprint, method, auto)
-        if create_exclusive(path, record):
+        name = self._name(key)
+        if self.records.create(name, record, expires_at=_expiry(record)):
             return Ticket(key, "fresh", record)
-        with self._lock():
-            existing = read_json(path, schema=_RECORD_SCHEMA)
+
+        def decide(existing: Any) -> tuple[Any, Ticket]:
             now = time.time()
             if existing is None or (
                 existing["expires_at"] < now
                 and not (existing["state"] == "in_progress" and _alive(existing.get("owner", {})))
             ):
-                write_json_atomic(path, record)
-                return Ticket(key, "fresh", record)
+                return record, Ticket(key, "fresh", record)
             if existing["fingerprint"] != fingerprint:
                 raise ConflictError(
                     f"idempotency key {key!r} was used for a different request "
@@ -184,7 +196,7 @@ class IdempotencyStore:
                 )
             state = existing["state"]
             if state == "done":
-                return Ticket(key, "replay", existing)
+                return Change.KEEP, Ticket(key, "replay", existing)
             if state == "in_progress" and _alive(existing.get("owner", {})):
                 owner = existing.get("owner", {})
                 raise ConflictError(
@@ -206,21 +218,24 @@ class IdempotencyStore:
                 "owner": {"host": socket.gethostname(), "pid": os.getpid()},
                 "updated_at": now,
             }
-            write_json_atomic(path, taken)
-            return Ticket(key, "recover", taken)
+            return taken, Ticket(key, "recover", taken)
+
+        return self.records.transact(name, decide, schema=_RECORD_SCHEMA, expires_at=_expiry)
 
     # --- settling ----------------------------------------------------------------------------
     def _settle(self, ticket: Ticket, change: Mapping[str, Any] | None) -> None:
         """Apply ``change`` (None: remove the record) if the record is still this attempt's."""
-        path = self._path(ticket.key)
-        with self._lock():
-            current = read_json(path, schema=_RECORD_SCHEMA)
+
+        def apply(current: Any) -> tuple[Any, None]:
             if current is None or current["attempt"] != ticket.record["attempt"]:
-                return
+                return Change.KEEP, None
             if change is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_json_atomic(path, {**current, **change, "updated_at": time.time()})
+                return Change.DELETE, None
+            return {**current, **change, "updated_at": time.time()}, None
+
+        self.records.transact(
+            self._name(ticket.key), apply, schema=_RECORD_SCHEMA, expires_at=_expiry
+        )
 
     def complete(self, ticket: Ticket, response: Any, *, how: str = "sent") -> None:
         """The write happened; keep its (masked) response for replays. ``how``: sent,
@@ -238,29 +253,24 @@ class IdempotencyStore:
     def sweep(self) -> int:
         """Remove expired settled records, at most once per auto window; returns how many.
 
-        In-progress records are left alone (their owner may still be running), and the marker's
-        age keeps this from reading the whole folder on every write.
+        In-progress records are left alone (their owner may still be running); stores whose
+        records expire by themselves (Redis) have nothing to sweep.
         """
-        marker = self.directory / ".swept"
         now = time.time()
-        try:
-            if marker.stat().st_mtime > now - self.auto_window_s:
-                return 0
-        except FileNotFoundError:
-            pass
-        removed = 0
-        with self._lock():
-            marker.touch()
-            for path in self.directory.glob("*.json"):
-                try:
-                    record = read_json(path, schema=_RECORD_SCHEMA)
-                except CorruptStateError:
-                    continue
-                if record and record["expires_at"] < now and record["state"] != "in_progress":
-                    path.unlink(missing_ok=True)
-                    self.journal_path(record["key"]).unlink(missing_ok=True)
-                    removed += 1
-        return removed
+
+        def expired(name: str, modified: float, load: Any) -> bool:
+            if not name.endswith(".json"):
+                return False
+            try:
+                record = load()
+            except CorruptStateError:
+                return False
+            if record and record["expires_at"] < now and record["state"] != "in_progress":
+                self.journal_path(record["key"]).unlink(missing_ok=True)
+                return True
+            return False
+
+        return self.records.sweep(expired, every=self.auto_window_s, schema=_RECORD_SCHEMA)
 
 
 def _in_flight(key: str, record: Mapping[str, Any], wait: float) -> ConflictError:

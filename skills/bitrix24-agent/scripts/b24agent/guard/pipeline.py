@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..backends import open_backend
 from ..errors import (
     ApiError,
     AuthError,
@@ -497,7 +498,8 @@ class Pipeline:
     def _idempotency_store(self) -> IdempotencyStore:
         settings = self._settings
         return IdempotencyStore(
-            settings.idempotency_dir,
+            open_backend(settings).documents("idempotency", folder=settings.idempotency_dir),
+            journals=settings.idempotency_dir,
             ttl_s=settings.idempotency_ttl_s,
             auto_window_s=settings.auto_idempotency_window_s,
             in_flight_s=settings.read_timeout,

@@ -4,10 +4,12 @@ A plan is only worth its review if what runs later is exactly what was reviewed,
 was reviewed for, soon after, at most once, and against the record as it was. So a plan file
 holds the call (method, api, params), its risk, the portal, the packs in force, a params digest
 and, for single-record updates and deletes, the record's fingerprint and a preview; it is signed
-with an HMAC key kept (0600) next to the plans, so an edited file is refused. Execution checks,
-in order: the id's shape, the signature, the portal, the TTL, that it was not run before, that
-the record is unchanged, and then claims it with an exclusive create so that of two racing
-executions exactly one runs. Every refusal is a ConflictError (exit 5) saying why.
+with an HMAC key kept (0600) next to the plans (a fleet on Redis shares one key, so a plan made
+on one host runs on another), so an edited plan is refused. Execution checks, in order: the
+id's shape, the signature, the portal, the TTL, that it was not run before, that the record is
+unchanged, and then claims it with an exclusive create so that of racing executions, on any
+number of hosts sharing the backend, exactly one runs. Every refusal is a ConflictError (exit 5)
+saying why.
 
 A plan also keeps how it was made (auth mode, env file, packs and allowlist, API version), so
 its printed execute line runs as printed: execution chooses methods with the plan's packs (within
@@ -33,12 +35,12 @@ import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backends import open_backend
+from ..backends.base import Documents
 from ..errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from ..fingerprint import canonical_json, digest
-from ..state import create_exclusive, fsync_dir, read_json
 from .diffing import Reader, fetch, preview, record_fingerprint, record_of, record_ref
 
 if TYPE_CHECKING:
@@ -148,39 +150,46 @@ def _fingerprint_of(plan: Plan, read: Reader) -> str:
 class PlanStore:
     """Plans of one portal: one signed JSON file per plan plus a claim marker once it runs."""
 
-    def __init__(self, directory: Path, *, portal: str, ttl_s: float) -> None:
-        self.directory = directory
+    def __init__(self, plans: Documents, *, portal: str, ttl_s: float) -> None:
+        self.plans = plans
         self.portal = portal
         self.ttl_s = ttl_s
 
     @classmethod
     def of(cls, settings: Settings) -> PlanStore:
         """The plans of the portal ``settings`` name."""
-        return cls(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+        plans = open_backend(settings).documents("plans", folder=settings.plan_dir)
+        return cls(plans, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
 
     def ids(self) -> list[str]:
         """Ids of the plans stored here (spent, expired and pending alike)."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(path.stem for path in self.directory.glob("*.json") if _ID.match(path.stem))
+        stems = (
+            name.removesuffix(".json") for name in self.plans.names() if name.endswith(".json")
+        )
+        return sorted(stem for stem in stems if _ID.match(stem))
 
     # --- signing -----------------------------------------------------------------------------
     def _key(self) -> bytes:
         """The HMAC key, made once per plan folder; racing first uses agree on one key."""
-        path = self.directory / _KEY_FILE
-        create_exclusive(path, {"key": secrets.token_hex(32)})
-        return bytes.fromhex(read_json(path, schema=_KEY_SCHEMA)["key"])
+        self.plans.create(_KEY_FILE, {"key": secrets.token_hex(32)})
+        return bytes.fromhex(self.plans.read(_KEY_FILE, schema=_KEY_SCHEMA)["key"])
 
     def sign(self, body: Mapping[str, Any]) -> str:
         """HMAC of ``body`` under this folder's key (plans, and decisions on them)."""
         return hmac.new(self._key(), canonical_json(body).encode("utf-8"), "sha256").hexdigest()
 
     # --- paths -------------------------------------------------------------------------------
-    def _path(self, plan_id: str) -> Path:
-        return self.directory / f"{plan_id}.json"
+    @staticmethod
+    def _name(plan_id: str) -> str:
+        return f"{plan_id}.json"
 
-    def _claim_path(self, plan_id: str) -> Path:
-        return self.directory / f"{plan_id}.claimed"
+    @staticmethod
+    def _claim_name(plan_id: str) -> str:
+        return f"{plan_id}.claimed"
+
+    def kept_until(self, plan: Plan) -> float:
+        """When a stored plan (and what is stored about it) may go: an hour past its expiry."""
+        return plan.expires_at + _KEEP_AFTER_EXPIRY_S
 
     # --- phase 1 -----------------------------------------------------------------------------
     def create(
@@ -294,7 +303,11 @@ class PlanStore:
     def _store(self, plan: Plan) -> Plan:
         self.sweep(plan.created_at)
         body = asdict(plan)
-        create_exclusive(self._path(plan.id), {"plan": body, "signature": self.sign(body)})
+        self.plans.create(
+            self._name(plan.id),
+            {"plan": body, "signature": self.sign(body)},
+            expires_at=self.kept_until(plan),
+        )
         return plan
 
     # --- phase 2 -----------------------------------------------------------------------------
@@ -305,9 +318,8 @@ class PlanStore:
                 f"--execute-plan: {plan_id!r} is not a plan id",
                 hint="pass the id --plan-only printed",
             )
-        path = self._path(plan_id)
         try:
-            stored = read_json(path, schema=_PLAN_SCHEMA)
+            stored = self.plans.read(self._name(plan_id), schema=_PLAN_SCHEMA)
         except CorruptStateError as exc:
             raise exc.with_hint("make a new plan and review it again") from None
         if stored is None:
@@ -328,7 +340,7 @@ class PlanStore:
             )
         if time.time() > plan.expires_at:
             raise _refuse(plan_id, "it expired (B24_PLAN_TTL_SEC)", "PLAN_EXPIRED")
-        if self._claim_path(plan_id).exists():
+        if self.plans.exists(self._claim_name(plan_id)):
             raise _refuse(plan_id, "it was already executed; a plan runs once", "PLAN_SPENT")
         return plan
 
@@ -359,30 +371,24 @@ class PlanStore:
     def claim(self, plan: Plan) -> None:
         """Take the plan's one run; of racing executions exactly one gets past here."""
         marker = {"claimed_at": time.time(), "pid": os.getpid()}
-        if not create_exclusive(self._claim_path(plan.id), marker):
+        if not self.plans.create(
+            self._claim_name(plan.id), marker, expires_at=self.kept_until(plan)
+        ):
             raise _refuse(plan.id, "it was already executed; a plan runs once", "PLAN_SPENT")
 
     def release(self, plan: Plan) -> None:
         """Give the claim back: the run was refused before anything reached the portal."""
-        self._claim_path(plan.id).unlink(missing_ok=True)
-        fsync_dir(self.directory)
+        self.plans.delete(self._claim_name(plan.id))
 
     def sweep(self, now: float | None = None) -> int:
         """Remove plans (and claim markers) that expired over an hour ago; returns how many."""
         cutoff = (now or time.time()) - self.ttl_s - _KEEP_AFTER_EXPIRY_S
-        removed = 0
-        if not self.directory.is_dir():
-            return removed
-        for path in self.directory.iterdir():
-            if path.suffix not in (".json", ".claimed", ".decision") or path.name == _KEY_FILE:
-                continue
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+
+        def expired(name: str, modified: float, load: Any) -> bool:
+            kinds = (".json", ".claimed", ".decision")
+            return name.endswith(kinds) and name != _KEY_FILE and modified < cutoff
+
+        return self.plans.sweep(expired)
 
 
 def _refuse(plan_id: str, why: str, code: str, detail: str = "") -> ConflictError:

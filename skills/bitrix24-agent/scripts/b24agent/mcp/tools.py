@@ -185,8 +185,7 @@ class ToolBox:
     # --- executing a plan, once a human said yes -----------------------------------------------
     def seen(self, plan_id: str) -> Seen:
         """The stored plan, checked (signature, portal, expiry, unspent), or why it cannot run."""
-        settings = self.settings
-        store = PlanStore(settings.plan_dir, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+        store = PlanStore.of(self.settings)
         try:
             return Seen(plan=store.load(plan_id))
         except B24Error as exc:

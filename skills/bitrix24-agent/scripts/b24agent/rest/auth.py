@@ -4,17 +4,18 @@ token in the ``auth`` field in the request body"; a Bearer header appears only i
 and a portal need not read it).
 
 OAuth refresh tokens are single-use, so the token store is the one copy of the truth and every
-process on the machine shares it (``state_dir/oauth-<client_id>.json``, mode 0600):
+process shares it: on one machine ``state_dir/oauth-<client_id>.json`` (mode 0600), on a fleet
+the Redis state backend (backends/):
 
-* Refresh only after a call failed with ``expired_token``, under the store's file lock, and first
-  re-read the store: if its access token is no longer the one that failed, another thread or
-  process already rotated it, so use that instead of spending the refresh token again.
-* The new pair is written atomically (state.py) before the new access token is used, so a crash
-  can lose at most the answer in flight, never a token we already relied on.
-* Room for the new pair is reserved on disk before the refresh token is spent
-  (``state.Reservation``): a full disk refuses the refresh while the old refresh token still
-  works, instead of spending it and losing its successor. If the store still cannot be replaced,
-  the new pair stays in ``oauth-<client_id>.json.pending`` and the next process takes it over.
+* Refresh only after a call failed with ``expired_token``, holding the store's refresh lease (the
+  file lock; in Redis a lease with a fencing token), and first re-read the store: if its access
+  token is no longer the one that failed, another thread, process or host already rotated it,
+  so use that instead of spending the refresh token again.
+* The new pair is stored before the new access token is used, so a crash can lose at most the
+  answer in flight, never a token we already relied on; the store makes sure it can keep the
+  successor before the refresh token is spent (backends/file.py: room reserved on disk, a
+  pending file if the replace still fails). A holder whose lease lapsed cannot overwrite a
+  newer pair: the store refuses it, and the holder uses the stored pair.
 * Environment tokens seed the store once. The store remembers which env pair seeded it
   (``env_seed``) and hashes of every token rotated away (``spent``); env values matching either
   are stale and never overwrite newer stored tokens. Only a pair never seen before (the user
@@ -24,12 +25,10 @@ process on the machine shares it (``state_dir/oauth-<client_id>.json``, mode 060
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ from typing import Any
 import requests
 from filelock import Timeout as LockTimeout
 
-from .. import state
+from ..backends import open_backend
+from ..backends.base import TokenHold
 from ..errors import AuthError, ConfigError, CorruptStateError, TransientError, error_from_portal
 from ..settings import Settings
 from .schemas import load_schema
@@ -46,8 +46,6 @@ __all__ = ["Credential", "OAuthAuth", "WebhookAuth", "make_auth"]
 
 #: How many rotated-away token hashes the store keeps to recognise stale env values.
 SPENT_KEEP = 64
-#: Bytes reserved beyond the current record for its successor (longer tokens, two more hashes).
-RESERVE_MARGIN = 4096
 
 
 @dataclass(frozen=True)
@@ -105,46 +103,29 @@ class OAuthAuth:
         self._session = session
         self._on_secret = on_secret
         self._path = token_store_path(settings)
-        self._schema = load_schema("token-store")
+        self._tokens = open_backend(settings).tokens(
+            self._path.stem, path=self._path, schema=load_schema("token-store")
+        )
         self._lock = threading.Lock()
         self._current: dict[str, Any] | None = None
-        self._seen_mtime: float | None = None
+        self._seen: object = None
         self.identity = f"app:{settings.client_id}"
         self.refreshes = 0
 
     # -- reading the store ----------------------------------------------------------------
 
-    def _read_locked(self) -> AbstractContextManager[state.StateBox]:
-        """The store under its file lock; written back atomically if changed."""
-        return state.locked_json(self._path, default=None, schema=self._schema)
-
     def _adopt(self, data: dict[str, Any]) -> dict[str, Any]:
         self._current = data
         self._on_secret(data["access_token"])
         self._on_secret(data["refresh_token"])
-        try:
-            self._seen_mtime = self._path.stat().st_mtime
-        except OSError:
-            self._seen_mtime = None
+        self._seen = self._tokens.stamp()
         return data
 
     def _load(self) -> dict[str, Any]:
         """Open the store (seeding or reseeding it from the environment when that is right)."""
-        with self._guard(), self._read_locked() as box:
-            box.data = self._reconcile(self._take_pending(box.data))
-        return self._adopt(box.data)
-
-    def _take_pending(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Under the store's lock: the pair a refresh saved only in the pending file (the store
-        could not be replaced then), if it is the successor of ``stored``; else ``stored``."""
-        pending = state.Reservation.leftover(self._path, schema=self._schema)
-        if pending is None:
-            return stored
-        if stored is None or _digest(stored["refresh_token"]) in pending["spent"]:
-            state.Reservation.adopt(self._path)
-            return pending
-        state.Reservation.discard(self._path)  # from before the store was reseeded
-        return stored
+        with self._guard():
+            data = self._tokens.update(self._reconcile)
+        return self._adopt(data)
 
     def _reconcile(self, stored: dict[str, Any] | None) -> dict[str, Any]:
         env_access, env_refresh = self._settings.access_token, self._settings.refresh_token
@@ -203,14 +184,10 @@ class OAuthAuth:
 
     def _fresh(self, current: dict[str, Any]) -> dict[str, Any]:
         """Pick up a rotation another process wrote (one stat per call) to skip a doomed call."""
-        try:
-            mtime = self._path.stat().st_mtime
-        except OSError:
-            return current
-        if mtime == self._seen_mtime:
+        if self._tokens.stamp() == self._seen:
             return current
         with self._guard():
-            data = state.read_json(self._path, default=None, schema=self._schema)
+            data = self._tokens.read()
         return current if data is None else self._adopt(data)
 
     # -- the interface the client uses ------------------------------------------------------
@@ -222,30 +199,28 @@ class OAuthAuth:
         return Credential("", token)
 
     def refresh(self, failed: Credential) -> None:
-        """Single-flight refresh after ``failed`` got expired_token (threads and processes)."""
-        with self._guard(), state.file_lock(self._path):
-            stored = self._take_pending(
-                state.read_json(self._path, default=None, schema=self._schema)
-            )
-            if stored is None:
-                raise ConfigError(
-                    f"the token store {self._path} disappeared",
-                    code="CONFIG_MISSING",
-                    hint="set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN again",
-                )
+        """Single-flight refresh after ``failed`` got expired_token (threads, processes, hosts)."""
+        with self._guard(), self._tokens.hold() as hold:
+            stored = self._held_pair(hold)
             if stored["access_token"] == failed.token:
-                stored = self._rotate(stored)
+                stored, ours = hold.rotate(stored, lambda: self._successor(stored))
+                self.refreshes += ours
+        # The new pair is stored (file: fsync + rename) before we get here and use it.
         self._adopt(stored)
 
-    def _rotate(self, stored: dict[str, Any]) -> dict[str, Any]:
-        """Spend the refresh token and store its successor; the room for the new pair is taken
-        first, so a full disk never costs the only working refresh token."""
-        room = self._reserve(stored)
-        try:
-            answer = self._ask_token_server(stored["refresh_token"])
-        except BaseException:
-            room.release()
-            raise
+    def _held_pair(self, hold: TokenHold) -> dict[str, Any]:
+        stored = hold.held()
+        if stored is None:
+            raise ConfigError(
+                f"the token store {self._path} disappeared",
+                code="CONFIG_MISSING",
+                hint="set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN again",
+            )
+        return stored
+
+    def _successor(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """Spend the refresh token: the record of the new pair (the old pair's hashes spent)."""
+        answer = self._ask_token_server(stored["refresh_token"])
         spent = [
             *stored["spent"],
             _digest(stored["access_token"]),
@@ -260,42 +235,7 @@ class OAuthAuth:
         )
         self._on_secret(record["access_token"])
         self._on_secret(record["refresh_token"])
-        try:
-            room.commit(record)
-        except OSError as exc:
-            raise self._unsaved(room, exc) from None
-        self.refreshes += 1
         return record
-
-    def _reserve(self, stored: dict[str, Any]) -> state.Reservation:
-        # The new record differs from the old one by two tokens and two spent hashes.
-        size = len(json.dumps(stored)) + RESERVE_MARGIN
-        try:
-            return state.Reservation(self._path, size)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the token store {self._path}: {exc.strerror or exc}; the access "
-                "token expired, and the refresh token was not used",
-                code="TOKEN_STORE_UNWRITABLE",
-                hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
-                "call: the stored refresh token still works",
-            ) from None
-
-    def _unsaved(self, room: state.Reservation, exc: OSError) -> ConfigError:
-        reason = exc.strerror or type(exc).__name__
-        if room.durable:
-            return ConfigError(
-                f"the token store {self._path} could not be replaced ({reason}); the refreshed "
-                f"tokens are kept in {room.pending}",
-                code="TOKEN_STORE_PENDING",
-                hint="fix B24_STATE_DIR (space, permissions) and repeat the call: the next call "
-                "takes the tokens over from that file; do not delete it",
-            )
-        return ConfigError(
-            f"the refresh token was spent, but the new tokens could not be saved ({reason})",
-            code="TOKEN_STORE_LOST",
-            hint="authorise the app again and set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
-        )
 
     def _ask_token_server(self, refresh_token: str) -> dict[str, Any]:
         if not refresh_token:

@@ -4,14 +4,17 @@ A worker that dies between ``event.offline.get`` (clear=0) and writing its check
 reserved under a process id nobody remembers; the portal hands them to no other caller and purges
 them after 30 days. ``event.offline.list`` shows every row with its ``PROCESS_ID``, so on start
 (and after a ``get`` whose answer was lost) the worker takes over every reserved row whose process
-id its checkpoint does not know. This is only safe when no other live worker reserves from the
-same queue: multi-host set-ups pass ``--no-adopt`` (the lock guards one host, not several).
+id its checkpoint does not know and can claim. On one host (file backend) every such id is
+claimable: the worker lock makes this the only worker. On a fleet (Redis backend) a reservation
+is claimable only when nobody owns it or its owner's lease expired, so live workers on other
+hosts keep theirs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends.base import WorkerLeases
 from .authenticity import rejected_ids
 from .checkpoint import Checkpoint
 from .queue import OfflineQueue
@@ -27,10 +30,18 @@ class Adopted:
 
 
 def adopt_orphans(
-    queue: OfflineQueue, checkpoint: Checkpoint, application_token: str | None
+    queue: OfflineQueue,
+    checkpoint: Checkpoint,
+    application_token: str | None,
+    leases: WorkerLeases,
 ) -> Adopted:
-    """Checkpoint every orphaned reservation found on the portal; the caller then works them."""
-    groups = queue.reserved_elsewhere(checkpoint.known_process_ids())
+    """Checkpoint every orphaned reservation found on the portal that this worker can claim;
+    the caller then works them."""
+    groups = {
+        pid: group
+        for pid, group in queue.reserved_elsewhere(checkpoint.known_process_ids()).items()
+        if leases.claim(pid)
+    }
     rows = rejected = 0
     for process_id, group in groups.items():
         refused = rejected_ids(application_token, group)

@@ -275,6 +275,11 @@ class Checkpoint:
         if not reservation.rows:
             self.reservations.pop(reservation.process_id, None)
 
+    def drop(self, reservation: Reservation) -> None:
+        """Forget a reservation another worker owns now (it adopted it after our lease lapsed)."""
+        if self.reservations.pop(reservation.process_id, None) is not None:
+            self._save()
+
     def _save(self) -> None:
         write_json_atomic(
             self.path,

@@ -43,6 +43,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ..backends.base import WorkerLeases
+from ..backends.file import LocalLeases
 from ..errors import B24Error, OutcomeUnknownError, TransientError
 from .adopt import adopt_orphans
 from .authenticity import rejected_ids, token_verdict
@@ -133,6 +135,7 @@ class Worker:
         stop: threading.Event,
         wake: threading.Event | None = None,
         mask: Callable[[str], str] = str,
+        leases: WorkerLeases | None = None,
     ) -> None:
         self.queue = queue
         self.checkpoint = checkpoint
@@ -144,6 +147,8 @@ class Worker:
         #: Set by a valid ONOFFLINEEVENT notice (and by stop requests) to end an idle sleep.
         self.wake = wake or stop
         self.mask = mask
+        #: Who owns which reservation across hosts (Redis backend); local: always this worker.
+        self.leases = leases or LocalLeases()
         self.summary = Summary(mode=options.mode)
         self._adopt_due = options.adopt
         self._counted_resumed = False
@@ -212,7 +217,9 @@ class Worker:
     def _prepare(self) -> None:
         """Adopt orphans (when due) and finish every reservation the checkpoint holds."""
         if self._adopt_due:
-            found = adopt_orphans(self.queue, self.checkpoint, self.options.application_token)
+            found = adopt_orphans(
+                self.queue, self.checkpoint, self.options.application_token, self.leases
+            )
             self._adopt_due = False
             self.summary.adopted += found.rows
             self._note_rejected(found.rejected)
@@ -280,10 +287,11 @@ class Worker:
     ) -> Reservation | None:
         """Save a reservation to the checkpoint (with the rows ``settled`` forgotten in the same
         write) before anything is handled; None when it is empty."""
-        if not batch.rows:
+        if not batch.rows or (batch.process_id and not self.leases.claim(batch.process_id)):
+            # (A reservation another worker adopted between the get and the claim is theirs.)
             if settled is not None:
                 self.checkpoint.settle(*settled)
-            return None
+            return None if not batch.rows else self._reserve(errors=errors)
         process_id = batch.process_id or f"{LOCAL_PREFIX}{time.time_ns()}"
         if batch.process_id is None:
             log.warning("event.offline.get returned rows without a process_id: already deleted")
@@ -300,11 +308,14 @@ class Worker:
     def _work(self, reservation: Reservation, *, clear_later: bool = False) -> None:
         """Hand every pending event on, then settle. A buffered handler's events are journaled
         after one ``flush`` for the lot (events it finished before a stop request included)."""
+        if not self._still_ours(reservation):
+            return
         flushed: list[str] = []
         grouped = self.handler.buffered and reservation.source != "errors"
         for row in reservation.pending():
             if self.stop.is_set():
                 break
+            self._check_lease()
             done = self._deliver(reservation, row, record_done=not grouped)
             if done is not None:
                 flushed.append(done)
@@ -313,6 +324,24 @@ class Worker:
             self.checkpoint.record_all(reservation, flushed, "done")
         final = not reservation.pending()
         self._settle(reservation, final=final, clear_later=clear_later and final)
+
+    def _still_ours(self, reservation: Reservation) -> bool:
+        """Claim the reservation again before working it; one another worker adopted (our
+        lease lapsed) is theirs now, and leaves the checkpoint."""
+        pid = reservation.process_id
+        if pid.startswith(LOCAL_PREFIX) or self.leases.claim(pid):
+            return True
+        log.warning("reservation %s was adopted by another worker; leaving it to them", pid)
+        self.checkpoint.drop(reservation)
+        return False
+
+    def _check_lease(self) -> None:
+        if not self.leases.valid():
+            raise TransientError(
+                "this worker's lease in the shared state lapsed (Redis unreachable or slow)",
+                code="WORKER_LEASE_LAPSED",
+                hint="the worker resumes from its checkpoint once the lease is renewed",
+            )
 
     def _flush(self) -> None:
         """Make the buffered handler's deliveries durable; if the disk refuses, none of them is

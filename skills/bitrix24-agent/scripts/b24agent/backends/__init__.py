@@ -1,0 +1,43 @@
+"""Where shared state lives: ``file`` (one machine, the default) or Redis (a fleet on one portal).
+
+The limiter's bucket, the OAuth token store, idempotency records, plans (and their signing key)
+and the offline worker's leases all go through one ``Backend`` (base.py), so the REST and guard
+code never knows which one is in use. ``B24_STATE_BACKEND`` picks it:
+
+    file                          backends/file.py: files under B24_STATE_DIR, file locks
+    redis://[:pw@]host:port/db    backends/redis_store.py: one Redis for every host (rediss://
+                                  for TLS); an unreachable Redis is a TransientError (exit 6),
+                                  never a silent fall back to per-host files
+
+redis-py is imported only when a Redis URL is configured.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..settings import Settings
+from .base import Backend
+
+__all__ = ["Backend", "open_backend"]
+
+_OPEN: dict[tuple[str, str], Backend] = {}
+_LOCK = threading.Lock()
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The backend ``settings.state_backend`` names, one per URL and portal in this process (a
+    Redis connection pool is shared by every store that uses it)."""
+    spec = settings.state_backend
+    if spec == "file":
+        from .file import FileBackend
+
+        return FileBackend()
+    with _LOCK:
+        key = (spec, settings.portal_key)
+        backend = _OPEN.get(key)
+        if backend is None:
+            from .redis_store import RedisBackend
+
+            backend = _OPEN[key] = RedisBackend(spec, portal=settings.portal_key)
+        return backend
