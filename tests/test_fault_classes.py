@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from b24agent.errors import OperationTimeLimitError
 from b24agent.fingerprint import digest
-from b24agent.rest import limiter
+from b24agent.backends import bucket
 from cli_support import Cli
 from client_support import client_for
 from conftest import Sandbox
@@ -146,7 +146,7 @@ def test_the_operating_wait_cap_is_a_total_for_the_call(
 ) -> None:
     """OPERATION_TIME_LIMIT without operating_reset_at holds the method an assumed minute (here
     0.4 s); a call may be held that long once under a 0.5 s cap, not once per retry."""
-    monkeypatch.setattr(limiter, "UNKNOWN_RESET_S", 0.4)
+    monkeypatch.setattr(bucket, "UNKNOWN_RESET_S", 0.4)
     portal.admin(
         "faults",
         {"rules": [{"method": "crm.lead.get", "error": "OPERATION_TIME_LIMIT", "status": 429}]},

@@ -2,7 +2,7 @@
 
 The limiter's bucket, the OAuth token store, idempotency records, plans (and their signing key)
 and the offline worker's leases all go through one ``Backend`` (base.py), so the REST and guard
-code never knows which one is in use. ``B24_STATE_BACKEND`` picks it:
+code never knows which one is in use. ``Settings.state_backend`` picks it:
 
     file                          backends/file.py: files under B24_STATE_DIR, file locks
     redis://[:pw@]host:port/db    backends/redis_store.py: one Redis for every host (rediss://

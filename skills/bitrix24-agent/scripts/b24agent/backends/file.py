@@ -1,4 +1,4 @@
-"""``B24_STATE_BACKEND=file`` (the default): state in files under the state folder, shared by the
+"""The ``file`` state backend (the default): state in files under the state folder, shared by the
 processes of one machine through file locks and atomic writes (state.py).
 
 Every path is the one the consumer has always used, so switching nothing changes nothing. The

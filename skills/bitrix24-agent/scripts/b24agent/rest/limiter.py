@@ -4,7 +4,7 @@ The portal counts requests in a leaky bucket (limits.md: +1 per request, drains 
 ``QUERY_LIMIT_EXCEEDED`` above ``burst``) and sums each method's handler time over ten minutes
 (``OPERATION_TIME_LIMIT`` past the budget). Backing off after a 503 is too late when eight agents
 share a portal, so the limiter models the same bucket in state all processes share: a file on
-one machine, Redis for a fleet (``B24_STATE_BACKEND``; backends/bucket.py holds the model).
+one machine, Redis for a fleet (the state backend; backends/bucket.py holds the model).
 
 The model is GCRA, the scheduling form of a leaky bucket: the state holds one number, ``tat``,
 the moment our model of the portal's bucket drains empty. A request reserves the earliest moment
