@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from b24agent.backends import bucket
 from b24agent.errors import OperationTimeLimitError
 from b24agent.fingerprint import digest
-from b24agent.backends import bucket
 from cli_support import Cli
 from client_support import client_for
 from conftest import Sandbox
