@@ -51,12 +51,13 @@ def test_the_destructive_level_holds_only_destructive_calls(portal: Sandbox, cli
 
 def test_a_decision_binds_the_digest_is_final_and_never_the_makers(tmp_path: Path) -> None:
     """The decision store the broker's admin socket writes (library level)."""
+    from b24agent.backends.file import FileDocuments
     from b24agent.errors import ConflictError, PolicyError
     from b24agent.guard.approval import DecisionStore, WaitForDecision
     from b24agent.guard.plans import Context, PlanStore
     from b24agent.redact import Redactor
 
-    plans = PlanStore(tmp_path / "plans", portal="127.0.0.1_9000", ttl_s=600)
+    plans = PlanStore(FileDocuments(tmp_path / "plans"), portal="127.0.0.1_9000", ttl_s=600)
     plan = plans.create(
         method="crm.lead.add",
         api="v2",

@@ -185,32 +185,37 @@ class FileDocuments:
         every: float = 0.0,
         schema: Mapping[str, Any] | None = None,
     ) -> int:
-        """Remove what ``select`` picks, under the folder lock; with ``every``, at most once per
-        that many seconds (a marker's age keeps this from reading the folder on every call)."""
+        """Remove what ``select`` picks; with ``every``, at most once per that many seconds (a
+        marker's age keeps this from reading the folder on every call) and under the folder lock,
+        since such a sweep reads records others decide on. A sweep by age alone takes no lock."""
         if not self.folder.is_dir():
             return 0
+        if not every:
+            return self._remove(select, schema)
         marker = self.folder / _SWEPT
-        now = time.time()
-        if every:
-            try:
-                if marker.stat().st_mtime > now - every:
-                    return 0
-            except FileNotFoundError:
-                pass
-        removed = 0
+        try:
+            if marker.stat().st_mtime > time.time() - every:
+                return 0
+        except FileNotFoundError:
+            pass
         with self._lock():
-            if every:
-                marker.touch()
-            for path in self.folder.iterdir():
-                try:
-                    modified = path.stat().st_mtime
-                    if select(
-                        path.name, modified, lambda p=path: state.read_json(p, schema=schema)
-                    ):
-                        path.unlink()
-                        removed += 1
-                except FileNotFoundError:
-                    continue
+            marker.touch()
+            return self._remove(select, schema)
+
+    def _remove(
+        self,
+        select: Callable[[str, float, Callable[[], Any]], bool],
+        schema: Mapping[str, Any] | None,
+    ) -> int:
+        removed = 0
+        for path in self.folder.iterdir():
+            try:
+                modified = path.stat().st_mtime
+                if select(path.name, modified, lambda p=path: state.read_json(p, schema=schema)):
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
         return removed
 
 
