@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from cli_support import Cli
 from conftest import ROOT, Sandbox
 
-PACKAGE = ROOT / "skills" / "bitrix24-agent" / "scripts" / "b24agent"
+SKILL = ROOT / "skills" / "bitrix24-agent"
+PACKAGE = SKILL / "scripts" / "b24agent"
 WIDENING = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency")
 ADD = ("crm.lead.add", "--params", json.dumps({"fields": {"TITLE": "ceiling"}}))
 
@@ -247,3 +249,17 @@ def test_the_policy_refusals_hints_seen_at_runtime(portal: Sandbox, cli: Cli) ->
     hints = [run.error()["hint"] for run in runs]
     assert all(run.code == 3 for run in runs) and all(hints)
     assert not [h for h in hints for flag in WIDENING if flag in h]
+
+
+# --- runtime prompts ----------------------------------------------------------------------------
+
+
+def test_allowed_tools_preapprove_only_read_only_calls() -> None:
+    """A runtime asks its human before anything SKILL.md does not pre-approve: only ``Read``
+    and commands that start ``b24 --read-only`` (refused writes are tested above)."""
+    parser = pytest.importorskip("skills_ref.parser")
+    meta, _ = parser.parse_frontmatter((SKILL / "SKILL.md").read_text(encoding="utf-8"))
+    entries = re.findall(r"(\w+)(?:\(([^)]*)\))?", meta["allowed-tools"])
+    bash = [pattern for tool, pattern in entries if tool == "Bash"]
+    assert bash and all(p.startswith("b24 --read-only") for p in bash)
+    assert {tool for tool, _ in entries} <= {"Bash", "Read"}
