@@ -5,13 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCRIPTS := skills/bitrix24-agent/scripts
 
-.PHONY: install test lint format demo bench sandbox references runtimes peers clean
+.PHONY: fleet install test lint format demo bench sandbox references runtimes peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when the project's declared dependencies change.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml $(wildcard $(SCRIPTS)/requirements*.txt) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -58,6 +58,11 @@ runtimes: $(STAMP) $(CODEX)
 # Two workers: the suite is mostly waiting on subprocesses and sockets, and 2 cores is the target.
 test: lint $(CODEX) $(JSSDK)
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+# The fleet's heavy end-to-end runs (3 hosts, one redis-server): 24 processes on one bucket,
+# 10,000 events through SIGKILLs, Redis killed mid-run (`make test` runs only the light ones).
+fleet: $(STAMP)
+	FLEET_HEAVY=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fleet.py
 
 demo: $(STAMP)
 	$(PY) -m b24agent.cli.demo

@@ -32,6 +32,7 @@ FULL: list[tuple[str, str]] = [
     ("4. CLI cost per call", "bench_cli.py"),
     ("5. Offline worker drain", "bench_worker_drain.py"),
     ("6. Eight processes sharing one portal", "bench_shared_limiter.py"),
+    ("7. Redis state backend against the file backend, per call", "bench_state_backend.py"),
 ]
 ANALYSIS_MARKER = "<!-- analysis -->"
 QUICK_ARGS: dict[str, list[str]] = {
@@ -41,6 +42,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_cli.py": ["--runs", "10"],
     "bench_shared_limiter.py": ["--processes", "4", "--calls", "20"],
     "bench_worker_drain.py": ["--events", "20000"],
+    "bench_state_backend.py": ["--calls", "100", "--rounds", "3"],
 }
 #: The full run's arguments where they differ from each script's defaults.
 FULL_ARGS: dict[str, list[str]] = {

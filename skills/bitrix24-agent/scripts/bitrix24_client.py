@@ -7,6 +7,7 @@
 #   "jsonschema>=4.18",
 #   "tenacity>=8.2",
 #   "filelock>=3.12",
+#   "redis>=5.0",
 # ]
 # ///
 """Entry point for the guarded Bitrix24 REST CLI (one call, a batch or a full export per run).

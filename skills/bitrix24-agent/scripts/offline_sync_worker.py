@@ -7,6 +7,7 @@
 #   "jsonschema>=4.18",
 #   "tenacity>=8.2",
 #   "filelock>=3.12",
+#   "redis>=5.0",
 # ]
 # ///
 """Entry point for the offline event worker: drains the offline queue into a handler, losslessly.

@@ -3,7 +3,8 @@
 A copied skill folder runs on whatever ``python3`` the agent has. When a package is missing the
 scripts end with exit 4 and this error (one JSON line) instead of a traceback or an "outcome
 unknown". It is safe to call it a configuration error: ``rest/client.py`` and ``settings.py``
-import all five packages, so a missing one surfaces before any request can leave.
+import the first five packages, so a missing one surfaces before any request can leave; redis-py
+is imported only for B24_STATE_BACKEND=redis://..., before any request too.
 
 The lists themselves are ``scripts/requirements.txt`` (and ``requirements-mcp.txt``, the mcp SDK
 that only mcp_server.py needs): pyproject.toml reads them for the wheel and each script's PEP
@@ -28,6 +29,7 @@ DISTRIBUTIONS = {
     "jsonschema": "jsonschema",
     "tenacity": "tenacity",
     "filelock": "filelock",
+    "redis": "redis",
     "mcp": "mcp",
 }
 #: The scripts' folder in the skill folder, where the requirements files sit (they are absent

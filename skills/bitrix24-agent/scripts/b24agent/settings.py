@@ -29,6 +29,9 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_AUDIT_KEY_FILE      HMAC key of a keyed audit chain (the broker's; readable by it only)
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
   B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
+  B24_STATE_BACKEND*      file (default) | redis://[:password@]host:port/db (rediss:// for TLS):
+                          where limiter, tokens, idempotency records, plans and worker leases live
+  B24_WORKER_LEASE_SEC    seconds a fleet worker's lease outlives its last renewal (default 30)
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
   B24_ENV_FILE            the env file to read (default ./.env, else .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
@@ -78,6 +81,7 @@ SECRET_VARIABLES = frozenset(
         "B24_APPLICATION_TOKEN",
         "B24_DOMAIN",
         "B24_OAUTH_SERVER",
+        "B24_STATE_BACKEND",
         "B24_MCP_TOKEN",
     }
 )
@@ -456,6 +460,28 @@ def _auth_mode(env: _Env, creds: Mapping[str, Any], require: bool) -> str:
     return mode
 
 
+def _state_backend(env: _Env) -> str:
+    """``file``, or a Redis URL with a host and a numeric database (default 0)."""
+    value = env.raw("B24_STATE_BACKEND")
+    if value is None or value.lower() == "file":
+        return "file"
+    expected = "file, or redis://[:password@]host:port/db (rediss:// for TLS)"
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        raise env.fail("B24_STATE_BACKEND", expected) from None
+    database = parts.path.strip("/")
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or not (database == "" or database.isdigit())
+        or parts.fragment
+    ):
+        raise env.fail("B24_STATE_BACKEND", expected)
+    return value
+
+
 def _state_root(env: _Env, home: Path) -> Path:
     xdg = env.raw("XDG_STATE_HOME")
     default = (Path(xdg) if xdg else home / ".local" / "state") / "bitrix24-agent"
@@ -530,6 +556,8 @@ def load_settings(
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),
         retry_max_s=env.number("B24_RETRY_MAX_SEC", 20.0),
         max_operating_wait_s=env.number("B24_MAX_OPERATING_WAIT_SEC", 60.0),
+        state_backend=_state_backend(env),
+        worker_lease_s=env.number("B24_WORKER_LEASE_SEC", 30.0, minimum=1.0),
         mcp_export_dir=env.path("B24_MCP_EXPORT_DIR", state_dir / "exports", home),
         mcp_token=env.secret("B24_MCP_TOKEN"),
     )

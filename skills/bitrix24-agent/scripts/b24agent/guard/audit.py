@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "param_keys"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+#: Which host wrote a line: a fleet's hosts each keep their own chain (README "Running a fleet").
+_HOST = socket.gethostname()
 #: ``prev`` of a keyed line written after the head was found missing or rewritten: it follows
 #: no line, so verification stops there for good.
 HEAD_LOST = "head-lost"
@@ -119,6 +122,7 @@ class AuditLog:
         entry: dict[str, Any] = {
             "ts": _now_iso(),
             "request_id": event.request_id,
+            "host": _HOST,
             "portal": event.portal,
             "method": event.method,
             "api": event.api,

@@ -1,0 +1,440 @@
+"""``B24_STATE_BACKEND=redis://...``: the state of a fleet (several hosts, one portal) in Redis.
+
+Every step is atomic on the server: the limiter's bucket and method budgets are Lua scripts
+(redis_scripts.py, the same semantics as bucket.DictBucket) run on Redis's clock, so hosts with
+skewed clocks share one bucket; documents are created with SET NX and changed in WATCH/MULTI
+transactions; the token store's refresh runs under a lease whose fencing token the write
+checks, so a holder whose lease lapsed cannot overwrite a newer pair. Keys live under
+``b24:<portal>:``. Redis being unreachable is a TransientError (exit 6, nothing sent); there is
+no fall back to per-host files, which would split the fleet's state silently.
+
+Redis must keep its data (``appendonly yes``): the token pair lives only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+from jsonschema import ValidationError as SchemaError
+from jsonschema.validators import validator_for
+
+from ..errors import ConfigError, TransientError
+from . import redis_scripts as scripts
+from .base import Change, Slot
+from .bucket import (
+    FORGET_AFTER_S,
+    MAX_BACKLOG_S,
+    OPERATING_BUDGET_S,
+    OPERATING_SOFT_SHARE,
+    UNKNOWN_RESET_S,
+)
+
+__all__ = ["RedisBackend"]
+
+T = TypeVar("T")
+log = logging.getLogger("b24agent.backends")
+
+#: How long a token refresh may hold its lease (the token server call is capped at 30 s).
+TOKEN_LEASE_S = 60.0
+TOKEN_WAIT_S = 90.0
+POLL_S = 0.05
+#: Who owns a worker reservation is remembered this long (the portal purges rows after 30 days).
+OWNER_KEEP_S = 30 * 86400
+TRANSACTION_TRIES = 50
+
+
+def _unreachable(url: str, exc: Exception) -> TransientError:
+    return TransientError(
+        f"the shared state store {url} is unreachable ({type(exc).__name__}); nothing was sent",
+        code="STATE_BACKEND_UNREACHABLE",
+        hint="retry once Redis is back; B24_STATE_BACKEND names it",
+    )
+
+
+class _Guard:
+    """Maps redis-py's errors to ours: unreachable or busy is transient, refused is config."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, redis.AuthenticationError) or (
+            isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc).upper()
+        ):
+            raise ConfigError(
+                f"the shared state store {self.url} refused our credentials",
+                code="STATE_BACKEND_AUTH",
+                hint="check the password in B24_STATE_BACKEND",
+            ) from None
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            raise _unreachable(self.url, exc) from None
+        if isinstance(exc, redis.RedisError):
+            raise TransientError(
+                f"the shared state store {self.url} failed: {type(exc).__name__}",
+                code="STATE_BACKEND_ERROR",
+                hint="retry; if it persists, check the Redis server's log",
+            ) from None
+
+
+def _validate(data: Any, schema: Mapping[str, Any] | None, where: str) -> Any:
+    if schema is not None:
+        try:
+            validator_for(schema)(schema).validate(data)
+        except SchemaError as exc:
+            raise ConfigError(
+                f"the shared state {where} has an unexpected shape: {exc.message}",
+                code="STATE_CORRUPT",
+                hint="delete that key in Redis; it is rebuilt (tokens: from the environment)",
+            ) from None
+    return data
+
+
+def _loads(raw: str | None, schema: Mapping[str, Any] | None, where: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ConfigError(
+            f"the shared state {where} is not JSON",
+            code="STATE_CORRUPT",
+            hint="delete that key in Redis; it is rebuilt (tokens: from the environment)",
+        ) from None
+    return _validate(data, schema, where)
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Keys:
+    """A Redis client and a key prefix, plus the error mapping every call goes through."""
+
+    def __init__(self, client: redis.Redis, prefix: str, guard: _Guard) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.guard = guard
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+
+class RedisBucket:
+    """The limiter's state as two keys and three scripts (see bucket.DictBucket)."""
+
+    def __init__(self, keys: _Keys, interval: float, tolerance: float) -> None:
+        self._keys = keys
+        self._tat = keys.key("limiter", "tat")
+        self._methods = keys.key("limiter", "methods")
+        self._reserve = keys.client.register_script(scripts.RESERVE)
+        self._fill = keys.client.register_script(scripts.FILL)
+        self._book = keys.client.register_script(scripts.BOOK)
+        self._model = (interval, tolerance)
+
+    def reserve(self, key: str | None, now: float) -> Slot:
+        interval, tolerance = self._model
+        soft = OPERATING_BUDGET_S * OPERATING_SOFT_SHARE
+        args = [interval, tolerance, MAX_BACKLOG_S, soft, FORGET_AFTER_S, key or ""]
+        with self._keys.guard:
+            kind, value, watched = self._reserve(keys=[self._tat, self._methods], args=args)
+        names = frozenset(_text(name) for name in watched)
+        if _text(kind) == "held":
+            operating, reset_at = _text(value).split(" ")
+            return Slot(0.0, (float(operating), float(reset_at)), names)
+        return Slot(max(0.0, float(_text(value))), None, names)
+
+    def fill(self, now: float) -> None:
+        interval, tolerance = self._model
+        with self._keys.guard:
+            self._fill(keys=[self._tat], args=[interval, tolerance, MAX_BACKLOG_S])
+
+    def book(self, key: str, operating: float, reset_at: float | None, now: float) -> None:
+        args = [key, operating, "" if reset_at is None else reset_at, UNKNOWN_RESET_S]
+        with self._keys.guard:
+            self._book(keys=[self._methods], args=args)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class RedisTokens:
+    """One OAuth app's pair: a JSON document, the fencing counter, the refresh lease, and the
+    fence the stored pair was written under."""
+
+    def __init__(self, keys: _Keys, name: str, schema: Mapping[str, Any]) -> None:
+        self._keys = keys
+        self._schema = schema
+        self._doc = keys.key("tokens", name)
+        self._fence = keys.key("tokens", name, "fence")
+        self._lease = keys.key("tokens", name, "lease")
+        self._written = keys.key("tokens", name, "written")
+        self._acquire = keys.client.register_script(scripts.LEASE_ACQUIRE)
+        self._release = keys.client.register_script(scripts.LEASE_RELEASE)
+        self._replace = keys.client.register_script(scripts.TOKENS_REPLACE)
+
+    def read(self) -> dict[str, Any] | None:
+        with self._keys.guard:
+            raw = self._keys.client.get(self._doc)
+        return _loads(raw, self._schema, self._doc)
+
+    def update(self, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        def step(current: Any) -> tuple[Any, dict[str, Any]]:
+            new = change(current)
+            return (Change.KEEP if new == current else new), new
+
+        return _transact(self._keys, self._doc, step, self._schema, lambda doc: None)
+
+    def stamp(self) -> object:
+        return object()  # one GET per call is what a stamp would cost too
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[RedisTokenHold]:
+        deadline = time.monotonic() + TOKEN_WAIT_S
+        while True:
+            with self._keys.guard:
+                fence = int(
+                    self._acquire(keys=[self._lease, self._fence], args=[int(TOKEN_LEASE_S * 1000)])
+                )
+            if fence:
+                break
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    "another host has been refreshing the OAuth tokens for too long",
+                    code="TOKEN_STORE_BUSY",
+                    hint="retry; the lease lapses by itself if its holder died",
+                )
+            time.sleep(POLL_S)
+        try:
+            yield RedisTokenHold(self, fence)
+        finally:
+            with contextlib.suppress(TransientError, ConfigError), self._keys.guard:
+                self._release(keys=[self._lease], args=[fence])
+
+    def replace(self, fence: int, expected_access: str, record: dict[str, Any]) -> bool:
+        with self._keys.guard:
+            return bool(
+                self._replace(
+                    keys=[self._doc, self._written],
+                    args=[fence, expected_access, _dumps(record)],
+                )
+            )
+
+
+class RedisTokenHold:
+    """The refresh lease with its fencing token."""
+
+    def __init__(self, tokens: RedisTokens, fence: int) -> None:
+        self._tokens = tokens
+        self.fence = fence
+
+    def held(self) -> dict[str, Any] | None:
+        return self._tokens.read()
+
+    def rotate(
+        self, stored: dict[str, Any], successor: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
+        self._tokens.read()  # Redis answers: the successor can be kept
+        record = successor()
+        deadline = time.monotonic() + TOKEN_WAIT_S
+        while True:
+            try:
+                ours = self._tokens.replace(self.fence, stored["access_token"], record)
+                break
+            except TransientError:
+                # The refresh token is spent: the new pair exists only here. Keep trying until
+                # Redis is back rather than drop it.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        if ours:
+            return record, True
+        newer = self._tokens.read()
+        return (newer if newer is not None else record), False
+
+
+def _transact(
+    keys: _Keys,
+    key: str,
+    step: Callable[[Any], tuple[Any, T]],
+    schema: Mapping[str, Any] | None,
+    expires_at: Callable[[Any], float | None],
+) -> T:
+    """WATCH ``key``, let ``step`` decide, apply in MULTI/EXEC; again if someone changed it."""
+    with keys.guard:
+        for _ in range(TRANSACTION_TRIES):
+            with keys.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    current = _loads(pipe.get(key), schema, key)
+                    decision, result = step(current)
+                    pipe.multi()
+                    if decision is Change.DELETE:
+                        pipe.delete(key)
+                    elif decision is not Change.KEEP:
+                        until = expires_at(decision)
+                        if until is None:
+                            pipe.set(key, _dumps(decision))
+                        else:
+                            pipe.set(key, _dumps(decision), pxat=int(until * 1000))
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+        raise TransientError(
+            f"the shared state {key} kept changing under us",
+            code="STATE_BACKEND_BUSY",
+            hint="retry",
+        )
+
+
+class RedisDocuments:
+    """Documents of one namespace as plain keys; they expire by themselves (no sweep)."""
+
+    def __init__(self, keys: _Keys, namespace: str) -> None:
+        self._keys = keys
+        self._prefix = keys.key(namespace, "")
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def create(self, name: str, doc: Any, *, expires_at: float | None = None) -> bool:
+        with self._keys.guard:
+            if expires_at is None:
+                return bool(self._keys.client.set(self._key(name), _dumps(doc), nx=True))
+            until = int(expires_at * 1000)
+            return bool(self._keys.client.set(self._key(name), _dumps(doc), nx=True, pxat=until))
+
+    def read(self, name: str, schema: Mapping[str, Any] | None = None) -> Any:
+        with self._keys.guard:
+            raw = self._keys.client.get(self._key(name))
+        return _loads(raw, schema, self._key(name))
+
+    def exists(self, name: str) -> bool:
+        with self._keys.guard:
+            return bool(self._keys.client.exists(self._key(name)))
+
+    def delete(self, name: str) -> None:
+        with self._keys.guard:
+            self._keys.client.delete(self._key(name))
+
+    def names(self) -> list[str]:
+        with self._keys.guard:
+            found = self._keys.client.scan_iter(match=self._prefix + "*", count=500)
+            return [_text(key)[len(self._prefix) :] for key in found]
+
+    def transact(
+        self,
+        name: str,
+        step: Callable[[Any], tuple[Any, T]],
+        *,
+        schema: Mapping[str, Any] | None = None,
+        expires_at: Callable[[Any], float | None] = lambda doc: None,
+    ) -> T:
+        return _transact(self._keys, self._key(name), step, schema, expires_at)
+
+    def sweep(
+        self,
+        select: Callable[[str, float, Callable[[], Any]], bool],
+        *,
+        every: float = 0.0,
+        schema: Mapping[str, Any] | None = None,
+    ) -> int:
+        return 0  # keys carry their own expiry
+
+
+class RedisLeases:
+    """A worker's lease (renewed by a thread) and who owns which reservation."""
+
+    def __init__(self, keys: _Keys, queue: str, worker: str, lease_s: float) -> None:
+        self._keys = keys
+        self._worker = worker
+        self._lease_s = lease_s
+        self._lease_prefix = keys.key(queue, "lease", "")
+        self._owner_prefix = keys.key(queue, "owner", "")
+        self._claim = keys.client.register_script(scripts.CLAIM)
+        self._renewed = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _renew(self) -> None:
+        with self._keys.guard:
+            self._keys.client.set(
+                self._lease_prefix + self._worker, "1", px=int(self._lease_s * 1000)
+            )
+        self._renewed = time.monotonic()
+
+    def start(self) -> None:
+        self._renew()
+        self._thread = threading.Thread(target=self._keep, name="b24-worker-lease", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self._lease_s / 4):
+            try:
+                self._renew()
+            except (TransientError, ConfigError) as exc:
+                log.warning("could not renew the worker lease: %s", exc.message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def valid(self) -> bool:
+        return time.monotonic() - self._renewed < self._lease_s / 2
+
+    def claim(self, process_id: str) -> bool:
+        with self._keys.guard:
+            won = self._claim(
+                keys=[self._owner_prefix + process_id],
+                args=[self._worker, self._lease_prefix, int(OWNER_KEEP_S * 1000)],
+            )
+        return bool(won)
+
+
+class RedisBackend:
+    """State in one Redis shared by every host (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, portal: str) -> None:
+        parts = urlsplit(url)
+        self._shown = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=5.0,
+            socket_connect_timeout=3.0,
+            retry=None,
+            health_check_interval=30,
+        )
+        self._keys = _Keys(client, f"b24:{portal}:", _Guard(self._shown))
+
+    def bucket(
+        self, *, interval: float, tolerance: float, path: Path, schema: Mapping[str, Any]
+    ) -> RedisBucket:
+        return RedisBucket(self._keys, interval, tolerance)
+
+    def tokens(self, name: str, *, path: Path, schema: Mapping[str, Any]) -> RedisTokens:
+        return RedisTokens(self._keys, name, schema)
+
+    def documents(self, namespace: str, *, folder: Path) -> RedisDocuments:
+        return RedisDocuments(self._keys, namespace)
+
+    def worker_leases(self, queue: str, worker: str, *, lease_s: float) -> RedisLeases:
+        return RedisLeases(self._keys, queue, worker, lease_s)
+
+    def describe(self) -> str:
+        return self._shown
