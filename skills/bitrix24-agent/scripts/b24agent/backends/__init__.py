@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 
+from ..errors import ConfigError
 from ..settings import Settings
 from .base import Backend
 
@@ -37,7 +38,15 @@ def open_backend(settings: Settings) -> Backend:
         key = (spec, settings.portal_key)
         backend = _OPEN.get(key)
         if backend is None:
-            from .redis_store import RedisBackend
+            try:
+                from .redis_store import RedisBackend
+            except ImportError as exc:
+                raise ConfigError(
+                    f"B24_STATE_BACKEND names a Redis, but redis-py cannot be imported ({exc})",
+                    code="DEPENDENCY_MISSING",
+                    hint="install the skill's packages (scripts/requirements.txt), or set "
+                    "B24_STATE_BACKEND=file on a single machine",
+                ) from None
 
             backend = _OPEN[key] = RedisBackend(spec, portal=settings.portal_key)
         return backend

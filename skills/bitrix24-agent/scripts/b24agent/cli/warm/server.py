@@ -46,6 +46,8 @@ NOT_FOR_CALLS = (
     "b24agent.cli.sandbox",
     "b24agent.cli.worker",
     "b24agent.broker",
+    # redis-py is imported only when B24_STATE_BACKEND names a Redis (and may be absent).
+    "b24agent.backends.redis_store",
 )
 
 
