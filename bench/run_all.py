@@ -83,6 +83,26 @@ def _best_peer(figures: list[dict[str, Any]], ours: tuple[str, ...]) -> dict[str
     return min(peers, key=lambda f: f["wall_s"]) if peers else None
 
 
+def _peer_lines(label: str, group: list[dict[str, Any]], ours: tuple[str, ...]) -> list[str]:
+    """Each of our rows over the best complete peer's median, and every failed contender."""
+    best = _best_peer(group, ours)
+    lines = []
+    for name in ours:
+        mine = _by_name(group, name)
+        if mine and best:
+            lines.append(
+                f"- {label}: {name} {mine['wall_s']:.2f} s / {best['contender']} "
+                f"{best['wall_s']:.2f} s = **{mine['wall_s'] / best['wall_s']:.2f}**"
+                f"{'' if mine['complete'] else ' (FAILED)'}; sandbox CPU "
+                f"{mine['sandbox_share']:.0%} of our wall, {best['sandbox_share']:.0%} of "
+                "the peer's"
+            )
+    failed = [f["contender"] for f in group if not f["complete"]]
+    if failed:
+        lines.append(f"- {label}: FAILED: {', '.join(failed)}")
+    return lines
+
+
 def headline(results: dict[str, Any]) -> str:
     """The ratios the issue asks for, one line each, from the scripts' JSON figures."""
     from bench_export import OURS as EXPORT_OURS
@@ -92,33 +112,10 @@ def headline(results: dict[str, Any]) -> str:
     export = results.get("bench_export.py") or []
     for leads in sorted({f["leads"] for f in export}):
         group = [f for f in export if f["leads"] == leads]
-        best = _best_peer(group, EXPORT_OURS)
-        for name in EXPORT_OURS:
-            ours = _by_name(group, name)
-            if ours and best:
-                lines.append(
-                    f"- Export {leads:,}: {name} {ours['wall_s']:.2f} s / {best['contender']} "
-                    f"{best['wall_s']:.2f} s = **{ours['wall_s'] / best['wall_s']:.2f}**"
-                    f"{'' if ours['complete'] else ' (FAILED)'}; sandbox CPU "
-                    f"{ours['sandbox_share']:.0%} of our wall, {best['sandbox_share']:.0%} of "
-                    "the peer's"
-                )
-        failed = [f["contender"] for f in group if not f["complete"]]
-        if failed:
-            lines.append(f"- Export {leads:,}: FAILED: {', '.join(failed)}")
+        lines += _peer_lines(f"Export {leads:,}", group, EXPORT_OURS)
     writes = results.get("bench_writes.py") or []
-    best = _best_peer(writes, WRITE_OURS) if writes else None
-    for name in WRITE_OURS:
-        ours = _by_name(writes, name)
-        if ours and best:
-            lines.append(
-                f"- {ours['created']:,} writes: {name} {ours['wall_s']:.2f} s / "
-                f"{best['contender']} {best['wall_s']:.2f} s = "
-                f"**{ours['wall_s'] / best['wall_s']:.2f}**"
-            )
-    failed = [f["contender"] for f in writes if not f["complete"]]
-    if failed:
-        lines.append(f"- Writes: FAILED: {', '.join(failed)}")
+    if writes:
+        lines += _peer_lines(f"{writes[0]['created']:,} writes", writes, WRITE_OURS)
     for f in results.get("bench_bound.py") or []:
         lines.append(
             f"- {f['contender']}: {f['wall_s']:.2f} s / bucket bound {f['bound_s']:.1f} s = "
