@@ -353,3 +353,19 @@ def test_a_list_of_updates_becomes_one_bulk_plan_the_human_sees_record_by_record
     assert "120 calls" in asked[0] and "bulk 1" in asked[0]
     titles = portal.rest("crm.lead.list", {"filter": {"%TITLE": "bulk "}, "select": ["ID"]}).json()
     assert len(titles["result"]) == 50 and titles["total"] == 120
+
+
+def test_the_export_folder_is_never_a_symbolic_link(tmp_path: Path) -> None:
+    """A link planted where the operator's export folder should be is refused, and nothing is
+    written where it points (state files and folders are not followed through links)."""
+    from b24agent.errors import ConfigError
+    from b24agent.mcp.exports import ExportFolder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    link = tmp_path / "exports"
+    link.symlink_to(elsewhere)
+    with pytest.raises(ConfigError) as refused:
+        ExportFolder(link)._ready()
+    assert refused.value.code == "EXPORT_DIR_UNUSABLE" and "link" in refused.value.message
+    assert list(elsewhere.iterdir()) == []

@@ -24,7 +24,7 @@ from ..cli.client import main as run_call
 from ..cli.output import dump_line
 from ..cli.warm import wire
 from ..cli.warm.worker import serve, take_stdio
-from ..errors import PolicyError, UsageError
+from ..errors import B24Error, PolicyError, UsageError
 from ..guard.approval import WaitForDecision
 from ..settings import load_settings
 
@@ -66,13 +66,15 @@ def _own_env_file(named: str) -> bool:
     return own is not None and os.path.realpath(named) == os.path.realpath(own)
 
 
-def _named_path(argv: list[str]) -> PolicyError | None:
+def _named_path(argv: list[str]) -> B24Error | None:
     """A refusal when ``argv`` names a file or folder the broker would open for the caller."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # --help is printed by the call itself
             args = build_parser(os.path.basename(sys.argv[0])).parse_args(argv)
-    except (UsageError, SystemExit):
-        return None  # the call itself reports the usage error (or prints --help)
+    except UsageError as exc:
+        return exc  # refused here: a call whose flags cannot be read is never run
+    except SystemExit:
+        return None  # --help or --version: printed by the call itself, which opens nothing
     named = [
         flag
         for flag, given in (

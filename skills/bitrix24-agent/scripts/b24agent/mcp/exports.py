@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -38,10 +39,14 @@ class ExportFolder:
     def _ready(self) -> Path:
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            mode = self.path.stat().st_mode
+            info = self.path.lstat()
         except OSError as exc:
             raise self._unusable(exc.strerror or type(exc).__name__) from None
-        if mode & 0o022:
+        if stat.S_ISLNK(info.st_mode):
+            raise self._unusable("it is a symbolic link (exports are not written through links)")
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise self._unusable("it is not a folder of this user's")
+        if info.st_mode & 0o022:
             raise self._unusable("it is writable by other users")
         return self.path
 
