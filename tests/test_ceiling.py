@@ -17,7 +17,7 @@ from conftest import ROOT, Sandbox
 
 SKILL = ROOT / "skills" / "bitrix24-agent"
 PACKAGE = SKILL / "scripts" / "b24agent"
-WIDENING = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency")
+WIDENING = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency", "audit-file")
 ADD = ("crm.lead.add", "--params", json.dumps({"fields": {"TITLE": "ceiling"}}))
 
 
@@ -91,6 +91,7 @@ def test_narrowing_within_the_ceiling_works(portal: Sandbox, cli: Cli) -> None:
         ("crm.lead.list", "--no-audit"),
         ("crm.lead.list", "--no-mask-secrets"),
         (*ADD, "--no-idempotency", "--confirm-write"),
+        ("crm.lead.list", "--audit-file", "elsewhere.jsonl"),
     ],
     ids=WIDENING,
 )
@@ -110,6 +111,12 @@ def test_refused_no_audit_is_itself_audited(portal: Sandbox, cli: Cli) -> None:
     (log,) = cli.state.glob("*/audit.jsonl")
     line = json.loads(log.read_text().splitlines()[-1])
     assert line["outcome"] == "refused" and line["error"] == "FLAG_NOT_ALLOWED"
+
+
+def test_audit_file_naming_the_operators_log_is_no_widening(portal: Sandbox, cli: Cli) -> None:
+    own = cli.state / "operator-audit.jsonl"
+    run = cli("crm.lead.list", "--audit-file", str(own), B24_AUDIT_FILE=str(own))
+    assert run.code == 0 and own.exists()
 
 
 def test_consented_flag_works(portal: Sandbox, cli: Cli) -> None:

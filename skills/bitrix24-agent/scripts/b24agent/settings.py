@@ -87,7 +87,7 @@ SECRET_VARIABLES = frozenset(
 )
 
 #: Flags that lift a guard instead of narrowing one; each works only where B24_ALLOW_FLAGS names it.
-WIDENING_FLAGS = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency")
+WIDENING_FLAGS = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempotency", "audit-file")
 #: ``B24_APPROVAL``: which writes wait for a human (guard/approval.py).
 APPROVAL_LEVELS = ("off", "destructive", "writes")
 

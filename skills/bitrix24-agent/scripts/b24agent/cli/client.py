@@ -552,11 +552,27 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
         "read_only": args.read_only or None,
         "audit_file": args.audit_file,
     }
-    return load_settings(
+    settings = load_settings(
         env_file=args.env_file,
         overrides={k: v for k, v in overrides.items() if v is not None},
         require_credentials=require_credentials,
     )
+    if args.audit_file is not None:
+        _check_audit_file(args, settings)
+    return settings
+
+
+def _check_audit_file(args: argparse.Namespace, settings: Settings) -> None:
+    """``--audit-file`` elsewhere than the operator's log would hide the run from it, so it is a
+    widening flag: it needs ``audit-file`` in B24_ALLOW_FLAGS unless it names that same log."""
+    import os
+
+    from ..guard.policy import check_widening
+    from ..settings import load_settings
+
+    operator = load_settings(env_file=args.env_file, require_credentials=False).audit_file
+    if os.path.realpath(args.audit_file) != os.path.realpath(operator):
+        check_widening(["audit-file"], settings.allowed_flags)
 
 
 def main(

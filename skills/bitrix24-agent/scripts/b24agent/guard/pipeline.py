@@ -637,7 +637,7 @@ class Pipeline:
                 f"cannot write the audit log {log.path}: {reason}; the call itself ended "
                 f"'{outcome}'",
                 code="AUDIT_UNWRITABLE",
-                hint="fix B24_AUDIT_FILE / --audit-file so the log can be written",
+                hint="fix B24_AUDIT_FILE (or the folder it names) so the log can be written",
             ) from failure
 
 
