@@ -20,13 +20,31 @@ __all__ = [
     "BucketState",
     "Change",
     "Documents",
+    "Expiry",
+    "Schema",
+    "Selector",
     "Slot",
+    "Step",
     "TokenHold",
     "TokenStore",
     "WorkerLeases",
 ]
 
 T = TypeVar("T")
+
+#: A JSON schema a stored document is checked against as it is read.
+Schema = Mapping[str, Any]
+#: A ``Documents.transact`` step: the stored document (None: none) -> (decision, result).
+Step = Callable[[Any], tuple[Any, T]]
+#: When the document a ``transact`` step stores expires (epoch seconds; None: never).
+Expiry = Callable[[Any], float | None]
+#: A ``Documents.sweep`` choice: (name, modified_at, load) -> whether to remove the document.
+Selector = Callable[[str, float, Callable[[], Any]], bool]
+
+
+def never(doc: Any) -> float | None:
+    """The default ``Expiry``: documents stay until a step deletes them."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,24 +119,13 @@ class Documents(Protocol):
         ...
 
     def transact(
-        self,
-        name: str,
-        step: Callable[[Any], tuple[Any, T]],
-        *,
-        schema: Mapping[str, Any] | None = None,
-        expires_at: Callable[[Any], float | None] = lambda doc: None,
+        self, name: str, step: Step[T], *, schema: Schema | None = None, expires_at: Expiry = never
     ) -> T:
         """Read ``name``, let ``step`` decide (new doc, Change.KEEP or Change.DELETE; result),
         and apply the decision atomically: concurrent steps on one name never interleave."""
         ...
 
-    def sweep(
-        self,
-        select: Callable[[str, float, Callable[[], Any]], bool],
-        *,
-        every: float = 0.0,
-        schema: Mapping[str, Any] | None = None,
-    ) -> int:
+    def sweep(self, select: Selector, *, every: float = 0.0, schema: Schema | None = None) -> int:
         """Remove the documents ``select(name, modified_at, load)`` picks (``load`` reads one
         against ``schema``), at most once per ``every`` seconds; returns how many. Stores whose
         documents expire by themselves remove nothing here."""

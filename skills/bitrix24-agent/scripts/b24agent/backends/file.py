@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .. import state
 from ..errors import ConfigError
-from .base import Change
+from .base import Change, Expiry, Schema, Selector, Step, never
 from .bucket import BucketModel, DictBucket, FileStore
 
 __all__ = ["FileBackend", "FileDocuments", "FileTokens", "LocalLeases"]
@@ -162,12 +162,7 @@ class FileDocuments:
         state.fsync_dir(self.folder)
 
     def transact(
-        self,
-        name: str,
-        step: Callable[[Any], tuple[Any, T]],
-        *,
-        schema: Mapping[str, Any] | None = None,
-        expires_at: Callable[[Any], float | None] = lambda doc: None,
+        self, name: str, step: Step[T], *, schema: Schema | None = None, expires_at: Expiry = never
     ) -> T:
         path = self.folder / name
         with self._lock():
@@ -178,13 +173,7 @@ class FileDocuments:
                 state.write_json_atomic(path, decision)
         return result
 
-    def sweep(
-        self,
-        select: Callable[[str, float, Callable[[], Any]], bool],
-        *,
-        every: float = 0.0,
-        schema: Mapping[str, Any] | None = None,
-    ) -> int:
+    def sweep(self, select: Selector, *, every: float = 0.0, schema: Schema | None = None) -> int:
         """Remove what ``select`` picks; with ``every``, at most once per that many seconds (a
         marker's age keeps this from reading the folder on every call) and under the folder lock,
         since such a sweep reads records others decide on. A sweep by age alone takes no lock."""
@@ -202,11 +191,7 @@ class FileDocuments:
             marker.touch()
             return self._remove(select, schema)
 
-    def _remove(
-        self,
-        select: Callable[[str, float, Callable[[], Any]], bool],
-        schema: Mapping[str, Any] | None,
-    ) -> int:
+    def _remove(self, select: Selector, schema: Schema | None) -> int:
         removed = 0
         for path in self.folder.iterdir():
             try:

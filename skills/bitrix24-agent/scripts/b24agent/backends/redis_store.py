@@ -29,7 +29,7 @@ from jsonschema.validators import validator_for
 
 from ..errors import ConfigError, TransientError
 from . import redis_scripts as scripts
-from .base import Change, Slot
+from .base import Change, Expiry, Schema, Selector, Slot, Step, never
 from .bucket import (
     FORGET_AFTER_S,
     MAX_BACKLOG_S,
@@ -268,9 +268,9 @@ class RedisTokenHold:
 def _transact(
     keys: _Keys,
     key: str,
-    step: Callable[[Any], tuple[Any, T]],
-    schema: Mapping[str, Any] | None,
-    expires_at: Callable[[Any], float | None],
+    step: Step[T],
+    schema: Schema | None,
+    expires_at: Expiry,
 ) -> T:
     """WATCH ``key``, let ``step`` decide, apply in MULTI/EXEC; again if someone changed it."""
     with keys.guard:
@@ -336,22 +336,11 @@ class RedisDocuments:
             return [_text(key)[len(self._prefix) :] for key in found]
 
     def transact(
-        self,
-        name: str,
-        step: Callable[[Any], tuple[Any, T]],
-        *,
-        schema: Mapping[str, Any] | None = None,
-        expires_at: Callable[[Any], float | None] = lambda doc: None,
+        self, name: str, step: Step[T], *, schema: Schema | None = None, expires_at: Expiry = never
     ) -> T:
         return _transact(self._keys, self._key(name), step, schema, expires_at)
 
-    def sweep(
-        self,
-        select: Callable[[str, float, Callable[[], Any]], bool],
-        *,
-        every: float = 0.0,
-        schema: Mapping[str, Any] | None = None,
-    ) -> int:
+    def sweep(self, select: Selector, *, every: float = 0.0, schema: Schema | None = None) -> int:
         return 0  # keys carry their own expiry
 
 
