@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 from b24agent.sandbox import crm_fields, crm_model, filters
-from b24agent.sandbox.store import Store
+from b24agent.sandbox.store import Query, Store
 from conftest import Sandbox, fails, ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1081,7 +1081,7 @@ def test_filter_compiler_matches_a_reference(
     ids = [store.insert("crm_lead", {"OPPORTUNITY": float(o), "TITLE": t}) for o, t in rows]
     filter_ = {op + field: value for op, field, value in conditions}
     where = filters.compile_filter(filter_, lambda n: crm_model.v2_column(crm_fields.LEAD, n))
-    found, _ = store.select("crm_lead", *where, limit=None)
+    found, _ = store.select("crm_lead", Query(*where, limit=None))
     expected = [
         record_id
         for record_id, (opportunity, title) in zip(ids, rows, strict=True)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from . import fixtures
@@ -25,7 +26,7 @@ from .errors import argument_error
 from .filters import json_field
 from .jsonout import RenderCache
 
-__all__ = ["OFFLINE_LIFETIME_S", "RECORD_TABLES", "Store"]
+__all__ = ["OFFLINE_LIFETIME_S", "RECORD_TABLES", "Query", "Store"]
 
 #: Tables holding ``(id, data JSON)`` records.
 RECORD_TABLES = frozenset({"crm_lead", "crm_deal", "crm_contact", "crm_company", "tasks", "users"})
@@ -94,6 +95,20 @@ def _table(name: str) -> str:
     if name not in RECORD_TABLES:
         raise ValueError(f"not a record table: {name}")
     return name
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which records of a table a list call reads: those matching ``where`` (SQL from
+    ``filters``, with its ``params``) in ``order`` (id breaks ties), ``limit`` of them from
+    ``offset`` (None: all); ``count``: also count every match (start=-1 skips counting)."""
+
+    where: str = "1"
+    params: Sequence[Any] = ()
+    order: Sequence[str] = ()
+    offset: int = 0
+    limit: int | None = 50
+    count: bool = True
 
 
 class Store:
@@ -200,45 +215,29 @@ class Store:
             cursor = conn.execute(f"DELETE FROM {_table(table)} WHERE id = ?", (record_id,))
             return cursor.rowcount > 0
 
-    def select(
-        self,
-        table: str,
-        where: str = "1",
-        params: Sequence[Any] = (),
-        order: Sequence[str] = (),
-        offset: int = 0,
-        limit: int | None = 50,
-        count: bool = True,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Records matching ``where`` (SQL from ``filters``) in ``order`` (id breaks ties), and
-        the total match count when ``count`` (0 otherwise: counting is what start=-1 skips)."""
-        rows, total = self.select_stored(table, where, params, order, offset, limit, count)
+    def select(self, table: str, query: Query) -> tuple[list[dict[str, Any]], int]:
+        """The records ``query`` picks, and the total match count when it counts."""
+        rows, total = self.select_stored(table, query)
         return [_record(row) for row in rows], total
 
-    def select_stored(
-        self,
-        table: str,
-        where: str = "1",
-        params: Sequence[Any] = (),
-        order: Sequence[str] = (),
-        offset: int = 0,
-        limit: int | None = 50,
-        count: bool = True,
-    ) -> tuple[list[tuple[int, str]], int]:
+    def select_stored(self, table: str, query: Query) -> tuple[list[tuple[int, str]], int]:
         """``select`` as stored, ``(id, JSON text)`` pairs: a caller that renders through
         ``renders`` only decodes the rows it has not rendered yet."""
+        where, order = query.where, query.order
         name = _table(table)
         terms = [*order, "id ASC"] if not any(t.startswith("id ") for t in order) else list(order)
         sql = f"SELECT id, data FROM {name} WHERE {where} ORDER BY {', '.join(terms)}"
-        values = list(params)
-        if limit is not None:
+        values = list(query.params)
+        if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
-            values += [limit, offset]
+            values += [query.limit, query.offset]
         with self._lock:
             rows = self._conn.execute(sql, values).fetchall()
             total = 0
-            if count:
-                counted = self._conn.execute(f"SELECT COUNT(*) FROM {name} WHERE {where}", params)
+            if query.count:
+                counted = self._conn.execute(
+                    f"SELECT COUNT(*) FROM {name} WHERE {where}", query.params
+                )
                 total = int(counted.fetchone()[0])
         return rows, total
 

@@ -27,6 +27,7 @@ from ..filters import (
     select_list,
 )
 from ..registry import method
+from ..store import Query
 
 Apply = Callable[[dict[str, Any]], None]
 
@@ -103,9 +104,8 @@ def _search(
     start: Any,
 ) -> tuple[list[dict[str, Any]], int, int, bool]:
     offset, counted = page_start(start)
-    rows, total = ctx.portal.store.select(
-        entity.table, where[0], where[1], order, offset, PAGE_SIZE, counted
-    )
+    query = Query(where[0], where[1], order, offset, PAGE_SIZE, counted)
+    rows, total = ctx.portal.store.select(entity.table, query)
     return rows, total, offset, counted
 
 
@@ -119,9 +119,8 @@ def _star_page(
     """A ``.list`` page in the default select, each row rendered once while it is unchanged."""
     store = ctx.portal.store
     offset, counted = page_start(start)
-    rows, total = store.select_stored(
-        entity.table, where[0], where[1], order, offset, PAGE_SIZE, counted
-    )
+    query = Query(where[0], where[1], order, offset, PAGE_SIZE, counted)
+    rows, total = store.select_stored(entity.table, query)
     view = model.list_view(entity)
     items = [store.render(entity.table, row, view) for row in rows]
     return make_page(items, total, offset, counted)

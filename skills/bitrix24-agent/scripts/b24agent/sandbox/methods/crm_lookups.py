@@ -2,15 +2,17 @@
 (api-reference/crm/status/*.md) and ``crm.activity.add|list``
 (crm/timeline/activities/activity-base/*.md).
 
-The status directory is fixed: the stock lead statuses, deal stages of the default pipeline and
-sources, with the ids the stock portal gives them, so an agent finds stage ids the way the chains
-tell it to. Activities are documents; ``crm.activity.list`` filters, sorts and pages them like
-every list method (50 rows, ``total``, ``next``).
+The status directory is fixed (crm_directory.json): the stock lead statuses, deal stages of the
+default pipeline and sources, with the ids the stock portal gives them, so an agent finds stage
+ids the way the chains tell it to. Activities are documents; ``crm.activity.list`` filters, sorts
+and pages them like every list method (50 rows, ``total``, ``next``).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import docstore
@@ -22,46 +24,9 @@ from ..errors import PortalError, argument_error
 from ..filters import select_list
 from ..registry import method
 
-#: (ENTITY_ID, [(STATUS_ID, NAME, semantics, color)]) of the stock portal, in SORT order.
-_DIRECTORY: tuple[tuple[str, tuple[tuple[str, str, str, str], ...]], ...] = (
-    (
-        "STATUS",
-        (
-            ("NEW", "Unassigned", "process", "#39A8EF"),
-            ("IN_PROCESS", "In progress", "process", "#2FC6F6"),
-            ("PROCESSED", "Processed", "process", "#55D0E0"),
-            ("CONVERTED", "Good lead", "success", "#7BD500"),
-            ("JUNK", "Junk lead", "failure", "#FF5752"),
-        ),
-    ),
-    (
-        "DEAL_STAGE",
-        (
-            ("NEW", "New", "process", "#39A8EF"),
-            ("PREPARATION", "Document preparation", "process", "#2FC6F6"),
-            ("PREPAYMENT_INVOICE", "Prepayment invoice", "process", "#55D0E0"),
-            ("EXECUTING", "In progress", "process", "#47E4C2"),
-            ("FINAL_INVOICE", "Final invoice", "process", "#FFA900"),
-            ("WON", "Deal successful", "success", "#7BD500"),
-            ("LOSE", "Deal failed", "failure", "#FF5752"),
-            ("APOLOGY", "Failure reason analysis", "failure", "#FF5752"),
-        ),
-    ),
-    (
-        "SOURCE",
-        (
-            ("CALL", "Call", "", ""),
-            ("EMAIL", "E-Mail", "", ""),
-            ("WEB", "Website", "", ""),
-            ("ADVERTISING", "Advertising", "", ""),
-            ("PARTNER", "Existing client", "", ""),
-            ("RECOMMENDATION", "By recommendation", "", ""),
-            ("TRADE_SHOW", "Show/Exhibition", "", ""),
-            ("WEBFORM", "CRM form", "", ""),
-            ("CALLBACK", "Callback", "", ""),
-            ("OTHER", "Other", "", ""),
-        ),
-    ),
+#: ENTITY_ID -> [[STATUS_ID, NAME, semantics, color], ...] of the stock portal, in SORT order.
+_DIRECTORY: dict[str, list[list[str]]] = json.loads(
+    Path(__file__).with_name("crm_directory.json").read_text(encoding="utf-8")
 )
 
 _SYSTEM = frozenset({"NEW", "CONVERTED", "JUNK", "WON", "LOSE"})
@@ -83,7 +48,7 @@ _STATUS_FIELDS = (
 def _directory() -> list[dict[str, Any]]:
     """Every item as crm.status.list shows it (string ids and sorts; EXTRA on stages only)."""
     items: list[dict[str, Any]] = []
-    for entity, statuses in _DIRECTORY:
+    for entity, statuses in _DIRECTORY.items():
         for index, (status, name, semantics, color) in enumerate(statuses, start=1):
             item: dict[str, Any] = {
                 "ID": str(100 * len(items) + 1 + index),

@@ -22,6 +22,7 @@ from ..dates import iso_datetime
 from ..envelope import Page
 from ..errors import PortalError
 from ..registry import method
+from ..store import Query
 from .users import full_name
 
 STORAGE, OBJECT, ATTACHMENT = "disk_storage", "disk_object", "disk_attachment"
@@ -56,7 +57,7 @@ def storages(ctx: CallContext) -> list[dict[str, Any]]:
         found = docstore.find(store, STORAGE)
         if found:
             return found
-        users, _ = store.select("users", "json_extract(data, '$.ACTIVE') = 1", limit=None)
+        users, _ = store.select("users", Query("json_extract(data, '$.ACTIVE') = 1", limit=None))
         owners = [("Shared drive", "common", "shared_files_s1", "shared_files_s1")]
         owners += [(full_name(u), "user", str(u["ID"]), None) for u in users]
         for name, entity_type, entity_id, code in owners:

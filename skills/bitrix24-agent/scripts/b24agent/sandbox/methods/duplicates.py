@@ -17,6 +17,7 @@ from ..context import CallContext
 from ..crm_fields import ENTITIES
 from ..errors import PortalError
 from ..registry import method
+from ..store import Query
 
 MAX_VALUES = 20
 _ORDER = ("LEAD", "CONTACT", "COMPANY")
@@ -50,9 +51,8 @@ def find_by_comm(ctx: CallContext, params: dict[str, Any]) -> dict[str, list[int
         entity = ENTITIES.get(entity_type.lower())
         if entity is None:
             continue
-        rows, _ = ctx.portal.store.select(
-            entity.table, f"json_extract(data, '$.HAS_{kind}') = 'Y'", limit=None, count=False
-        )
+        query = Query(f"json_extract(data, '$.HAS_{kind}') = 'Y'", limit=None, count=False)
+        rows, _ = ctx.portal.store.select(entity.table, query)
         ids = [
             int(row["ID"])
             for row in rows

@@ -28,6 +28,7 @@ from ..filters import (
     select_list,
 )
 from ..registry import method
+from ..store import Query
 from ..v3 import PREFIX
 from .users import find_user, full_name, user_brief, user_exists
 
@@ -200,7 +201,8 @@ def list_(ctx: CallContext, params: dict[str, Any]) -> Page:
             raise PortalError("0", "Invalid sorting key") from None
         raise PortalError("ERROR_CORE", f"Invalid filter value for {exc.field}") from None
     offset, counted = page_start(lowered.get("start"))
-    rows, total = ctx.portal.store.select(TABLE, where, values, order, offset, PAGE_SIZE, counted)
+    query = Query(where, values, order, offset, PAGE_SIZE, counted)
+    rows, total = ctx.portal.store.select(TABLE, query)
     select = select_list(lowered.get("select"))
     store = ctx.portal.store
     tasks = [model.v2_view(row, select, lambda uid: user_brief(store, uid)) for row in rows]
@@ -395,7 +397,8 @@ def v3_list(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
     except FilterError as exc:
         raise _v3_filter_error(exc) from None
     offset, limit = _pagination(params.get("pagination"))
-    rows, _ = ctx.portal.store.select(TABLE, where, values, order, offset, limit, count=False)
+    query = Query(where, values, order, offset, limit, count=False)
+    rows, _ = ctx.portal.store.select(TABLE, query)
     select = _v3_select(params) or ["id"]
     return {"items": [_v3_item(ctx, row, select) for row in rows]}
 

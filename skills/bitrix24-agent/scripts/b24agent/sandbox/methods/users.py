@@ -26,7 +26,7 @@ from ..filters import (
     select_list,
 )
 from ..registry import method
-from ..store import Store
+from ..store import Query, Store
 
 #: user.get fields and how filters read them.
 _KINDS: dict[str, str] = {
@@ -138,7 +138,8 @@ def get(ctx: CallContext, params: dict[str, Any]) -> Page:
         )
         values += [like, like, like]
     offset, counted = page_start(upper.get("START"))
-    rows, total = ctx.portal.store.select("users", where, values, order, offset, PAGE_SIZE, counted)
+    query = Query(where, values, order, offset, PAGE_SIZE, counted)
+    rows, total = ctx.portal.store.select("users", query)
     select = select_list(upper.get("SELECT"))
     return make_page([user_view(row, select) for row in rows], total, offset, counted)
 
