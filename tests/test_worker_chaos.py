@@ -8,20 +8,17 @@ killed (the one window for a repeat is between a handler finishing and its journ
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 from test_worker_support import (
     duplicates,
     handled_counts,
-    line_count,
+    kill_repeatedly,
     open_dlq,
     queue_rows,
     run_worker,
     seed_events,
-    start_worker,
     summary_of,
-    wait_for_lines,
     worker_env,
 )
 
@@ -64,21 +61,9 @@ def test_kill_9_ten_times_loses_nothing_and_repeats_at_most_one_event_per_kill(
         "warning",
     ]
 
-    kills = 0
-    for round_ in range(3 * KILLS):
-        if kills == KILLS:
-            break
-        proc = start_worker(env, *args)
-        if round_ % 2:
-            # Anywhere, start-up, adoption and the get -> checkpoint window included.
-            time.sleep(rng.uniform(0.05, 0.8))
-        else:
-            # Mid-reservation, while the handler is being fed.
-            wait_for_lines(sink, line_count(sink) + rng.randint(1, 300), proc, timeout=30)
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        proc.communicate(timeout=30)
+    kills = kill_repeatedly(
+        env, args, sink, rng, kills=KILLS, rounds=3 * KILLS, most_lines=300, most_sleep_s=0.8
+    )
     assert kills == KILLS, "the queue drained before all kills happened"
 
     final = run_worker(env, *args)

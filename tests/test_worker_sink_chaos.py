@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from collections import Counter
 from pathlib import Path
 
 from test_worker_support import (
     handled_counts,
+    kill_repeatedly,
     line_count,
     queue_rows,
     run_worker,
     seed_events,
-    start_worker,
     summary_of,
-    wait_for_lines,
     worker_env,
 )
 
@@ -73,32 +70,26 @@ def test_sigkill_repeats_only_what_the_checkpoint_had_not_recorded(portal, tmp_p
     env = worker_env(portal, state)
     args = ["--drain", "--sink", str(sink), "--limit", "200", "--log-level", "error"]
 
-    recorded: set[str] = set()  # done in the checkpoint at some kill: never to repeat
-    kills = 0
-    for round_ in range(4 * KILLS):
-        if kills == KILLS:
-            break
-        before = handled_counts(sink)
-        proc = start_worker(env, *args)
-        if round_ % 2:
-            time.sleep(rng.uniform(0.05, 0.6))
-        else:
-            wait_for_lines(sink, line_count(sink) + rng.randint(1, 400), proc, timeout=30)
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        proc.communicate(timeout=30)
-        _assert_no_recorded_repeat(before, handled_counts(sink), recorded)
-        recorded |= _recorded_done(state)
+    watch = _NoRecordedRepeat(sink, state)
+    kills = kill_repeatedly(
+        env,
+        args,
+        sink,
+        rng,
+        kills=KILLS,
+        rounds=4 * KILLS,
+        most_lines=400,
+        most_sleep_s=0.6,
+        after_round=watch,
+    )
     assert kills == KILLS, "the queue drained before all kills happened"
 
     portal.admin("faults", {"rules": []})
-    before = handled_counts(sink)
     final = run_worker(env, *args)
     assert final.returncode == 0, final.stderr
     assert summary_of(final.stdout)["queue_empty"] is True
+    watch()
     counts = handled_counts(sink)
-    _assert_no_recorded_repeat(before, counts, recorded)
     assert set(counts) == ids, "an event never reached the sink"
     assert queue_rows(portal) == [], "rows left reserved on the portal"
     repeats = sum(n - 1 for n in counts.values())
@@ -106,12 +97,23 @@ def test_sigkill_repeats_only_what_the_checkpoint_had_not_recorded(portal, tmp_p
     print(f"\nsink chaos: kills={kills} events={len(counts)} repeated={repeats}")
 
 
-def _assert_no_recorded_repeat(
-    before: Counter[str], after: Counter[str], recorded: set[str]
-) -> None:
-    """No event the checkpoint had recorded done reached the sink again in this run."""
-    again = {key for key, n in after.items() if n > before.get(key, 0) and key in recorded}
-    assert not again, f"events the checkpoint had recorded came again: {sorted(again)[:5]}"
+class _NoRecordedRepeat:
+    """Called after each worker run: no event the checkpoint had recorded done (at the end of
+    any earlier run) reached the sink again in this run."""
+
+    def __init__(self, sink: Path, state: Path) -> None:
+        self.sink, self.state = sink, state
+        self.recorded: set[str] = set()
+        self.before = handled_counts(sink)
+
+    def __call__(self) -> None:
+        after = handled_counts(self.sink)
+        again = {
+            key for key, n in after.items() if n > self.before.get(key, 0) and key in self.recorded
+        }
+        assert not again, f"events the checkpoint had recorded came again: {sorted(again)[:5]}"
+        self.recorded |= _recorded_done(self.state)
+        self.before = after
 
 
 def test_drain_makes_one_request_per_reservation(start_sandbox, tmp_path: Path) -> None:

@@ -18,8 +18,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from b24agent.cli.sandbox_env import oauth_env
 
 TESTS = Path(__file__).resolve().parent
 WORKER_SCRIPT = TESTS.parent / "skills" / "bitrix24-agent" / "scripts" / "offline_sync_worker.py"
@@ -56,25 +59,16 @@ def flaky_sink(delivery: dict[str, Any]) -> None:
 
 def worker_env(portal: Any, state_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a worker on ``portal`` (OAuth app), state under ``state_dir``."""
-    oauth = portal.oauth
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("B24_") and not key.startswith("WORKER_TEST_")
     }
     env.update(
-        {
-            "B24_DOMAIN": portal.url,
-            "B24_AUTH_MODE": "oauth",
-            "B24_CLIENT_ID": oauth["client_id"],
-            "B24_CLIENT_SECRET": oauth["client_secret"],
-            "B24_ACCESS_TOKEN": oauth["access_token"],
-            "B24_REFRESH_TOKEN": oauth["refresh_token"],
-            "B24_OAUTH_SERVER": oauth["server"],
-            "B24_STATE_DIR": str(state_dir),
-            "B24_RATE_LIMITER": "off",
-            "PYTHONPATH": str(TESTS),
-        }
+        oauth_env(portal.url, portal.oauth),
+        B24_STATE_DIR=str(state_dir),
+        B24_RATE_LIMITER="off",
+        PYTHONPATH=str(TESTS),
     )
     env.update(extra)
     return env
@@ -102,6 +96,40 @@ def run_worker(
         text=True,
         timeout=timeout,
     )
+
+
+def kill_repeatedly(
+    env: dict[str, str],
+    args: Sequence[str],
+    sink: Path,
+    rng: random.Random,
+    *,
+    kills: int,
+    rounds: int,
+    most_lines: int,
+    most_sleep_s: float,
+    after_round: Callable[[], None] = lambda: None,
+) -> int:
+    """Start the worker again and again and SIGKILL it, until ``kills`` kills or ``rounds``
+    rounds: odd rounds anywhere (a random sleep up to ``most_sleep_s``: start-up, adoption and
+    the get -> checkpoint window included), even rounds mid-reservation (once the sink grew by
+    1 to ``most_lines`` lines). ``after_round`` looks at what each dead worker left. Returns the
+    kills made (fewer than ``kills``: the queue drained first)."""
+    made = 0
+    for round_ in range(rounds):
+        if made == kills:
+            break
+        proc = start_worker(env, *args)
+        if round_ % 2:
+            time.sleep(rng.uniform(0.05, most_sleep_s))
+        else:
+            wait_for_lines(sink, line_count(sink) + rng.randint(1, most_lines), proc, timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            made += 1
+        proc.communicate(timeout=30)
+        after_round()
+    return made
 
 
 def summary_of(stdout: str) -> dict[str, Any]:
