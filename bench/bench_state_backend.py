@@ -23,6 +23,7 @@ from typing import Any
 from harness import ROOT, Sandbox, table
 
 sys.path.insert(0, str(ROOT / "tests"))
+from b24agent.cli.sandbox_env import oauth_env
 from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import load_settings
 from redis_support import RedisServer
@@ -41,16 +42,9 @@ def run(calls: int, rounds: int) -> dict[str, Any]:
     with Sandbox() as sandbox, tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
-            oauth = sandbox.info["oauth"]
             base = {
+                **oauth_env(sandbox.url, sandbox.info["oauth"]),
                 "HOME": tmp,
-                "B24_DOMAIN": sandbox.url,
-                "B24_AUTH_MODE": "oauth",
-                "B24_CLIENT_ID": oauth["client_id"],
-                "B24_CLIENT_SECRET": oauth["client_secret"],
-                "B24_ACCESS_TOKEN": oauth["access_token"],
-                "B24_REFRESH_TOKEN": oauth["refresh_token"],
-                "B24_OAUTH_SERVER": oauth["server"],
                 "B24_RATE_LIMITER": "file",
                 "B24_RATE_LIMITER_RATE": "100000",
                 "B24_RATE_LIMITER_BURST": "100000",

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from b24agent.cli.sandbox_env import oauth_env
 from harness import SCRIPTS, PeakWatch, Sandbox, bucket_bound_s, clean_env, table
 
 #: Events per reservation of the issue's bound (25.5 s for 100,000 on a standard plan).
@@ -32,15 +33,8 @@ BOUND_LIMIT = 1000
 
 
 def worker_env(info: dict[str, Any], state: Path, limiter: bool) -> dict[str, str]:
-    oauth = info["oauth"]
     return clean_env(
-        B24_DOMAIN=info["url"],
-        B24_AUTH_MODE="oauth",
-        B24_CLIENT_ID=oauth["client_id"],
-        B24_CLIENT_SECRET=oauth["client_secret"],
-        B24_ACCESS_TOKEN=oauth["access_token"],
-        B24_REFRESH_TOKEN=oauth["refresh_token"],
-        B24_OAUTH_SERVER=oauth["server"],
+        **oauth_env(info["url"], info["oauth"]),
         B24_STATE_DIR=str(state),
         B24_RATE_LIMITER="file" if limiter else "off",
     )

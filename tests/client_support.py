@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from b24agent.cli import sandbox_env
 from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import Settings, load_settings
 from conftest import Sandbox
@@ -13,23 +14,16 @@ from conftest import Sandbox
 FAST = {"retry_base_s": 0.01, "retry_max_s": 0.05}
 
 
+def _state_env(state: Path) -> dict[str, str]:
+    return {"B24_STATE_DIR": str(state), "HOME": str(state)}
+
+
 def webhook_env(portal: Sandbox, state: Path) -> dict[str, str]:
-    return {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(state), "HOME": str(state)}
+    return {"B24_WEBHOOK_URL": portal.webhook_url, **_state_env(state)}
 
 
 def oauth_env(portal: Sandbox, state: Path) -> dict[str, str]:
-    oauth = portal.oauth
-    return {
-        "B24_DOMAIN": portal.url,
-        "B24_AUTH_MODE": "oauth",
-        "B24_CLIENT_ID": oauth["client_id"],
-        "B24_CLIENT_SECRET": oauth["client_secret"],
-        "B24_ACCESS_TOKEN": oauth["access_token"],
-        "B24_REFRESH_TOKEN": oauth["refresh_token"],
-        "B24_OAUTH_SERVER": oauth["server"],
-        "B24_STATE_DIR": str(state),
-        "HOME": str(state),
-    }
+    return {**sandbox_env.oauth_env(portal.url, portal.oauth), **_state_env(state)}
 
 
 def settings_for(

@@ -29,6 +29,7 @@ import requests
 
 from ..redact import Redactor
 from ..settings import portal_key_of
+from .sandbox_env import oauth_env
 
 SCRIPTS = Path(__file__).resolve().parents[2]
 CLIENT = SCRIPTS / "bitrix24_client.py"
@@ -164,16 +165,7 @@ class Demo:
         )
         self.webhook_env = _child_env({"B24_WEBHOOK_URL": info["webhook_url"]}, self.state_dir)
         self.oauth_env = _child_env(
-            {
-                "B24_AUTH_MODE": "oauth",
-                "B24_DOMAIN": info["url"],
-                "B24_OAUTH_SERVER": oauth["server"],
-                "B24_CLIENT_ID": oauth["client_id"],
-                "B24_CLIENT_SECRET": oauth["client_secret"],
-                "B24_ACCESS_TOKEN": oauth["access_token"],
-                "B24_REFRESH_TOKEN": oauth["refresh_token"],
-                "B24_APPLICATION_TOKEN": oauth["application_token"],
-            },
+            {**oauth_env(info["url"], oauth), "B24_APPLICATION_TOKEN": oauth["application_token"]},
             self.state_dir,
         )
         self.audit_file = self.state_dir / portal_key_of(info["url"]) / "audit.jsonl"
