@@ -424,6 +424,20 @@ def _batch_failure(failures: list[CallOutcome], total: int) -> B24Error:
     return error
 
 
+#: The flags that set the Guards field of their own name; the two the CLI spells as negations
+#: (--no-idempotency, --no-audit) are mapped where Guards is built. Never approved_plan: only a
+#: human's answer sets that (MCP elicitation, b24-broker approve).
+_GUARD_FLAGS = (
+    "confirm_write",
+    "confirm_destructive",
+    "allow_unlisted",
+    "plan_only",
+    "execute_plan",
+    "idempotency_key",
+    "idempotency_resolve",
+)
+
+
 def _build_request(
     args: argparse.Namespace, stdin: TextIO, origin: dict[str, Any] | None = None
 ) -> CallRequest:
@@ -433,14 +447,8 @@ def _build_request(
     from .inputs import read_batch_file, read_params
 
     guards = Guards(
-        confirm_write=args.confirm_write,
-        confirm_destructive=args.confirm_destructive,
-        allow_unlisted=args.allow_unlisted,
-        plan_only=args.plan_only,
-        execute_plan=args.execute_plan,
-        idempotency_key=args.idempotency_key,
+        **{name: getattr(args, name) for name in _GUARD_FLAGS},
         idempotency=not args.no_idempotency,
-        idempotency_resolve=args.idempotency_resolve,
         audit=not args.no_audit,
     )
     _check_guard_flags(args)

@@ -128,26 +128,18 @@ class _Journal:
             os.unlink(self.path)
 
 
+@dataclass
 class _Run:
     """One run of the file under a ticket: settle what an earlier run left, send the rest."""
 
-    def __init__(
-        self,
-        calls: Sequence[LineCall],
-        ticket: Ticket,
-        journal: _Journal,
-        api: str,
-        read_many: ReadMany,
-        in_flight_s: float,
-    ) -> None:
-        self.in_flight_s = in_flight_s
-        self.calls = calls
-        self.ticket = ticket
-        self.journal = journal
-        self.api = api
-        self.read_many = read_many
-        self.outcomes: dict[int, Outcome] = {}
-        self.handed = False
+    calls: Sequence[LineCall]
+    ticket: Ticket
+    journal: _Journal
+    api: str
+    read_many: ReadMany
+    in_flight_s: float
+    outcomes: dict[int, Outcome] = field(default_factory=dict, init=False)
+    handed: bool = field(default=False, init=False)
 
     def wire(self, position: int) -> tuple[Mapping[str, Any], str | None]:
         """The line's params as sent (a CRM create stamped with its own ORIGIN_ID), and the
