@@ -1,10 +1,11 @@
-"""Real OS accounts for the broker tests: an operator who runs ``b24-broker`` and an agent.
+"""Real OS accounts for the broker tests: an operator who runs ``b24-broker``, an agent, and the
+user an operator runs the offline worker as.
 
 CI runs as root, so the tests create them (``useradd``) and remove them afterwards: the operator
-(primary group ``ops``, also in ``agents`` so its broker can give that group the call socket) and
-the agent (only in ``agents``). Every process of theirs runs with their uid and groups through
-``subprocess``'s ``user=``/``group=``/``extra_groups=``; nothing they run inherits the test's
-environment.
+(primary group ``ops``, also in ``agents`` so its broker can give that group the call socket),
+the agent and the worker (only in ``agents``). Every process of theirs runs with their uid and
+groups through ``subprocess``'s ``user=``/``group=``/``extra_groups=``; nothing they run inherits
+the test's environment.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ class Accounts:
         return f"b24ag{self.suffix}"
 
     @property
+    def worker(self) -> str:
+        return f"b24wk{self.suffix}"
+
+    @property
     def ops(self) -> str:
         return f"b24ops{self.suffix}"
 
@@ -95,6 +100,10 @@ class Accounts:
     def agent_home(self) -> Path:
         return self.base / "agent-home"
 
+    @property
+    def worker_home(self) -> Path:
+        return self.base / "worker-home"
+
     @classmethod
     def create(cls) -> Accounts:
         base = Path(tempfile.mkdtemp(prefix="b24brk-"))
@@ -103,14 +112,19 @@ class Accounts:
         _sh("groupadd", accounts.ops)
         _sh("groupadd", accounts.agents)
         nologin = shutil.which("nologin") or "/bin/false"
-        for user, primary in ((accounts.operator, accounts.ops), (accounts.agent, accounts.agents)):
+        for user, primary in (
+            (accounts.operator, accounts.ops),
+            (accounts.agent, accounts.agents),
+            (accounts.worker, accounts.agents),
+        ):
             _sh("useradd", "--no-create-home", "--shell", nologin, "-g", primary, user)
         _sh("usermod", "-a", "-G", accounts.agents, accounts.operator)
         accounts.owned_folder(accounts.agent_home, accounts.agent, 0o700)
+        accounts.owned_folder(accounts.worker_home, accounts.worker, 0o700)
         return accounts
 
     def remove(self) -> None:
-        for user in (self.operator, self.agent):
+        for user in (self.operator, self.agent, self.worker):
             subprocess.run(["userdel", user], capture_output=True, timeout=60)
         for group in (self.ops, self.agents):
             subprocess.run(["groupdel", group], capture_output=True, timeout=60)
@@ -128,11 +142,22 @@ class Accounts:
     def as_agent(self) -> dict[str, Any]:
         return {"user": self.agent, "group": self.agents, "extra_groups": []}
 
+    def as_worker(self) -> dict[str, Any]:
+        return {"user": self.worker, "group": self.agents, "extra_groups": []}
+
 
 class Broker:
     """``b24-broker serve`` as the operator, on ``portal``, with its own state and sockets."""
 
-    def __init__(self, accounts: Accounts, portal: Sandbox, name: str, **env: str) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        portal: Sandbox,
+        name: str,
+        credentials: str | None = None,
+        **env: str,
+    ) -> None:
+        """``credentials``: the env file's text (default: the sandbox's webhook)."""
         self.accounts = accounts
         self.portal = portal
         self.run_dir = accounts.owned_folder(
@@ -145,7 +170,7 @@ class Broker:
         self.admin_socket = self.run_dir / "admin.sock"
         # The credentials in the operator's env file (0600), the rest in the environment.
         self.env_file = accounts.base / f"{name}-broker.env"
-        self.env_file.write_text(f"B24_WEBHOOK_URL={portal.webhook_url}\n")
+        self.env_file.write_text(credentials or f"B24_WEBHOOK_URL={portal.webhook_url}\n")
         shutil.chown(self.env_file, accounts.operator, None)
         self.env_file.chmod(0o600)
         self.env = {

@@ -56,6 +56,7 @@ __all__ = [
     "TransientError",
     "UsageError",
     "ValidationError",
+    "error_from_line",
     "error_from_portal",
     "error_from_v3",
     "local_failure",
@@ -201,6 +202,35 @@ class OutcomeUnknownError(B24Error):
 
 class Interrupted(B24Error):
     exit_code = 130
+
+
+def error_from_line(exit_code: int, stderr: str) -> B24Error:
+    """The error a ``b24`` run reported (its exit code and its one-line JSON on stderr), as the
+    class of that exit code: how a program that ran ``b24`` elsewhere (through the broker)
+    gets the error back with its meaning (retry, outcome unknown, refused) intact."""
+    import json
+
+    kinds: dict[int, type[B24Error]] = {
+        cls.exit_code: cls
+        for cls in (ApiError, UsageError, PolicyError, ConfigError, ConflictError)
+    }
+    kinds.update({6: TransientError, 7: OutcomeUnknownError, 130: Interrupted})
+    kind = kinds.get(exit_code, B24Error)
+    for line in reversed(stderr.splitlines()):
+        try:
+            error = json.loads(line)["error"]
+            message, code = str(error["message"]), str(error.get("code") or "")
+        except (ValueError, KeyError, TypeError):
+            continue
+        found = kind(
+            message,
+            code=code,
+            hint=str(error.get("hint") or ""),
+            retryable=bool(error.get("retryable")),
+        )
+        found.details["exit_code"] = exit_code
+        return found
+    return kind(f"b24 ended with exit {exit_code}", code="BROKER_CALL_FAILED")
 
 
 # --- classification -------------------------------------------------------------------------

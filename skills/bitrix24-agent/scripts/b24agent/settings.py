@@ -39,6 +39,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_APPROVAL            off|destructive|writes: plans above it run only once a human approves
                           (broker: b24-broker approve; MCP: elicitation); default writes there.
                           The plain CLI cannot enforce it: set, it refuses such writes.
+  B24_BROKER_DRAINERS     the broker's: users, @groups, uids whose offline worker may drain the
+                          event queue without per-call approval (guard/drain.py); unset: nobody
   B24_MCP_EXPORT_DIR      where b24-mcp's b24_export writes its JSONL files (default STATE/exports)
   B24_MCP_TOKEN*          the bearer token b24-mcp --http requires from every HTTP client
 
@@ -133,6 +135,8 @@ class Settings:
     approval: str | None = None
     #: How long ``--execute-plan`` waits for the human's decision before giving up (exit 3).
     approval_wait_s: float = 120.0
+    #: Broker mode: who may drain the offline queue unattended (guard/drain.py).
+    broker_drainers: tuple[str, ...] = ()
     audit_key_file: Path | None = None
     idempotency_dir: Path = Path("idempotency")
     idempotency_ttl_s: int = 86400
@@ -540,6 +544,7 @@ def load_settings(
         plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
         approval=env.choice("B24_APPROVAL", None, APPROVAL_LEVELS),  # type: ignore[arg-type]
         approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0),
+        broker_drainers=env.names("B24_BROKER_DRAINERS", ()),
         audit_key_file=(
             env.path("B24_AUDIT_KEY_FILE", Path(), home) if env.raw("B24_AUDIT_KEY_FILE") else None
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,8 @@ exit codes:
   1    the portal refused (ACCESS_DENIED: user is not an admin; WRONG_LICENSE: the plan lacks
        rest_offline_extended, needed for clear=0)
   2    usage: bad flag, bad --handler / --handler-cmd
+  3    through the broker (B24_BROKER): its operator did not name this user in
+       B24_BROKER_DRAINERS, or its ceiling refuses the queue's calls
   4    auth or configuration: missing/invalid B24_* settings, webhook auth (event.* needs
        OAuth), rejected tokens, a corrupt state file (moved aside), an unwritable state folder
   5    another worker already runs for this portal and state folder
@@ -323,8 +326,10 @@ class _Run:
         self.mask: Callable[[str], str] = default_mask()
         self.summary: dict[str, Any] | None = None
 
-    def settings(self) -> Settings:
-        """Settings with --application-token applied; OAuth is required (event.* needs it)."""
+    def settings(self, broker: str | None) -> Settings:
+        """Settings with --application-token applied; OAuth is required (event.* needs it).
+        Through the ``broker`` the credentials and their kind are the broker's: this side only
+        needs B24_DOMAIN, which names the portal in delivery ids and the state folder."""
         from ..errors import ConfigError
         from ..redact import Redactor
         from ..settings import load_settings
@@ -332,9 +337,18 @@ class _Run:
         overrides = {}
         if self.args.application_token is not None:
             overrides["B24_APPLICATION_TOKEN"] = self.args.application_token
-        settings = load_settings(env_file=self.args.env_file, overrides=overrides)
+        settings = load_settings(
+            env_file=self.args.env_file, overrides=overrides, require_credentials=not broker
+        )
         self.mask = Redactor(settings.secrets()).mask
-        if settings.auth_mode != "oauth":
+        if broker and not settings.base_url:
+            raise ConfigError(
+                "B24_DOMAIN is not set: through the broker the worker still names its portal "
+                "(delivery ids, state folder), though it holds no credential",
+                code="CONFIG_MISSING",
+                hint="set B24_DOMAIN to the portal's address, e.g. B24_DOMAIN=example.bitrix24.com",
+            )
+        if not broker and settings.auth_mode != "oauth":
             raise ConfigError(
                 "the offline worker needs OAuth app auth: event.offline.* answers "
                 "WRONG_AUTH_TYPE to webhooks",
@@ -355,7 +369,8 @@ class _Run:
         from ..worker.queue import OfflineQueue
 
         args = self.args
-        settings = self.settings()
+        broker = os.environ.get("B24_BROKER") or None  # the transport, as b24 reads it
+        settings = self.settings(broker)
         mode = "replay" if args.replay_dlq else _mode(args)
         listen = (
             _listen_address(args.listen, mode, settings.application_token) if args.listen else None
@@ -378,7 +393,12 @@ class _Run:
             stack.callback(checkpoint.close)
             dlq = DeadLetterQueue(args.dlq_file or folder / "dlq.jsonl")
             stack.callback(dlq.close)
-            client = stack.enter_context(Bitrix24Client(settings))
+            if broker:
+                from .warm.portal import BrokeredPortal
+
+                client: Any = BrokeredPortal(broker)
+            else:
+                client = stack.enter_context(Bitrix24Client(settings))
             leases = open_backend(settings).worker_leases(
                 _queue_name(args.auth_connector),
                 _worker_name(folder),
@@ -392,6 +412,7 @@ class _Run:
                     limit=args.limit,
                     event_names=args.event,
                     auth_connector=args.auth_connector,
+                    batches=not broker,
                 ),
                 checkpoint=checkpoint,
                 handler=handler,

@@ -24,7 +24,7 @@ from mcp.server.mcpserver import Context, Elicit
 from mcp.server.mcpserver.resolve import ElicitationResult
 from mcp.types import CallToolResult
 
-from ..errors import B24Error
+from ..errors import error_from_line
 from ..guard.pipeline import Call, Mode
 from ..settings import Settings
 from .approval import Approve, Seen
@@ -34,27 +34,6 @@ from .tools import NOT_NEEDED, Api, ToolBox, reads_only
 __all__ = ["BrokeredToolBox"]
 
 CLIENT = Path(__file__).resolve().parents[2] / "bitrix24_client.py"
-
-
-class _Refused(B24Error):
-    """The broker's one-line error, carried back as it was (code, message, hint)."""
-
-
-def _failure(code: int, err: str) -> B24Error:
-    for line in reversed(err.splitlines()):
-        try:
-            error = json.loads(line)["error"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        failure = _Refused(
-            str(error.get("message", "")),
-            code=str(error.get("code", "")),
-            hint=str(error.get("hint", "")),
-            retryable=bool(error.get("retryable")),
-        )
-        failure.details["exit_code"] = code
-        return failure
-    return _Refused(f"b24 through the broker ended with exit {code}", code="BROKER_CALL_FAILED")
 
 
 class BrokeredToolBox(ToolBox):
@@ -80,7 +59,7 @@ class BrokeredToolBox(ToolBox):
             check=False,
         )
         if done.returncode != 0:
-            raise _failure(done.returncode, done.stderr)
+            raise error_from_line(done.returncode, done.stderr)
         return done.stdout or ""
 
     def _brokered(self, work: Any) -> CallToolResult:
@@ -166,7 +145,7 @@ class BrokeredToolBox(ToolBox):
                     rows += 1
                 err = process.stderr.read()
                 if process.wait() != 0:
-                    raise _failure(process.returncode, err)
+                    raise error_from_line(process.returncode, err)
                 return rows
 
             path, rows = self.folder.write_lines(method, (), write)

@@ -108,8 +108,11 @@ class OfflineQueue:
         limit: int,
         event_names: Sequence[str] = (),
         auth_connector: str | None = None,
+        batches: bool = True,
     ) -> None:
+        """``batches``: whether ``client`` sends batches (the broker's portal does not)."""
         self._client = client
+        self._batches = batches
         self.limit = limit
         self._connector = {"auth_connector": auth_connector} if auth_connector else {}
         names = [name.upper() for name in event_names]
@@ -122,8 +125,9 @@ class OfflineQueue:
 
     @property
     def can_turn(self) -> bool:
-        """Whether ``turn`` may be used: only for the queue without an ``auth_connector``."""
-        return not self._connector
+        """Whether ``turn`` may be used: by a client that batches, for the queue without an
+        ``auth_connector``."""
+        return self._batches and not self._connector
 
     def _get_params(self, errors: bool) -> dict[str, Any]:
         params: dict[str, Any] = {"clear": 0, "limit": self.limit, **self._connector}

@@ -1,0 +1,201 @@
+"""The offline worker through the broker (README "The broker"), as its own OS user.
+
+The operator's broker holds the OAuth app's credentials and names the worker's user in
+``B24_BROKER_DRAINERS``; the worker runs with ``B24_BROKER`` and ``B24_DOMAIN`` only, keeps its
+checkpoint and sink in its own folder and drains the queue without a person approving each call
+(the broker's ``B24_APPROVAL=writes`` holds everything else). The agent, a user the operator did
+not name, cannot reserve, clear or flag a single row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker_support import PATH, PYTHON, Accounts, Agent, Broker, can_make_users
+from conftest import Sandbox
+from test_worker_support import (
+    WORKER_SCRIPT,
+    error_of,
+    jsonl,
+    queue_rows,
+    seed_events,
+    summary_of,
+    wait_for_lines,
+)
+
+pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and useradd")
+
+EVENTS = 120
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[Accounts]:
+    made = Accounts.create()
+    yield made
+    made.remove()
+
+
+@pytest.fixture
+def broker(accounts: Accounts, portal: Sandbox) -> Iterator[Broker]:
+    oauth = portal.oauth
+    credentials = "".join(
+        f"{name}={value}\n"
+        for name, value in (
+            ("B24_DOMAIN", portal.url),
+            ("B24_AUTH_MODE", "oauth"),
+            ("B24_CLIENT_ID", oauth["client_id"]),
+            ("B24_CLIENT_SECRET", oauth["client_secret"]),
+            ("B24_ACCESS_TOKEN", oauth["access_token"]),
+            ("B24_REFRESH_TOKEN", oauth["refresh_token"]),
+            ("B24_OAUTH_SERVER", oauth["server"]),
+        )
+    )
+    started = Broker(accounts, portal, "drain", credentials, B24_BROKER_DRAINERS=accounts.worker)
+    yield started
+    started.stop()
+
+
+def _secrets(portal: Sandbox) -> list[str]:
+    return [portal.oauth[key] for key in ("access_token", "refresh_token", "client_secret")]
+
+
+def _worker(
+    accounts: Accounts, broker: Broker, portal: Sandbox, *args: str, who: str = "worker"
+) -> subprocess.Popen[str]:
+    """``offline_sync_worker.py ARGS`` as the worker's user (or the agent's), holding no
+    credential: the broker's socket and the portal's address, nothing else."""
+    assert PYTHON is not None
+    python, python_env = PYTHON
+    home = accounts.worker_home if who == "worker" else accounts.agent_home
+    account = accounts.as_worker() if who == "worker" else accounts.as_agent()
+    env = {
+        "PATH": PATH,
+        "HOME": str(home),
+        "B24_BROKER": f"unix:{broker.socket}",
+        "B24_DOMAIN": portal.url,
+        "B24_STATE_DIR": str(home / "state"),
+        **python_env,
+    }
+    return subprocess.Popen(
+        [python, str(WORKER_SCRIPT), *args],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **account,
+    )
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
+
+
+def test_the_named_worker_drains_through_the_broker_holding_no_secret(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    ids = seed_events(portal, EVENTS)
+    sink = accounts.worker_home / "inbox.jsonl"
+    worker = _worker(
+        accounts, broker, portal, "--sleep", "0.5", "--limit", "50", "--sink", str(sink)
+    )
+    try:
+        assert wait_for_lines(sink, EVENTS, worker, timeout=120) == EVENTS, worker.stderr
+        time.sleep(0.5)  # the last reservation's clear
+        held = {
+            part: Path(f"/proc/{worker.pid}/{part}").read_bytes() for part in ("environ", "cmdline")
+        }
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    summary = summary_of(out)
+    assert summary["reserved"] == summary["handled"] == summary["cleared"] == EVENTS
+    assert summary["dead_lettered"] == 0
+    assert sorted(str(line["event"]["ID"]) for line in jsonl(sink)) == sorted(ids)
+    assert queue_rows(portal) == []
+    # The worker's process and everything it wrote hold none of the app's secrets.
+    written = (
+        out
+        + err
+        + "".join(
+            path.read_text(errors="replace")
+            for path in accounts.worker_home.rglob("*")
+            if path.is_file()
+        )
+    )
+    for secret in _secrets(portal):
+        assert all(secret.encode() not in text for text in held.values())
+        assert secret not in written
+    # The broker's keyed audit names the worker's uid on every queue call it ran.
+    queue_lines = [
+        line for line in broker.audit_lines() if line["method"].startswith("event.offline.")
+    ]
+    assert {line["origin"]["uid"] for line in queue_lines} == {_uid(accounts.worker)}
+    assert {line["method"] for line in queue_lines} >= {"event.offline.get", "event.offline.clear"}
+    assert all(line["outcome"] == "ok" for line in queue_lines)
+    assert broker.operator_cli("--verify-audit").json()["keyed"] is True
+
+
+def test_a_user_the_operator_did_not_name_cannot_drain(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    seed_events(portal, 10)
+    before = portal.stats()["by_method"]
+    agent = Agent(accounts, broker)
+    get = agent("event.offline.get", "--params", '{"clear": 0}', "--confirm-write")
+    clear = agent("event.offline.clear", "--params", '{"process_id": "x"}', "--confirm-destructive")
+    batched = agent(
+        "batch", "--params", '{"cmd": {"a": "event.offline.get?clear=1"}}', "--confirm-write"
+    )
+    planned = agent("event.offline.get", "--params", '{"clear": 1}', "--plan-only")
+    for refused in (get, clear, batched, planned):
+        assert refused.code == 3, refused.err
+        assert refused.error()["code"] == "DRAIN_NOT_ALLOWED"
+        assert "B24_BROKER_DRAINERS" in refused.error()["message"]
+    # The worker run as the agent stops at its first reservation: exit 3, one line naming why.
+    worker = _worker(accounts, broker, portal, "--drain", who="agent")
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 3, err
+    assert error_of(err)["code"] == "DRAIN_NOT_ALLOWED"
+    assert len(err.strip().splitlines()[-1]) < 400 and "B24_BROKER_DRAINERS" in err
+    after = portal.stats()["by_method"]
+    for method in ("event.offline.get", "event.offline.clear", "event.offline.error", "batch"):
+        assert after.get(method, 0) == before.get(method, 0), method
+    assert len(queue_rows(portal)) == 10
+    refusals = [line for line in broker.audit_lines() if line.get("error") == "DRAIN_NOT_ALLOWED"]
+    assert len(refusals) == 5
+    assert {line["origin"]["uid"] for line in refusals} == {_uid(accounts.agent)}
+
+
+def test_the_worker_without_b24_domain_is_refused_before_anything_is_sent(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    assert PYTHON is not None
+    python, python_env = PYTHON
+    done = subprocess.run(
+        [python, str(WORKER_SCRIPT), "--drain"],
+        env={
+            "PATH": PATH,
+            "HOME": str(accounts.worker_home),
+            "B24_BROKER": f"unix:{broker.socket}",
+            **python_env,
+        },
+        cwd=accounts.worker_home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **accounts.as_worker(),
+    )
+    assert done.returncode == 4 and error_of(done.stderr)["code"] == "CONFIG_MISSING"
+    assert "B24_DOMAIN" in json.loads(done.stderr.strip().splitlines()[-1])["error"]["message"]
+    assert os.path.exists(broker.socket)
