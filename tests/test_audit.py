@@ -324,3 +324,14 @@ def test_a_keyed_chain_catches_a_cut_tail_a_rewritten_head_and_a_deleted_one(
     # The next writer does not paper over it: its line follows no line, for good.
     _log(log, key=key).write(_event(9))
     assert verify(log, key).broken.line == len(lines)
+
+
+def test_the_head_is_rewritten_in_place_and_still_catches_a_cut_tail(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _write(log, 1)
+    inode = head_path(log).stat().st_ino
+    written = _write(log, 3)
+    assert head_path(log).stat().st_ino == inode  # overwritten, not replaced by a rename
+    assert json.loads(head_path(log).read_text()) == {"hash": written[-1]["hash"]}
+    log.write_text("".join(_lines(log)[:-1]), encoding="utf-8")
+    assert not verify(log).ok

@@ -2,7 +2,9 @@
 
 Every state change (tokens, limiter bucket, plans, idempotency records, worker checkpoints) goes
 through here so that a crash, a kill -9 or two racing processes can never leave a file half-written
-or lose an update: lock, read, change, write a temp file, fsync, rename, fsync the folder.
+or lose an update: lock, read, change, write a temp file, fsync, rename, fsync the folder. The two
+files rewritten on every call (the audit head, the limiter's bucket) are overwritten in place
+instead, where one write is all or nothing (``overwrite_json``).
 A file that does not parse (or fails its schema) is moved aside and reported with its path, never
 silently replaced by an empty default, because that would quietly drop tokens or reservations.
 
@@ -47,12 +49,17 @@ __all__ = [
     "locked_json",
     "move_aside",
     "open_read",
+    "overwrite_json",
     "read_json",
     "read_jsonl",
     "write_json_atomic",
 ]
 
 LOCK_TIMEOUT_S = 60.0
+#: Writes of at most these sizes are all or nothing: a disk sector even in a power cut, a page
+#: of the page cache for a killed process (``overwrite_json``).
+_SECTOR = 512
+_PAGE = 4096
 #: How much of a JSON Lines file's end is read at a time when looking for its last line.
 _TAIL_CHUNK = 64 * 1024
 
@@ -182,6 +189,39 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600, durable: bool
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+def overwrite_json(path: Path, data: Any, *, durable: bool = True) -> bool:
+    """Rewrite a small state file in place: one write at offset 0, padded with spaces (which
+    JSON ignores) to the old length, so nothing of the old content survives and nothing needs
+    cutting. False, with nothing written, when the file is absent or too big for that: the
+    caller then uses ``write_json_atomic``.
+
+    Why: a rename costs a new inode, a folder update and (durable) three journal commits. On a
+    disk busy with other work the audit head's rename took 14 ms where this takes 4, and the
+    head and the limiter are written on every call. Only for files whose every reader and
+    writer holds the file's lock (a reader without it could catch a write half done), and only
+    while the write is all or nothing: a killed process cannot tear one write within a page;
+    with ``durable``, the content must also fit in one disk sector without growing the file,
+    because a sector is written whole even in a power cut and the unchanged size needs no
+    journal (``fdatasync``), so the file holds the old content or the new, never a mix.
+    """
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        fd = _open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        room = size if durable else _PAGE
+        if size > (_SECTOR if durable else _PAGE) or len(blob) > room:
+            return False
+        os.pwrite(fd, blob.ljust(size, b" "), 0)
+        if durable:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def create_exclusive(path: Path, data: Any, *, mode: int = 0o600) -> bool:

@@ -113,7 +113,10 @@ class FileStore:
                 result = change(data)
                 # Not fsynced: the model is shared through the page cache, and after a power
                 # cut its moments lie in the past anyway. Two fsyncs were a fifth of a call.
-                state.write_json_atomic(self._path, data, mode=0o600, durable=False)
+                # Rewritten in place (only ever read under this lock): a rename per call was
+                # 2-6 ms of a call on a busy disk.
+                if not state.overwrite_json(self._path, data, durable=False):
+                    state.write_json_atomic(self._path, data, mode=0o600, durable=False)
         except CorruptStateError as exc:
             raise exc.with_hint("the limiter starts afresh on the next call") from None
         except LockTimeout:

@@ -21,6 +21,7 @@ import sys
 import zlib
 
 __all__ = [
+    "DONE",
     "EXITED",
     "GO",
     "MAGIC",
@@ -52,6 +53,8 @@ GO = b"G"
 EXITED = b"X"
 #: What a spare tells the parent when it takes a call: this byte, then its pid (4 bytes).
 TAKEN = b"T"
+#: The same when its call is over (exit code sent): the parent forks its successor then.
+DONE = b"D"
 #: Values of B24_SERVER that keep every call in its own process.
 OFF_VALUES = ("off", "0", "no", "false")
 
