@@ -35,8 +35,9 @@ from typing import Any, Protocol
 
 from ..errors import ApiError, B24Error, TransientError, UsageError
 from .batching import MAX_COMMANDS
-from .inflight import Chain
+from .inflight import Chain, Hooks
 from .results import BatchResult, CallResult
+from .transport import Watcher
 
 __all__ = ["ListShape", "iter_all", "rows_of", "shape_of"]
 
@@ -49,7 +50,12 @@ _NUMBER = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 class _Client(Protocol):
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> CallResult: ...
 
-    def batch(self, commands: Mapping[str, tuple[str, Mapping[str, Any]]]) -> BatchResult: ...
+    def batch(
+        self,
+        commands: Mapping[str, tuple[str, Mapping[str, Any]]],
+        *,
+        watcher: Watcher | None = None,
+    ) -> BatchResult: ...
 
 
 @dataclass(frozen=True)
@@ -211,11 +217,10 @@ class _Export:
         return max(1, min(MAX_COMMANDS, -(-room // PAGE)))
 
     def take(self, rows: list[Any]) -> Iterator[Any]:
-        for row in rows:
-            if self.limit is not None and self.count >= self.limit:
-                return
-            self.count += 1
-            yield row
+        if self.limit is not None:
+            rows = rows[: max(0, self.limit - self.count)]
+        self.count += len(rows)
+        return iter(rows)
 
     def report(self) -> None:
         if self.progress is not None:
@@ -289,46 +294,54 @@ class _Export:
         return _IdPlan(params, start, order, added)
 
     def _id_batch(
-        self, shape: ListShape, base: dict[str, Any], last: int, pages: int
-    ) -> tuple[list[str], BatchResult]:
-        """Send one batch of ``pages`` chained pages starting after id ``last``."""
+        self,
+        shape: ListShape,
+        base: dict[str, Any],
+        last: int,
+        names: list[str],
+        watcher: Watcher | None = None,
+    ) -> BatchResult:
+        """Send one batch of chained pages ``names`` starting after id ``last``."""
         filter_name = _key(base, "filter")
         commands: dict[str, tuple[str, Mapping[str, Any]]] = {}
-        for index in range(pages):
-            bound: Any = last if index == 0 else shape.reference(f"p{index - 1}")
+        for index, name in enumerate(names):
+            bound: Any = last if index == 0 else shape.reference(names[index - 1])
             page_filter = {**base[filter_name], shape.filter_key: bound}
-            commands[f"p{index}"] = (self.method, {**base, filter_name: page_filter})
-        return list(commands), self.client.batch(commands)
+            commands[name] = (self.method, {**base, filter_name: page_filter})
+        return self.client.batch(commands, watcher=watcher)
 
     def by_id(self, shape: ListShape, base: dict[str, Any], last: int) -> Iterator[Any]:
-        """Id-chained batches, each sent the moment the one before it is answered: batch k+1
-        needs only batch k's last id, so it leaves while the caller still handles earlier rows
-        (printing, masking), and the portal's answer time and the caller's work overlap instead
-        of adding up. At most one answered batch waits for the caller (``Chain``).
+        """Id-chained batches, each sent the moment its start id is known: batch k+1 needs only
+        the last id of batch k's last page, which is read from the answer's bytes as soon as
+        they are in (``_peek_last_id``), before the answer is decoded and checked. Decoding,
+        checking and the caller's work (printing, masking) then overlap the next request
+        instead of adding up. The early batch is a guess checked against the decoded answer:
+        if the answer ends the export, or its last id or row count differs, the early batch's
+        answer is dropped and the right batch sent (``Chain``). At most one answered batch
+        waits for the caller.
 
         A failed page is sent again from the last id received (``again`` decides whether and
         when); the rows before it are good and are kept."""
-        fetched = 0
-        attempt = 0  # failures in a row without progress
 
-        def step(start: int) -> tuple[_Scanned, int | None]:
-            nonlocal fetched, attempt
-            pages = self._pages_for(None if self.limit is None else self.limit - fetched)
-            names, answer = self._id_batch(shape, base, start, pages)
-            scanned = _scan(self.method, shape, names, answer, start)
-            fetched += scanned.rows
+        def step(cursor: _Cursor, hooks: Hooks[_Cursor]) -> tuple[_Scanned, _Cursor | None]:
+            pages = self._pages_for(None if self.limit is None else self.limit - cursor.fetched)
+            names = [f"p{index}" for index in range(pages)]
+            guess = _Guess(self.method, shape, names[-1], cursor, pages, self.limit, hooks)
+            answer = self._id_batch(shape, base, cursor.last, names, guess)
+            scanned = _scan(self.method, shape, names, answer, cursor.last)
+            fetched = cursor.fetched + scanned.rows
             enough = self.limit is not None and fetched >= self.limit
-            attempt = 0 if scanned.last > start else attempt
+            failures = 0 if scanned.last > cursor.last else cursor.failures
             if scanned.failure is not None and enough:
                 scanned.failure = None  # the rows wanted are in; the failed page is not needed
             elif scanned.failure is not None:
-                attempt += 1
-                if self.again(scanned.failure, attempt):
+                failures += 1
+                if self.again(scanned.failure, failures):
                     scanned.failure = None  # resume after the last id received
             more = scanned.failure is None and not scanned.finished and not enough
-            return scanned, scanned.last if more else None
+            return scanned, _Cursor(scanned.last, fetched, failures) if more else None
 
-        for scanned in Chain(last, step):
+        for scanned in Chain(_Cursor(last, 0, 0), step):
             for page in scanned.pages:
                 yield from self.take(page)
             self.report()
@@ -380,6 +393,77 @@ class _Export:
                 attempt += 1
                 if not self.again(failed, attempt):
                     raise failed
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """Where an id-chained export stands: the id to page after, the rows received so far
+    and the failed batches in a row without progress."""
+
+    last: int
+    fetched: int
+    failures: int
+
+
+class _Guess:
+    """Watches one id-chained batch; once its bytes are in, tells the chain where the next
+    batch would start if every page came full (see ``_Export.by_id``)."""
+
+    def __init__(
+        self,
+        method: str,
+        shape: ListShape,
+        last_page: str,
+        cursor: _Cursor,
+        pages: int,
+        limit: int | None,
+        hooks: Hooks[_Cursor],
+    ) -> None:
+        self.method, self.shape, self.last_page = method, shape, last_page
+        self.fetched = cursor.fetched + pages * PAGE
+        self.wanted = limit is None or self.fetched < limit
+        # Full pages in a chain hold ``pages * PAGE`` distinct ids, each above the one before:
+        # a smaller last id means the chain broke (an end, a failed page) and is no guess.
+        self.least = cursor.last + pages * PAGE
+        self.hooks = hooks
+
+    def sent(self) -> None:
+        self.hooks.sent()
+
+    def answered(self, body: bytes) -> None:
+        if not self.wanted:
+            return
+        last = _peek_last_id(body, self.method, self.shape, self.last_page)
+        if last is not None and last >= self.least:
+            self.hooks.early(_Cursor(last, self.fetched, 0))
+
+
+#: Places ``_peek_last_id`` tries: the page, and the other per-command maps that name it too.
+_PEEK_TRIES = 4
+_DECODER = json.JSONDecoder()
+
+
+def _peek_last_id(body: bytes, method: str, shape: ListShape, name: str) -> int | None:
+    """The id of the last row of page ``name`` when that page is full, read from a batch
+    answer's raw bytes without decoding the rest (a page is 1/50 of the answer). Only a
+    guess: the key is searched from the end (``result_time`` also names each page; a row's
+    text cannot hold it unescaped), and whatever is found is checked against the decoded
+    answer before it is trusted."""
+    key = f'"{name}":'.encode()
+    end = len(body)
+    for _ in range(_PEEK_TRIES):
+        at = body.rfind(key, 0, end)
+        if at < 0:
+            return None
+        end = at
+        try:
+            text = body[at + len(key) :].decode().lstrip()
+            value, _ = _DECODER.raw_decode(text)
+            rows = rows_of(method, value, shape)
+        except (ValueError, UsageError):
+            continue
+        return _row_id(rows[-1]) if len(rows) == PAGE else None
+    return None
 
 
 @dataclass

@@ -15,6 +15,10 @@ the new address, and only where credentials may go: the same ``/rest/...`` path 
 secret is in it) over https, plain http only on loopback as for ``B24_DOMAIN``. Anything else is
 refused with nothing run. Later calls go straight to the new address, and the operator is told
 it once (one JSON line on stderr), so the configuration can be fixed.
+
+A caller may watch one exchange (``Watcher``): told when the request has been handed to the
+socket in full, and given a 200 answer's bytes before they are decoded. The id-chained export
+uses both to send its next batch the moment the start id is in the bytes, not after decoding.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -43,7 +47,7 @@ from ..errors import (
 from ..settings import Settings, is_loopback_host
 from .auth import Credential
 
-__all__ = ["Envelope", "Transport", "new_session"]
+__all__ = ["Envelope", "Transport", "Watcher", "new_session"]
 
 USER_AGENT = f"bitrix24-agent/{__version__}"
 #: A renamed portal redirects once; a few hops allow a rename chain, more is a loop.
@@ -76,6 +80,33 @@ class Envelope:
     def time(self) -> dict[str, Any]:
         timing = self.body.get("time")
         return timing if isinstance(timing, dict) else {}
+
+
+class Watcher(Protocol):
+    """Watches one exchange as it happens. Neither method may raise or block for long."""
+
+    def sent(self) -> None:
+        """The whole request has been handed to the socket."""
+
+    def answered(self, body: bytes) -> None:
+        """A 200 answer arrived; ``body`` is its raw bytes, not yet decoded or checked."""
+
+
+class _TellingBody:
+    """A request body that calls ``sent`` once urllib3 has written it: urllib3 sends an
+    iterable body chunk by chunk and asks for the next chunk only after ``sendall`` returned.
+    Its length is known, so it still goes with a Content-Length, not chunked."""
+
+    def __init__(self, data: bytes, sent: Callable[[], None]) -> None:
+        self._data = data
+        self._sent = sent
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._data
+        self._sent()
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
@@ -118,6 +149,7 @@ class Transport:
         api: str = "v2",
         write: bool,
         idempotency_key: str | None = None,
+        watcher: Watcher | None = None,
     ) -> Envelope:
         """POST ``params`` as JSON to ``method``; return the success envelope or raise."""
         headers = {"Content-Type": "application/json"}
@@ -132,7 +164,11 @@ class Transport:
                 f"{method}: params cannot be sent as JSON ({type(exc).__name__})",
                 code="INVALID_PARAMS",
             ) from None
-        reply = self._exchange(method, data, headers, credential, api=api, write=write)
+        reply = self._exchange(
+            method, data, headers, credential, api=api, write=write, watcher=watcher
+        )
+        if watcher is not None and reply.status_code == 200:
+            watcher.answered(reply.content)
         return decode(reply, method=method, api=api, write=write)
 
     def _exchange(
@@ -144,21 +180,30 @@ class Transport:
         *,
         api: str,
         write: bool,
+        watcher: Watcher | None,
     ) -> requests.Response:
         url = self.url(method, credential, api)
         for _ in range(MAX_REDIRECTS):
-            reply = self._post(url, data, headers, method=method, write=write)
+            reply = self._post(url, data, headers, method=method, write=write, watcher=watcher)
             if not reply.is_redirect:
                 return reply
             url = self._follow(reply, url, method)
-        return self._post(url, data, headers, method=method, write=write)
+        return self._post(url, data, headers, method=method, write=write, watcher=watcher)
 
     def _post(
-        self, url: str, data: bytes, headers: dict[str, str], *, method: str, write: bool
+        self,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        *,
+        method: str,
+        write: bool,
+        watcher: Watcher | None,
     ) -> requests.Response:
+        body = data if watcher is None else _TellingBody(data, watcher.sent)
         try:
             reply = self.session.post(
-                url, data=data, headers=headers, timeout=self._timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             )
         except requests.RequestException as exc:
             if _reached_wire(exc):
