@@ -53,4 +53,4 @@ def test_importing_the_package_imports_nothing_heavy() -> None:
         "print(sorted(m for m in sys.modules if m.startswith(('b24agent.', 'requests'))))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['b24agent.errors']"  # stdlib-only, for the error tree
+    assert out.stdout.strip() == "[]"
