@@ -37,7 +37,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-RATE_MARGIN = 0.98
 #: Operating budget the portal enforces per method and credential (limits.md: 420 s on-premise
 #: when enabled, up to 480 s in the cloud; the lower one is the safe assumption).
 OPERATING_BUDGET_S = 420.0
@@ -61,10 +60,10 @@ class BucketModel:
 
     @classmethod
     def for_plan(cls, rate: float, burst: int) -> BucketModel:
-        safe_rate = rate * RATE_MARGIN
+        """The plan's own drain rate, and ``ceil(rate) + 1`` less capacity (see limiter.py)."""
         margin = min(math.ceil(rate) + 1, burst // 2)  # never more than half the capacity
         safe_burst = max(1, burst - margin)
-        interval = 1.0 / safe_rate
+        interval = 1.0 / rate
         return cls(interval, (safe_burst - 1) * interval)
 
     def reserve(self, tat: float, earliest: float) -> tuple[float, float]:

@@ -12,11 +12,14 @@ the bucket has room (``tat - tolerance``), moves ``tat`` on by one drain interva
 outside the lock until its moment. One short atomic step per request (a file lock, or one Lua
 script) and no polling, so N processes interleave fairly and nothing is held while sleeping.
 
-Safety margins, because the portal's counter is not ours: the drain rate is modelled 2% slower
-and the capacity ``ceil(rate) + 1`` smaller (the docs describe the counter dropping once a second,
-so it can sit up to ``rate`` above a continuous model, plus one for network jitter; capped at half
-the capacity for unusual custom plans). A 503 that
-still arrives means someone else uses the portal too: the local bucket is set to full.
+Safety margin, because the portal's counter is not ours: the capacity is modelled ``ceil(rate) +
+1`` smaller (the docs describe the counter dropping once a second, so it can sit up to ``rate``
+above a continuous model, plus one for network jitter; capped at half the capacity for unusual
+custom plans). Those are errors of phase, which this margin absorbs however long a job runs. The
+drain rate is the plan's own (limits.md: exactly ``Y`` per second): modelling it 2% slower, as
+we once did, guarded against no documented behaviour and made every job past the bucket 2%
+slower than the portal allows (1.5 s of a 75 s one). A 503 that still arrives means someone
+else uses the portal too: the local bucket is set to full.
 
 Per-method time: responses carry ``time.operating`` (seconds this method used in the window) and
 ``operating_reset_at``; past 90% of the budget a call waits for the oldest minute to leave the

@@ -28,7 +28,6 @@ __all__ = ["load_schema", "validate_batch_line", "validate_params"]
 
 
 @cache
-@cache
 def load_schema(name: str) -> dict[str, Any]:
     """The schema stored as ``schemas/<name>.json``; one shared dict per name, never to be
     changed, so ``state.read_json`` checks it once per process instead of once per read."""
@@ -44,7 +43,26 @@ def _registry() -> Registry:
 
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schema(name), registry=_registry())
+    return Draft202012Validator(_inline_refs(load_schema(name)), registry=_registry())
+
+
+def _inline_refs(node: Any, local: bool = False) -> Any:
+    """``node`` with each bare ``{"$ref": "b24agent:defs#/$defs/NAME"}`` (inside defs.json also
+    ``#/$defs/NAME``, ``local``) replaced by a copy of that definition. Same meaning, checked
+    without the registry lookup each ``$ref`` costs per instance: 0.28 s of the 0.97 s that
+    10,000 batch-file lines took to check before the first request could leave. Any other
+    ``$ref`` stays, for the registry to resolve."""
+    if isinstance(node, list):
+        return [_inline_refs(item, local) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and len(node) == 1:
+        where, _, name = ref.rpartition("/$defs/")
+        defs = load_schema("defs")["$defs"]
+        if (where == "b24agent:defs#" or (local and where == "#")) and name in defs:
+            return _inline_refs(defs[name], local=True)
+    return {key: _inline_refs(value, local) for key, value in node.items()}
 
 
 @cache
