@@ -2,9 +2,13 @@
 
 A standard plan admits 50 requests at once and 2 per second after that, so N requests cannot
 take less than (N - 50) / 2 s; no client can beat that, and our limiter's job is to come close
-without a single rejection. Measured: a 500,000-lead export (201 batches) and 10,000
-``crm.lead.add`` (200 batches of 50), each with our CLI as installed (warm server), standard
-plan, 50 ms latency. Target: at most 1.05x the bound, no rejections.
+without a single rejection. The table also shows the limiter's own floor: the bound plus what
+its safety margin (3 requests of capacity, for the portal's once-a-second drain and network
+jitter) costs, so what is left above it is time the client itself spends.
+
+Measured: a 500,000-lead export (201 batches) and 10,000 ``crm.lead.add`` (200 batches of 50),
+each with our CLI as installed (warm server), standard plan, 50 ms latency. Target: at most
+1.05x the bound, no rejections.
 
     .venv/bin/python bench/bench_bound.py [--leads 500000] [--calls 10000] [--runs 1]
 """
@@ -22,6 +26,7 @@ from typing import Any
 from bench_export import EXPORT, exported
 from bench_writes import CLI, CLI_ARGS, batch_file
 from harness import (
+    PLANS,
     WARM,
     Results,
     Sandbox,
@@ -29,6 +34,7 @@ from harness import (
     bucket_bound_s,
     cost,
     guarded,
+    limiter_floor_s,
     run_contender,
     table,
 )
@@ -81,6 +87,8 @@ def main() -> int:
             lambda sandbox: writes_once(sandbox, args.calls, args.timeout),
         ),
     }
+    if min(needed for needed, _ in jobs.values()) <= PLANS["standard"][1]:
+        parser.error("the work must need more requests than the bucket holds (over 50)")
     results = Results()
     with Sandbox(plan="standard", latency_ms=args.latency_ms) as sandbox:
         for name, (_, job) in jobs.items():
@@ -98,6 +106,7 @@ def main() -> int:
                 **summary,
                 "needed": needed,
                 "bound_s": bound,
+                "floor_s": limiter_floor_s(needed),
                 "ratio": round(summary["wall_s"] / bound, 3),
             }
         )
@@ -108,6 +117,7 @@ def main() -> int:
             f"{f['requests']} (least {f['needed']})",
             f"{f['wall_s']:.2f}",
             f"{f['bound_s']:.1f}",
+            f"{f['floor_s']:.1f} ({f['floor_s'] / f['bound_s']:.3f})",
             f"{f['ratio']:.3f}",
             f["http_rejections"],
             f["command_refusals"],
@@ -126,6 +136,7 @@ def main() -> int:
                 "requests",
                 "wall s",
                 "bucket bound s",
+                "our limiter's floor s (/ bound)",
                 "wall / bound",
                 "HTTP rejections",
                 "refused commands",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from b24agent.backends.bucket import BucketModel
 from b24agent.cli.warm import launch
 from b24agent.cli.warm import wire as warm_wire
 
@@ -59,6 +60,13 @@ def bucket_bound_s(requests_needed: int, plan: str = "standard") -> float:
     ``capacity`` at once, the rest at the drain rate."""
     rate, capacity = PLANS[plan]
     return max(0.0, (requests_needed - capacity) / rate)
+
+
+def limiter_floor_s(requests_needed: int, plan: str = "standard") -> float:
+    """The least wall time our limiter lets ``requests_needed`` requests take on a fresh bucket:
+    the bound plus what its safety margin (a few requests of capacity) costs."""
+    model = BucketModel.for_plan(*PLANS[plan])
+    return max(0.0, (requests_needed - 1) * model.interval - model.tolerance)
 
 
 class Sandbox:
