@@ -356,6 +356,28 @@ def test_missing_oauth_settings_are_one_line_and_exit_4(portal, state):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
+@pytest.mark.parametrize("mode", [["--drain"], ["--once"], ["--replay-dlq"], ["--sleep", "1"]])
+def test_the_operators_read_only_refuses_every_mode_before_anything_is_sent(
+    portal, state, tmp_path, mode
+):
+    seeded = seed_events(portal, 5)
+    env_file = tmp_path / "operator.env"
+    env_file.write_text("B24_READ_ONLY=1\n")
+    before = portal.stats()
+
+    result = run_worker(worker_env(portal, state), *mode, "--env-file", str(env_file))
+
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    error = error_of(result.stderr)
+    assert error["code"] == "READ_ONLY" and "B24_READ_ONLY=1" in error["message"]
+    assert "unset B24_READ_ONLY" not in error["hint"]
+    after = portal.stats()
+    assert (after["requests"], after["by_method"]) == (before["requests"], before["by_method"])
+    assert sorted(str(row["ID"]) for row in queue_rows(portal)) == sorted(seeded)
+    assert not list(state.rglob("offline-worker")), "the refused worker touched its state"
+
+
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
@@ -407,6 +429,7 @@ def test_help_documents_flags_exit_codes_and_the_handler_contract(portal, state)
         "delivery_id",
         "PermanentFailure",
         "another worker",
+        "B24_READ_ONLY",
     ):
         assert needle in result.stdout
 

@@ -80,8 +80,10 @@ exit codes:
   1    the portal refused (ACCESS_DENIED: user is not an admin; WRONG_LICENSE: the plan lacks
        rest_offline_extended, needed for clear=0)
   2    usage: bad flag, bad --handler / --handler-cmd
-  3    through the broker (B24_BROKER): its operator did not name this user in
-       B24_BROKER_DRAINERS, or its ceiling refuses the queue's calls
+  3    the operator set B24_READ_ONLY=1: every mode writes (get reserves rows, clear deletes
+       them, error flags dead letters), so the worker refuses before it sends anything; through
+       the broker (B24_BROKER): its operator did not name this user in B24_BROKER_DRAINERS, or
+       its ceiling refuses the queue's calls
   4    auth or configuration: missing/invalid B24_* settings, webhook auth (event.* needs
        OAuth), rejected tokens, a corrupt state file (moved aside), an unwritable state folder
   5    another worker already runs for this portal and state folder
@@ -316,6 +318,23 @@ def _worker_error(exc: Exception) -> Exception:
     return exc
 
 
+def _refuse_read_only(settings: Settings) -> None:
+    """Every mode of the worker writes: event.offline.get reserves rows, the clear deletes them,
+    event.offline.error flags dead letters. Under the operator's B24_READ_ONLY=1 it refuses
+    whole (exit 3) before it takes the lock, touches its state or sends a request: a mode that
+    only peeks would hand the same events over again on every run, and nobody asked for that."""
+    from ..errors import PolicyError
+
+    if settings.read_only:
+        raise PolicyError(
+            "the offline worker reserves and clears events on the portal (writes) and the "
+            "operator set B24_READ_ONLY=1: refused, nothing was sent",
+            code="READ_ONLY",
+            hint="the worker runs only where the operator allows writes; event.offline.list "
+            "reads the queue without changing it",
+        )
+
+
 class _Run:
     """One invocation: builds the worker, runs it, prints the summary and the error line."""
 
@@ -341,6 +360,7 @@ class _Run:
             env_file=self.args.env_file, overrides=overrides, require_credentials=not broker
         )
         self.mask = Redactor(settings.secrets()).mask
+        _refuse_read_only(settings)
         if broker and not settings.base_url:
             raise ConfigError(
                 "B24_DOMAIN is not set: through the broker the worker still names its portal "
