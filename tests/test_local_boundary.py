@@ -1,14 +1,16 @@
-"""The local boundary of state: folders this user owns and only this user may write, files never
-followed through a link and only when regular. A planted signing key, an audit log linked to
-another file, a FIFO in place of any state file, a group-writable or foreign state folder: each
-is refused with STATE_UNSAFE (exit 4) before anything is sent, and the planted target is left as
-it was.
+"""The local boundary of state: folders this user owns and only this user may write, below
+folders only this user or root may change (sticky ones like /tmp allowed), files never followed
+through a link and only when regular. A planted signing key, an audit log linked to another
+file, a FIFO in place of any state file, a group-writable or foreign state folder or folder above
+it: each is refused with STATE_UNSAFE (exit 4) before anything is sent, and the planted target is
+left as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -120,3 +122,68 @@ def test_state_folder_of_another_user_is_refused(portal: Sandbox, cli: Cli) -> N
     os.chown(folder, 65534, 65534)
     error = _refused(portal, cli, "crm.lead.list")
     assert "owned by another user" in error["message"]
+
+
+def _cli_at(portal: Sandbox, tmp_path: Path, state: Path) -> Cli:
+    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(state)})
+
+
+def _folder_with_mode(path: Path, mode: int) -> Path:
+    path.mkdir(mode=0o700)
+    path.chmod(mode)
+    return path
+
+
+def test_a_group_writable_folder_above_the_state_folder_is_refused(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """Another user in the group could rename the state folder away and put theirs in place."""
+    shared = _folder_with_mode(tmp_path / "shared", 0o775)
+    cli = _cli_at(portal, tmp_path, shared / "home" / "state")
+    error = _refused(portal, cli, "crm.lead.list")
+    assert error["message"].startswith(f"{shared} is a folder above the state folder")
+    assert "0775" in error["message"] and "not sticky" in error["message"]
+    assert list(shared.iterdir()) == [], "a folder was made below the unsafe one"
+    shared.chmod(0o755)
+    assert _run(cli, "crm.lead.list").code == 0
+
+
+def test_a_link_into_a_group_writable_folder_is_refused(portal: Sandbox, tmp_path: Path) -> None:
+    """The path as resolved is checked too, not only the safe-looking path as given."""
+    shared = _folder_with_mode(tmp_path / "shared", 0o777)
+    real = _folder_with_mode(shared / "real", 0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    error = _refused(portal, _cli_at(portal, tmp_path, link / "state"), "crm.lead.list")
+    assert error["message"].startswith(f"{shared} is a folder above the state folder")
+
+
+def test_a_sticky_world_writable_folder_above_is_allowed_like_tmp(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """Others may add entries to a sticky folder but never rename or remove ours."""
+    sticky = _folder_with_mode(tmp_path / "tmp-like", 0o1777)
+    state = sticky / "state"
+    assert _run(_cli_at(portal, tmp_path, state), "crm.lead.list").code == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert [p.name for p in state.iterdir()] == [portal_key_of(portal.url)]
+
+
+def test_folders_made_under_a_loose_umask_are_private(portal: Sandbox, tmp_path: Path) -> None:
+    """mkdir(parents=True) would give the made parents 0775 under umask 002, and the next run
+    would refuse them; each folder the CLI makes is 0700 whatever the umask."""
+    cli = _cli_at(portal, tmp_path, tmp_path / "a" / "b" / "state")
+    run = cli.finish(cli.popen_with(lambda: os.umask(0o002), "crm.lead.list"))
+    assert run.code == 0, run.err
+    made = [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "state"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in made] == [0o700, 0o700, 0o700]
+    assert _run(cli, "crm.lead.list").code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
+def test_a_folder_above_owned_by_another_user_is_refused(portal: Sandbox, tmp_path: Path) -> None:
+    theirs = _folder_with_mode(tmp_path / "theirs", 0o755)
+    os.chown(theirs, 65534, 65534)
+    error = _refused(portal, _cli_at(portal, tmp_path, theirs / "state"), "crm.lead.list")
+    assert error["message"].startswith(f"{theirs} is a folder above the state folder")
+    assert "owned by another user (uid 65534)" in error["message"]

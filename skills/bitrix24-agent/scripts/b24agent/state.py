@@ -8,11 +8,8 @@ instead, where one write is all or nothing (``overwrite_json``).
 A file that does not parse (or fails its schema) is moved aside and reported with its path, never
 silently replaced by an empty default, because that would quietly drop tokens or reservations.
 
-The local boundary: a state folder must belong to this user and be closed to group and others
-for writing (else another user could plant or swap files in it), and a state file is opened
-without following a symbolic link and only when it is a regular file: a planted link to a key
-or to another file, or a FIFO that would block, is refused with STATE_UNSAFE (exit 4) and left
-as it is, and so is what it points to.
+Every state file is opened through the local boundary (boundary.py): folders this user owns
+below folders nobody else can swap, files never followed through a link.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import contextlib
 import errno
 import json
 import os
-import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -33,7 +29,8 @@ import jsonschema
 from filelock import FileLock
 from jsonschema.validators import validator_for
 
-from .errors import ConfigError, CorruptStateError
+from .boundary import check_folder, check_state_file, make_folder, open_state_file
+from .errors import CorruptStateError
 
 __all__ = [
     "JsonlWriter",
@@ -64,74 +61,9 @@ _PAGE = 4096
 _TAIL_CHUNK = 64 * 1024
 
 
-#: How every state file is opened: never through a symbolic link, never waiting on a FIFO.
-_SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def _unsafe(path: Path, what: str) -> ConfigError:
-    return ConfigError(
-        f"{path} {what}; refused, and nothing was read from or written to it",
-        code="STATE_UNSAFE",
-        hint="remove it or fix its owner and mode (state folders: this user's, not writable by "
-        "group or others), and find out who changed it",
-    )
-
-
-def check_folder(folder: Path) -> None:
-    """Refuse a state folder this user does not own or that group or others may write to."""
-    try:
-        info = os.stat(folder)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        raise _unsafe(folder, "is a state folder's path but not a folder")
-    if info.st_uid != os.geteuid():
-        raise _unsafe(folder, f"is a state folder owned by another user (uid {info.st_uid})")
-    if info.st_mode & 0o022:
-        mode = stat.S_IMODE(info.st_mode)
-        raise _unsafe(folder, f"is a state folder writable by group or others (mode {mode:04o})")
-
-
-def _make_folder(folder: Path) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_folder(folder)
-
-
-def check_state_file(path: Path) -> None:
-    """Refuse early, before a call is sent, a state file that is a link or not a regular file
-    (the open itself refuses it again, so a swap after this check gains nothing)."""
-    check_folder(path.parent)
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(info.st_mode):
-        raise _unsafe(path, "is a symbolic link; state files are never followed")
-    if not stat.S_ISREG(info.st_mode):
-        raise _unsafe(path, "is not a regular file (a FIFO, device or folder)")
-
-
-def _open(path: Path, flags: int, mode: int = 0o600) -> int:
-    """Open a state file safely (see the module's docstring); returns a blocking descriptor."""
-    check_folder(path.parent)
-    try:
-        fd = os.open(path, flags | _SAFE_FLAGS, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _unsafe(path, "is a symbolic link; state files are never followed") from None
-        if exc.errno == errno.ENXIO:  # a FIFO that nobody reads
-            raise _unsafe(path, "is not a regular file (a FIFO)") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _unsafe(path, "is not a regular file (a FIFO, device or folder)")
-    os.set_blocking(fd, True)
-    return fd
-
-
 def open_read(path: Path) -> BinaryIO:
     """A state file opened for reading (FileNotFoundError when absent)."""
-    return os.fdopen(_open(path, os.O_RDONLY), "rb")
+    return os.fdopen(open_state_file(path, os.O_RDONLY), "rb")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -142,7 +74,7 @@ def _read_bytes(path: Path) -> bytes:
 def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
     """The cross-process lock guarding ``path`` (a sibling ``.lock`` file; filelock opens it
     without following a link)."""
-    _make_folder(path.parent)
+    make_folder(path.parent)
     return FileLock(str(path) + ".lock", timeout=timeout, mode=0o600)
 
 
@@ -159,7 +91,7 @@ def fsync_dir(folder: Path) -> None:
 def _write_temp(path: Path, data: Any, mode: int, durable: bool = True) -> Path:
     """Write ``data`` as JSON to a temp file next to ``path`` (fsynced when ``durable``) and
     return its path."""
-    _make_folder(path.parent)
+    make_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -208,7 +140,7 @@ def overwrite_json(path: Path, data: Any, *, durable: bool = True) -> bool:
     """
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     try:
-        fd = _open(path, os.O_RDWR)
+        fd = open_state_file(path, os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
@@ -337,9 +269,8 @@ class Reservation:
         self.path = path
         self.pending = self.pending_path(path)
         self.durable = False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        self._fd = os.open(self.pending, flags, mode)
+        make_folder(path.parent)
+        self._fd = open_state_file(self.pending, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
         self._size = size
         try:
             _allocate(self._fd, size)
@@ -415,9 +346,9 @@ class JsonlWriter:
 
     def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
-        _make_folder(path.parent)
+        make_folder(path.parent)
         created = not os.path.lexists(path)
-        self._fd = _open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
+        self._fd = open_state_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
         if created:
             fsync_dir(path.parent)
         _drop_torn_tail(self._fd)
