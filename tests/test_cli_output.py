@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from b24agent.cli.output import Printer, Progress
+from b24agent.cli.output import Printer, Progress, dump_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +19,12 @@ JSON = st.recursive(
     ),
     max_leaves=8,
 )
+
+
+@given(value=JSON | st.floats() | st.dictionaries(st.text(max_size=3), st.floats(), max_size=3))
+def test_a_line_is_what_json_dumps_writes(value: Any) -> None:
+    """dump_line reuses one C encoder: its lines are json.dumps's, byte for byte."""
+    assert dump_line(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @given(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from b24agent.redact import MASK, Redactor
+from b24agent.redact import _PATTERNS, MASK, Redactor
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -96,3 +96,13 @@ _FRAGMENTS = st.sampled_from(
 def test_masking_a_block_of_lines_equals_masking_each_line(lines: list[str]) -> None:
     redactor = Redactor([SECRET])
     assert redactor.mask("\n".join(lines)) == "\n".join(redactor.mask(line) for line in lines)
+
+
+@given(st.lists(_FRAGMENTS | st.sampled_from(["AUTH", "REST", "BEARER", "\t", "client_secret"])))
+def test_the_quick_checks_never_skip_a_match(fragments: list[str]) -> None:
+    """Masking with the cheap pre-checks equals running every secret-shape regex on the text."""
+    text = "".join(fragments)
+    everything = text
+    for pattern, _, _ in _PATTERNS:
+        everything = pattern.sub(lambda m: m.group(1) + MASK, everything)
+    assert Redactor().mask(text) == everything

@@ -38,12 +38,15 @@ SECRET_KEYS = frozenset(
     }
 )
 
-#: Each pattern with the lower-case substrings one of which any match must contain. Checking
-#: them with ``in`` first skips the regex for text that cannot match, which is nearly all export
-#: output: masking 10,000 exported leads went from 0.85 s to a few milliseconds.
-_PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+#: Each pattern with what any match must contain: a literal, as written (None: nothing), and
+#: lower-case substrings one of which must be in the lower-cased text. Checking them with ``in``
+#: first skips the regex for text that cannot match, which is nearly all export output: masking
+#: 10,000 exported leads went from 0.85 s to a few milliseconds. The literal comes first since
+#: it needs no lower-cased copy and ``=`` is found at memchr speed: of an export's masking
+#: time, 3 of 5 substring scans over every block went (issue 19).
+_PATTERNS: tuple[tuple[re.Pattern[str], str | None, tuple[str, ...]], ...] = (
     # Webhook credentials in a REST path: /rest/1/CODE/ and /rest/api/1/CODE/.
-    (re.compile(r"(/rest/(?:api/)?\d+/)([^/\s?#\"']+)"), ("/rest/",)),
+    (re.compile(r"(/rest/(?:api/)?\d+/)([^/\s?#\"']+)"), "/rest/", ()),
     # Secrets in query strings, form bodies and bracketed event fields.
     (
         re.compile(
@@ -51,10 +54,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
             r"([^&\s\"']+)",
             re.IGNORECASE,
         ),
+        "=",
         ("_token", "client_secret", "auth"),
     ),
     # A header value: the token follows on the same line (a newline never joins two lines).
-    (re.compile(r"(Bearer[ \t]+)(\S+)", re.IGNORECASE), ("bearer",)),
+    (re.compile(r"(Bearer[ \t]+)(\S+)", re.IGNORECASE), None, ("bearer",)),
 )
 
 
@@ -84,10 +88,16 @@ class Redactor:
             # repeat while that happens. Each pass shortens the text, so this ends.
             while len(secret) > len(MASK) and secret in text:
                 text = text.replace(secret, MASK)
-        lowered = text.lower()
-        for pattern, needles in _PATTERNS:
-            if any(needle in lowered for needle in needles):
-                text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        lowered: str | None = None
+        for pattern, literal, needles in _PATTERNS:
+            if literal is not None and literal not in text:
+                continue
+            if needles:
+                lowered = text.lower() if lowered is None else lowered
+                if not any(needle in lowered for needle in needles):
+                    continue
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
+            lowered = None
         return text
 
     def mask_obj(self, obj: Any) -> Any:
