@@ -207,6 +207,36 @@ def test_a_worker_that_dies_mid_call_is_an_unknown_outcome(
     assert run.code == 7 and run.error()["code"] == "WARM_WORKER_LOST"
 
 
+def test_a_taken_worker_is_replaced_when_its_call_is_over_not_while_it_runs(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    """The successor's start (a fork and a whole rehearsal call) would compete with the call."""
+    _warm(cli, runtime)
+    portal.admin("faults", {"rules": [{"method": "crm.lead.get", "delay_ms": 1500}]})
+    before = portal.stats()["requests"]
+    proc = cli.popen("crm.lead.get", "--params", '{"id": 1}')
+    deadline = time.monotonic() + 30
+    while portal.stats()["requests"] == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = _process_in(cli.cwd, besides=proc.pid)
+    server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    during = _children(server)
+    cli.finish(proc)
+    assert worker in during and len(during) == 2, during  # the call's worker and one spare
+    deadline = time.monotonic() + 10
+    while worker in _children(server) or len(_children(server)) != 2:
+        assert time.monotonic() < deadline, _children(server)
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
 def _process_in(folder: Path, *, besides: int) -> int:
     """The one process but ``besides`` (the caller) whose working folder is ``folder``."""
     found = []

@@ -203,10 +203,13 @@ class _Server:
                 os.close(self.stop_read)
                 self.listener.close()
                 conn.setblocking(True)
-                serve_call(conn)
-                # The caller has its exit code: the parent may fork this worker's successor.
-                # (If the caller's leaving interrupts this, the parent finds it reaped.)
-                os.write(self.notify, wire.DONE + pid)
+                try:
+                    serve_call(conn)
+                finally:
+                    # The call is over (or never started): the parent may fork this worker's
+                    # successor. If this is cut short, the parent finds the worker reaped.
+                    with contextlib.suppress(OSError):
+                        os.write(self.notify, wire.DONE + pid)
         except BaseException:
             code = 1
         os._exit(code)
