@@ -171,3 +171,11 @@ def fails(response: requests.Response, status: int, code: str) -> dict[str, Any]
     error = body["error"]
     assert (error["code"] if isinstance(error, dict) else error) == code, body
     return body
+
+
+def write_env(path: Path, text: str) -> Path:
+    """An env file the way an operator keeps one: this user's, mode 0600 (b24agent/envfile.py
+    refuses one that others may write, or read while it holds a secret)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path

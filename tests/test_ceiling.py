@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import Cli
-from conftest import ROOT, Sandbox
+from conftest import ROOT, Sandbox, write_env
 
 SKILL = ROOT / "skills" / "bitrix24-agent"
 PACKAGE = SKILL / "scripts" / "b24agent"
@@ -127,6 +127,49 @@ def test_consented_flag_works(portal: Sandbox, cli: Cli) -> None:
 def test_unknown_allow_flags_name_is_a_config_error(cli: Cli) -> None:
     run = cli("crm.lead.list", B24_ALLOW_FLAGS="no-audit,everything")
     assert run.code == 4 and "B24_ALLOW_FLAGS" in run.error()["message"]
+
+
+# --- the operator's env file holds whatever other file a command names (review F5) ---------------
+
+
+@pytest.fixture
+def ceiling_cli(cli: Cli) -> Cli:
+    """The operator's ceiling in the state folder's .env; the portal comes from the environment."""
+    cli.state.mkdir(parents=True, exist_ok=True)
+    write_env(cli.state / ".env", "B24_READ_ONLY=1\nB24_PACKS=core\n")
+    return cli
+
+
+def test_a_projects_env_file_does_not_drop_the_ceiling(portal: Sandbox, ceiling_cli: Cli) -> None:
+    cli = ceiling_cli
+    (cli.cwd / ".env").write_text("NODE_ENV=development\nB24_READ_ONLY=0\nB24_PACKS=core,comms\n")
+    assert _refused(portal, cli, *ADD, "--confirm-write")["code"] == "READ_ONLY"
+    comms = ("im.message.add", "--params", '{"DIALOG_ID": "1", "MESSAGE": "hi"}', "--confirm-write")
+    error = _refused(portal, cli, *comms, "--packs", "comms")
+    assert error["code"] == "OUTSIDE_OPERATOR_CEILING" and "state/.env" in error["message"]
+    assert _leads(portal) == []
+
+
+def test_a_named_env_file_does_not_drop_the_ceiling(portal: Sandbox, ceiling_cli: Cli) -> None:
+    cli = ceiling_cli
+    portal.admin("seed", {"crm.lead": 1})
+    (lead,) = _leads(portal)
+    (cli.cwd / "any.env").write_text("NODE_ENV=development\nB24_READ_ONLY=0\n")
+    delete = ("crm.lead.delete", "--params", json.dumps({"id": lead["ID"]}))
+    error = _refused(portal, cli, *delete, "--env-file", "any.env", "--confirm-destructive")
+    assert error["code"] == "READ_ONLY"
+    assert _leads(portal) == [lead]
+    assert cli("crm.lead.list", "--env-file", "any.env").code == 0  # reads still run
+
+
+def test_an_env_file_moving_the_audit_log_needs_consent(portal: Sandbox, cli: Cli) -> None:
+    hidden = cli.tmp_path / "hidden.jsonl"
+    (cli.cwd / "quiet.env").write_text(f"B24_AUDIT_FILE={hidden}\n")
+    error = _refused(portal, cli, "crm.lead.list", "--env-file", "quiet.env")
+    assert error["code"] == "FLAG_NOT_ALLOWED" and "quiet.env" in error["message"]
+    assert not hidden.exists()
+    allowed = cli("crm.lead.list", "--env-file", "quiet.env", B24_ALLOW_FLAGS="audit-file")
+    assert allowed.code == 0 and hidden.exists()
 
 
 # --- read-only ---------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Smoke checks through the CLI, against a real portal when asked and the sandbox otherwise.
 
-Real portal: ``B24_RUN_INTEGRATION=1`` plus real ``B24_*`` settings (environment or ``./.env``
-in the repository root, read exactly as the CLI reads them). The read probes (``user.current``,
-``crm.lead.list``, ``scope``, ``method.get``) need a webhook or app with the ``crm`` and ``user``
-scopes. ``B24_SMOKE_WRITE=1`` adds a lead add/update/delete cycle; its lead carries the TITLE
-prefix ``b24agent-smoke`` and ``ORIGINATOR_ID=b24agent-smoke`` so a failed run's leftovers are
-easy to find, and the test deletes what it created. OAuth settings (an app installed by an
-admin) add a read of the offline queue (``event.offline.list``, which reserves nothing). Live runs
-keep the user's ``B24_STATE_DIR`` so the OAuth token store stays the one every process shares.
+Real portal: ``B24_RUN_INTEGRATION=1`` plus real ``B24_*`` settings (environment, the state
+folder's ``.env``, or a ``.env`` in the repository root, which the test names as B24_ENV_FILE). The
+read probes (``user.current``, ``crm.lead.list``, ``scope``, ``method.get``) need a webhook or app
+with the ``crm`` and ``user`` scopes. ``B24_SMOKE_WRITE=1`` adds a lead add/update/delete cycle;
+its lead carries the TITLE prefix ``b24agent-smoke`` and ``ORIGINATOR_ID=b24agent-smoke`` so a
+failed run's leftovers are easy to find, and the test deletes what it created. OAuth settings (an
+app installed by an admin) add a read of the offline queue (``event.offline.list``, which reserves
+nothing). Live runs keep the user's ``B24_STATE_DIR`` so the OAuth token store stays the one every
+process shares.
 
 Without ``B24_RUN_INTEGRATION`` the same checks run against the sandbox the ``portal`` fixture
 starts, with exact expectations where the sandbox's contents are known, so this file always runs.
@@ -76,9 +77,14 @@ class Target:
 def _live_target() -> Target:
     from b24agent.settings import load_settings
 
-    dotenv = ROOT / ".env"  # the CLI below runs in ROOT, so it reads the same file
-    settings = load_settings(env_file=str(dotenv) if dotenv.is_file() else None)
-    env = {**os.environ, **GUARD_ENV}
+    dotenv = ROOT / ".env"  # named as the operator's file, so the CLI below reads it too
+    named = (
+        {"B24_ENV_FILE": str(dotenv)}
+        if dotenv.is_file() and "B24_ENV_FILE" not in os.environ
+        else {}
+    )
+    env = {**os.environ, **named, **GUARD_ENV}
+    settings = load_settings(environ=env)
     return Target(
         env=env,
         cwd=ROOT,

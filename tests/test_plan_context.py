@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cli_support import Cli, Run, check
 from client_support import oauth_env
-from conftest import Sandbox
+from conftest import Sandbox, write_env
 
 CHAT = {"TYPE": "CHAT", "TITLE": "Planned chat", "USERS": [1]}
 
@@ -37,7 +37,7 @@ def oauth_file_cli(portal: Sandbox, tmp_path: Path) -> Cli:
     cli = Cli(tmp_path, {})
     settings = oauth_env(portal, cli.state)
     lines = [f"{k}={v}" for k, v in settings.items() if k not in ("B24_STATE_DIR", "HOME")]
-    (cli.cwd / "oauth.env").write_text("\n".join(lines) + "\n")
+    write_env(cli.cwd / "oauth.env", "\n".join(lines) + "\n")
     return cli
 
 
@@ -93,10 +93,9 @@ def test_refused_executions_leave_the_plan_usable(
     cli = oauth_file_cli
     shown = _plan_chat(cli)
     plan_id = shown["plan"]["id"]
-    # 1. Other credentials (a webhook .env where it is run, no --env-file): refused, unsent.
-    (cli.cwd / ".env").write_text(f"B24_WEBHOOK_URL={portal.webhook_url}\n")
+    # 1. Other credentials (a webhook in the environment, no --env-file): refused, unsent.
     before = _requests(portal)
-    other = cli("--execute-plan", plan_id)
+    other = cli("--execute-plan", plan_id, B24_WEBHOOK_URL=portal.webhook_url)
     assert other.code == 5 and other.error()["code"] == "PLAN_OTHER_AUTH"
     assert _requests(portal) == before
     # 2. The operator's ceiling now leaves comms out: refused by policy, unsent.

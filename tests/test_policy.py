@@ -7,6 +7,7 @@ from b24agent import catalog
 from b24agent.encoding import build_batch_command
 from b24agent.errors import ConfigError, PolicyError, ValidationError
 from b24agent.guard.policy import Gates, assess, authorize, check_packs, commands_of, listed
+from b24agent.settings import Ceiling
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -207,5 +208,7 @@ def test_listed_ignores_allow_unlisted() -> None:
     assert listed(_one(WRITE), Gates())
     assert not listed(_one(UNKNOWN), Gates(allow_unlisted=True))
     vendor = ("vendor.*",)
-    assert listed(_one(UNKNOWN), Gates(method_allowlist=vendor, ceiling_allowlist=vendor))
+    assert listed(
+        _one(UNKNOWN), Gates(method_allowlist=vendor, ceilings=(Ceiling(allowlist=vendor),))
+    )
     assert not listed(_one(UNKNOWN), Gates(method_allowlist=("vendor.*",)))

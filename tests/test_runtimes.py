@@ -19,7 +19,7 @@ from b24agent import __version__
 from cli_support import Cli
 from client_support import oauth_env
 from codex_support import list_skills
-from conftest import ROOT, Sandbox
+from conftest import ROOT, Sandbox, write_env
 
 SKILL = ROOT / "skills" / "bitrix24-agent"
 FRONTMATTER_BUDGET = 2048
@@ -130,7 +130,7 @@ def _oauth(portal: Sandbox, cli: Cli) -> dict[str, str]:
 def _env_file_only(portal: Sandbox, cli: Cli) -> dict[str, str]:
     """Nothing in the environment: the webhook URL sits in the state folder's .env."""
     cli.state.mkdir(parents=True, exist_ok=True)
-    (cli.state / ".env").write_text(f"B24_WEBHOOK_URL={portal.webhook_url}\n")
+    write_env(cli.state / ".env", f"B24_WEBHOOK_URL={portal.webhook_url}\n")
     return {}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from b24agent.errors import ConfigError
 from b24agent.settings import load_settings
+from conftest import write_env
 
 CODE = "abcdef0123456789"
 TOKEN = "tok-" + "9" * 40
@@ -165,12 +166,12 @@ def test_malformed_secret_is_named_but_never_echoed(tmp_path: Path, name: str) -
 
 
 def test_dotenv_loaded_and_real_environment_wins(tmp_path: Path) -> None:
-    env_file = tmp_path / "custom.env"
-    env_file.write_text(
+    env_file = write_env(
+        tmp_path / "custom.env",
         f"B24_WEBHOOK_URL=https://a.bitrix24.com/rest/1/{CODE}/\n"
         "B24_RATE_LIMITER_RATE=5\n"
         "B24_RATE_LIMITER_BURST=250\n"
-        "B24_PACKS=core, comms\n"
+        "B24_PACKS=core, comms\n",
     )
     s = load(tmp_path, {"B24_RATE_LIMITER_BURST": "100"}, env_file=env_file)
     assert s.base_url == "https://a.bitrix24.com"
@@ -179,35 +180,41 @@ def test_dotenv_loaded_and_real_environment_wins(tmp_path: Path) -> None:
     assert s.packs == ("core", "comms")
 
 
-def test_dotenv_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / ".env").write_text(f"B24_WEBHOOK_URL=https://b.bitrix24.com/rest/3/{CODE}/\n")
-    monkeypatch.chdir(tmp_path)
-    s = load_settings(environ={"HOME": str(tmp_path)})
-    assert (s.base_url, s.webhook_user_id) == ("https://b.bitrix24.com", 3)
-
-
-def test_without_a_local_env_the_state_folder_env_file_is_read(
+def test_the_working_folders_env_is_never_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Any folder may hold a ``.env`` someone else wrote (a cloned project, another user in
+    /tmp): the operator's file in the state folder is read, never ``./.env`` (review F5, F7)."""
+    root = tmp_path / ".local" / "state" / "bitrix24-agent"
+    root.mkdir(parents=True)
+    state_env = write_env(root / ".env", f"B24_WEBHOOK_URL=https://d.bitrix24.com/rest/4/{CODE}/\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    write_env(project / ".env", "B24_OAUTH_SERVER=https://thief.example\nB24_READ_ONLY=0\n")
+    monkeypatch.chdir(project)
+    s = load_settings(environ={"HOME": str(tmp_path)})
+    assert s.base_url == "https://d.bitrix24.com" and s.env_file == state_env
+    assert s.oauth_server == "https://oauth.bitrix.info"
+
+
+def test_without_b24_env_file_the_state_folder_env_file_is_read(tmp_path: Path) -> None:
     """Settings outside the skill folder: ~/.local/state/bitrix24-agent/.env by default, the
-    B24_STATE_DIR root when it is set, and a ./.env of the working folder comes first."""
-    monkeypatch.chdir(tmp_path)
+    B24_STATE_DIR root when it is set."""
     default = tmp_path / ".local" / "state" / "bitrix24-agent" / ".env"
     default.parent.mkdir(parents=True)
-    default.write_text(f"B24_WEBHOOK_URL=https://d.bitrix24.com/rest/4/{CODE}/\n")
+    write_env(default, f"B24_WEBHOOK_URL=https://d.bitrix24.com/rest/4/{CODE}/\n")
     assert load_settings(environ={"HOME": str(tmp_path)}).base_url == "https://d.bitrix24.com"
     moved = tmp_path / "elsewhere"
     moved.mkdir()
-    (moved / ".env").write_text(f"B24_WEBHOOK_URL=https://m.bitrix24.com/rest/4/{CODE}/\n")
+    write_env(moved / ".env", f"B24_WEBHOOK_URL=https://m.bitrix24.com/rest/4/{CODE}/\n")
     s = load_settings(environ={"HOME": str(tmp_path), "B24_STATE_DIR": str(moved)})
     assert s.base_url == "https://m.bitrix24.com"
-    (tmp_path / ".env").write_text(f"B24_WEBHOOK_URL=https://w.bitrix24.com/rest/4/{CODE}/\n")
-    assert load_settings(environ={"HOME": str(tmp_path)}).base_url == "https://w.bitrix24.com"
 
 
 def test_b24_env_file_names_the_file_and_must_exist(tmp_path: Path) -> None:
-    named = tmp_path / "portal.env"
-    named.write_text(f"B24_WEBHOOK_URL=https://n.bitrix24.com/rest/5/{CODE}/\n")
+    named = write_env(
+        tmp_path / "portal.env", f"B24_WEBHOOK_URL=https://n.bitrix24.com/rest/5/{CODE}/\n"
+    )
     environ = {"HOME": str(tmp_path), "B24_ENV_FILE": "~/portal.env"}
     assert load_settings(environ=environ).base_url == "https://n.bitrix24.com"
     named.unlink()
@@ -286,7 +293,7 @@ def test_credentials_optional_when_not_required(tmp_path: Path) -> None:
 
 
 def test_malformed_value_in_dotenv_is_named(tmp_path: Path) -> None:
-    env_file = tmp_path / "x.env"
-    env_file.write_text(f"B24_RATE_LIMITER=sometimes\nB24_WEBHOOK_URL={HOOK['B24_WEBHOOK_URL']}\n")
+    text = f"B24_RATE_LIMITER=sometimes\nB24_WEBHOOK_URL={HOOK['B24_WEBHOOK_URL']}\n"
+    env_file = write_env(tmp_path / "x.env", text)
     error = config_error(tmp_path, {}, env_file=env_file)
     assert "B24_RATE_LIMITER" in error.message

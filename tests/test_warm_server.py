@@ -132,12 +132,12 @@ def test_stdin_exit_codes_and_error_lines_pass_through(
 
 def test_each_call_has_its_own_environment_and_folder(cli: Cli, runtime: Path) -> None:
     _warm(cli, runtime)
-    (cli.cwd / ".env").write_text("B24_PACKS=no-such-pack\n")
-    from_dotenv = cli("user.current")
+    (cli.cwd / "ops.env").write_text("B24_PACKS=no-such-pack\n")  # named relative to the folder
+    from_dotenv = cli("user.current", "--env-file", "ops.env")
     assert from_dotenv.code == 4 and "no-such-pack" in from_dotenv.error()["message"]
     from_env = cli("user.current", B24_PACKS="core,also-unknown")
     assert from_env.code == 4 and "also-unknown" in from_env.error()["message"]
-    (cli.cwd / ".env").unlink()
+    (cli.cwd / "ops.env").unlink()
     assert cli("user.current").code == 0  # nothing of the calls before stayed behind
 
 

@@ -5,11 +5,15 @@ This is the only module that reads ``os.environ`` for a call: every other module
 back. (``cli/warm/wire.py`` reads B24_SERVER before anything is imported, to pick where the call
 runs; the warm server reads B24_SERVER_IDLE_SEC; neither reaches a call's ``Settings``.)
 
-Layers, later wins: one env file (python-dotenv) < the real environment < ``overrides``. The
-file is ``--env-file``, else ``B24_ENV_FILE``, else ``./.env``, else ``.env`` in the state root
-(``~/.local/state/bitrix24-agent/.env``): settings live outside the skill folder, which runtimes
-copy and share. Overrides keyed ``B24_*`` are read like environment variables; other keys name
-``Settings`` fields and replace them after parsing (CLI flags such as ``rate_limiter``).
+Where values come from, later wins: one env file (python-dotenv) < the real environment <
+``overrides``. The file is ``--env-file`` when given, else the operator's env file:
+``B24_ENV_FILE``, else ``.env`` in the state root (``~/.local/state/bitrix24-agent/.env``):
+settings live outside the skill folder, which runtimes copy and share. The working folder's
+``.env`` is never read: any project or shared folder may hold one, written by someone else (a
+cloned repository, another user in /tmp). Every env file is read through envfile.py: never
+through a link, never another user's, never one others may write or, holding a secret, read.
+Overrides keyed ``B24_*`` are read like environment variables; other keys name ``Settings``
+fields and replace them after parsing (CLI flags such as ``rate_limiter``).
 
 Variables (design.md "Configuration"; secrets marked *):
   B24_WEBHOOK_URL*        https://portal/rest/USER/CODE/ as Bitrix24 shows it (sets the next 3)
@@ -33,7 +37,7 @@ Variables (design.md "Configuration"; secrets marked *):
                           where limiter, tokens, idempotency records, plans and worker leases live
   B24_WORKER_LEASE_SEC    seconds a fleet worker's lease outlives its last renewal (default 30)
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
-  B24_ENV_FILE            the env file to read (default ./.env, else .env in the state root)
+  B24_ENV_FILE            the operator's env file (default .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
   B24_APPROVAL            off|destructive|writes: plans above it run only once a human approves
@@ -44,11 +48,17 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_MCP_EXPORT_DIR      where b24-mcp's b24_export writes its JSONL files (default STATE/exports)
   B24_MCP_TOKEN*          the bearer token b24-mcp --http requires from every HTTP client
 
-The operator's ceiling: what the environment and env file say is the most a call may do. Flags
-only narrow it, so the fields a flag may replace (``packs``, ``method_allowlist``) are kept apart
-from the operator's own (``operator_packs``, ``operator_allowlist``); guard/policy.py runs a
-method only when both allow it. ``read_only`` and ``require_plan`` can be switched on by a flag,
-never off.
+The operator's ceiling (B24_READ_ONLY, B24_REQUIRE_PLAN, B24_PACKS, B24_METHOD_ALLOWLIST,
+B24_ALLOW_FLAGS, B24_APPROVAL) is read from every source at once, not only from the file chosen:
+the operator's env file, a ``--env-file`` file and the environment each bound it, and where
+several set a variable the narrowest wins. So a command line that names another
+env file, or an environment that sets ``B24_READ_ONLY=0``, changes which portal and credentials
+are used but never lifts a ceiling the operator's file sets. Flags only narrow it too: the fields
+a flag may replace (``packs``, ``method_allowlist``) are kept apart from the operator's
+(``ceilings``, one per source); guard/policy.py runs a method only when all of them allow it.
+``read_only`` and ``require_plan`` can be switched on by a flag, never off. Where the audit log
+goes is the operator's as well: ``operator_audit_file`` is where the operator's own sources put
+it, and a run that would log elsewhere needs ``audit-file`` in ``B24_ALLOW_FLAGS`` (cli/client.py).
 
 Every problem is a ConfigError naming the variable; values of secret variables (and of the
 address variables, which may embed a webhook code) are never echoed.
@@ -66,26 +76,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .envfile import CREDENTIAL_VARIABLES, read_env_file
 from .errors import ConfigError
 
-__all__ = ["APPROVAL_LEVELS", "SECRET_VARIABLES", "WIDENING_FLAGS", "Settings", "load_settings"]
+__all__ = [
+    "APPROVAL_LEVELS",
+    "SECRET_VARIABLES",
+    "WIDENING_FLAGS",
+    "Ceiling",
+    "Settings",
+    "load_settings",
+]
 
 T = TypeVar("T")
 
-#: Variables whose values are never echoed in errors (the addresses may hold a webhook code).
+#: Variables whose values are never echoed in errors: the credentials, and the addresses, which
+#: may hold a webhook code or a password.
 SECRET_VARIABLES = frozenset(
-    {
-        "B24_WEBHOOK_URL",
-        "B24_WEBHOOK_CODE",
-        "B24_ACCESS_TOKEN",
-        "B24_REFRESH_TOKEN",
-        "B24_CLIENT_SECRET",
-        "B24_APPLICATION_TOKEN",
-        "B24_DOMAIN",
-        "B24_OAUTH_SERVER",
-        "B24_STATE_BACKEND",
-        "B24_MCP_TOKEN",
-    }
+    {*CREDENTIAL_VARIABLES, "B24_DOMAIN", "B24_OAUTH_SERVER", "B24_STATE_BACKEND"}
 )
 
 #: Flags that lift a guard instead of narrowing one; each works only where B24_ALLOW_FLAGS names it.
@@ -97,6 +105,17 @@ DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 #: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
 MIN_SECRET_LEN = 8
 _WEBHOOK_PATH = re.compile(r"^/rest/(\d+)/([^/\s]+)/?$")
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """One source's ``B24_PACKS`` (None: it names none, every catalog pack) and
+    ``B24_METHOD_ALLOWLIST``: a method runs only inside every source's ceiling."""
+
+    packs: tuple[str, ...] | None = None
+    allowlist: tuple[str, ...] = ()
+    #: Which source set it, for refusals: " in env file PATH", " in the environment".
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,15 +134,15 @@ class Settings:
     application_token: str | None = field(default=None, repr=False)
     packs: tuple[str, ...] = ("core",)
     method_allowlist: tuple[str, ...] = ()
-    #: The operator's B24_PACKS (None: not set, every catalog pack may be chosen).
-    operator_packs: tuple[str, ...] | None = None
-    #: The operator's B24_METHOD_ALLOWLIST: methods the ceiling admits beyond its packs.
-    operator_allowlist: tuple[str, ...] = ()
+    #: The operator's B24_PACKS and B24_METHOD_ALLOWLIST, one per source that sets them.
+    ceilings: tuple[Ceiling, ...] = ()
     require_plan: bool = False
     read_only: bool = False
     allowed_flags: frozenset[str] = frozenset()
     #: The env file these settings were read from (absolute), so a plan can name it again.
     env_file: Path | None = None
+    #: Where the operator's own settings put the audit log (a --env-file may not move it).
+    operator_audit_file: Path = Path("audit.jsonl")
     state_dir: Path = Path(".")
     audit_file: Path = Path("audit.jsonl")
     audit_params: str = "digest"
@@ -354,54 +373,93 @@ def _missing(names: str, why: str) -> ConfigError:
     return ConfigError(
         f"{names} not set: {why}",
         code="CONFIG_MISSING",
-        hint="set it in the environment or an env file: B24_ENV_FILE, ./.env, or .env in the "
-        "state folder (default ~/.local/state/bitrix24-agent); see .env.example",
+        hint="set it in the environment or an env file: .env in the state folder (default "
+        "~/.local/state/bitrix24-agent, mode 0600), B24_ENV_FILE or --env-file; see .env.example",
     )
 
 
 # --- assembling -----------------------------------------------------------------------------
 
 
-def _merged(
-    env_file: str | None, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
-) -> tuple[dict[str, str | None], Path | None]:
-    """The merged variables, and the env file they came from (None when none was read)."""
-    real = dict(os.environ if environ is None else environ)
-    path, named = _env_file(env_file, real)
-    from_file: dict[str, str | None] = {}
-    if named and not path.is_file():
+#: One source of variables alone, and where it is (" in env file PATH", " in the environment").
+_Layer = tuple[str, "_Env"]
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where the variables came from: the file read for this run, and each source alone."""
+
+    #: The env file read for this run < the real environment < ``B24_*`` overrides.
+    merged: dict[str, str | None]
+    #: The operator's env file < the real environment < overrides: whose audit log it is.
+    operator: dict[str, str | None]
+    #: The operator's sources on their own, with where they are: its env file, and the
+    #: environment with the overrides.
+    operator_layers: tuple[_Layer, ...]
+    #: The file ``--env-file`` names, when it is not the operator's: it may only narrow.
+    named_layer: _Layer | None
+    #: The file ``merged`` was read from (absolute), None when there was none.
+    env_file: Path | None
+
+
+def _read(path: Path, named: str | None) -> dict[str, str | None] | None:
+    """The variables of ``path``; None when it does not exist and no setting ``named`` it."""
+    try:
+        return read_env_file(path)
+    except FileNotFoundError:
+        if named is None:
+            return None
         raise ConfigError(
             f"env file {path} not found", code="CONFIG_MISSING", hint=f"check {named}"
-        )
-    if path.is_file():
-        try:
-            # Imported here: the sandbox reads is_loopback_host from this module and runs on a
-            # python3 without our packages.
-            from dotenv import dotenv_values
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read env file {path}: {type(exc).__name__}", code="CONFIG_INVALID"
+        ) from None
 
-            from_file = dict(dotenv_values(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read env file {path}: {type(exc).__name__}", code="CONFIG_INVALID"
-            ) from None
-    merged: dict[str, str | None] = {**from_file, **real}
+
+def _sources(
+    env_file: str | None, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
+) -> _Sources:
+    """Read the operator's env file and the one ``--env-file`` names (see the module's rule)."""
+    real: dict[str, str | None] = dict(os.environ if environ is None else environ)
     for key, value in overrides.items():
         if key.startswith("B24_"):
-            merged[key] = None if value is None else str(value)
-    return merged, (path.resolve() if from_file or path.is_file() else None)
+            real[key] = None if value is None else str(value)
+    path, named = _operator_file(real)
+    operator = _read(path, named)
+    chosen = operator
+    layers = ((f" in env file {path}", _Env(operator or {})), (" in the environment", _Env(real)))
+    named: _Layer | None = None
+    if env_file and not _same_file(Path(env_file), path):
+        path, chosen = Path(env_file), _read(Path(env_file), "--env-file")
+        named = (f" in env file {path}", _Env(chosen or {}))
+    return _Sources(
+        merged={**(chosen or {}), **real},
+        operator={**(operator or {}), **real},
+        operator_layers=layers,
+        named_layer=named,
+        env_file=path.resolve() if chosen is not None else None,
+    )
 
 
-def _env_file(env_file: str | None, real: Mapping[str, str]) -> tuple[Path, str | None]:
-    """The one env file to read, and the setting that named it (a named file must exist)."""
-    if env_file:
-        return Path(env_file), "--env-file"
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _operator_file(real: Mapping[str, str | None]) -> tuple[Path, str | None]:
+    """The operator's env file, and the setting that named it (a named file must exist):
+    ``B24_ENV_FILE``, else ``.env`` in the state root. Never the working folder's ``.env``:
+    any project or shared folder may hold one, written by someone else."""
     env = _Env(real)
-    named = env.raw("B24_ENV_FILE")
     home = Path(env.raw("HOME") or Path.home())
+    named = env.raw("B24_ENV_FILE")
     if named:
         return env.path("B24_ENV_FILE", Path(named), home), "B24_ENV_FILE"
-    local = Path.cwd() / ".env"
-    return (local if local.is_file() else _state_root(env, home) / ".env"), None
+    return _state_root(env, home) / ".env", None
 
 
 def _credentials(env: _Env) -> dict[str, Any]:
@@ -486,6 +544,60 @@ def _state_backend(env: _Env) -> str:
     return value
 
 
+def _audit_file(env: _Env, home: Path, portal: str) -> Path:
+    return env.path("B24_AUDIT_FILE", _state_root(env, home) / portal / "audit.jsonl", home)
+
+
+def _ceiling(operator: tuple[_Layer, ...], named: _Layer | None) -> dict[str, Any]:
+    """The ceiling fields from every source at once: where several set a variable, the
+    narrowest wins (a switch is on if any source turns it on; a method or a flag is allowed
+    only where every list allows it; the strictest approval level). The file ``--env-file``
+    names only narrows: where the operator's sources set no ceiling, the default one (every
+    catalog pack, no unknown method; no widening flag) still holds under it."""
+    every = (*operator, *([named] if named else []))
+    mine = [_one_ceiling(where, layer) for where, layer in operator if _sets_ceiling(layer)]
+    ceilings = list(mine or [Ceiling()])
+    if named and _sets_ceiling(named[1]):
+        ceilings.append(_one_ceiling(*named))
+    consents = [
+        layer.allowed_flags("B24_ALLOW_FLAGS")
+        for _, layer in operator
+        if _sets(layer, "B24_ALLOW_FLAGS")
+    ]
+    allowed = frozenset.intersection(*consents) if consents else frozenset()
+    if named and _sets(named[1], "B24_ALLOW_FLAGS"):
+        allowed &= named[1].allowed_flags("B24_ALLOW_FLAGS")
+    levels = [
+        layer.choice("B24_APPROVAL", "off", APPROVAL_LEVELS)
+        for _, layer in every
+        if _sets(layer, "B24_APPROVAL")
+    ]
+    packs = (p for ceiling in ceilings for p in ceiling.packs or ())
+    allowlist = (pattern for ceiling in ceilings for pattern in ceiling.allowlist)
+    return {
+        "ceilings": tuple(ceilings),
+        "packs": tuple(dict.fromkeys(packs)) or ("core",),
+        "method_allowlist": tuple(dict.fromkeys(allowlist)),
+        "read_only": any([layer.flag("B24_READ_ONLY", False) for _, layer in every]),
+        "require_plan": any([layer.flag("B24_REQUIRE_PLAN", False) for _, layer in every]),
+        "allowed_flags": allowed,
+        "approval": max(levels, key=APPROVAL_LEVELS.index) if levels else None,
+    }
+
+
+def _sets(layer: _Env, name: str) -> bool:
+    return layer.raw(name) is not None
+
+
+def _sets_ceiling(layer: _Env) -> bool:
+    return _sets(layer, "B24_PACKS") or _sets(layer, "B24_METHOD_ALLOWLIST")
+
+
+def _one_ceiling(where: str, layer: _Env) -> Ceiling:
+    packs = layer.names("B24_PACKS", ()) if _sets(layer, "B24_PACKS") else None
+    return Ceiling(packs, layer.names("B24_METHOD_ALLOWLIST", ()), where)
+
+
 def _state_root(env: _Env, home: Path) -> Path:
     xdg = env.raw("XDG_STATE_HOME")
     default = (Path(xdg) if xdg else home / ".local" / "state") / "bitrix24-agent"
@@ -499,14 +611,15 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     require_credentials: bool = True,
 ) -> Settings:
-    """Build Settings from ``.env`` < environment (``environ`` or os.environ) < ``overrides``.
+    """Build Settings from an env file < environment (``environ`` or os.environ) < ``overrides``,
+    under the ceiling of every source (see the module's docstring).
 
     ``require_credentials=False`` lets commands that never call the portal (help, catalog
     look-ups, plan listing) run without a portal configured.
     """
     overrides = dict(overrides or {})
-    merged, loaded = _merged(env_file, environ, overrides)
-    env = _Env(merged)
+    sources = _sources(env_file, environ, overrides)
+    env = _Env(sources.merged)
     home = Path(env.raw("HOME") or Path.home())
     creds = _credentials(env)
     mode = _auth_mode(env, creds, require_credentials)
@@ -521,28 +634,21 @@ def load_settings(
         if server
         else DEFAULT_OAUTH_SERVER
     )
-    state_dir = _state_root(env, home) / portal_key_of(creds["base_url"])
-    operator_packs = env.names("B24_PACKS", ())
-    operator_allowlist = env.names("B24_METHOD_ALLOWLIST", ())
+    portal = portal_key_of(creds["base_url"])
+    state_dir = _state_root(env, home) / portal
     settings = Settings(
         **creds,
+        **_ceiling(sources.operator_layers, sources.named_layer),
         auth_mode=mode,
         oauth_server=oauth_server,
-        packs=operator_packs or ("core",),
-        method_allowlist=operator_allowlist,
-        operator_packs=operator_packs if env.raw("B24_PACKS") is not None else None,
-        operator_allowlist=operator_allowlist,
-        require_plan=env.flag("B24_REQUIRE_PLAN", False),
-        read_only=env.flag("B24_READ_ONLY", False),
-        allowed_flags=env.allowed_flags("B24_ALLOW_FLAGS"),
-        env_file=loaded,
+        env_file=sources.env_file,
+        operator_audit_file=_audit_file(_Env(sources.operator), home, portal),
         state_dir=state_dir,
-        audit_file=env.path("B24_AUDIT_FILE", state_dir / "audit.jsonl", home),
+        audit_file=_audit_file(env, home, portal),
         audit_params=env.choice("B24_AUDIT_PARAMS", "digest", ("digest", "full")),
         audit_max_bytes=env.integer("B24_AUDIT_MAX_BYTES", 10 * 1024 * 1024, minimum=4096),
         plan_dir=env.path("B24_PLAN_FILE", state_dir / "plans", home),
         plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
-        approval=env.choice("B24_APPROVAL", None, APPROVAL_LEVELS),  # type: ignore[arg-type]
         approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0),
         broker_drainers=env.names("B24_BROKER_DRAINERS", ()),
         audit_key_file=(

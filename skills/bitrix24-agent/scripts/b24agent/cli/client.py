@@ -565,22 +565,21 @@ def _load_settings(args: argparse.Namespace, *, require_credentials: bool = True
         overrides={k: v for k, v in overrides.items() if v is not None},
         require_credentials=require_credentials,
     )
-    if args.audit_file is not None:
-        _check_audit_file(args, settings)
+    _check_audit_file(args, settings)
     return settings
 
 
 def _check_audit_file(args: argparse.Namespace, settings: Settings) -> None:
-    """``--audit-file`` elsewhere than the operator's log would hide the run from it, so it is a
-    widening flag: it needs ``audit-file`` in B24_ALLOW_FLAGS unless it names that same log."""
+    """An audit log elsewhere than the operator's would hide the run from it, so it is a
+    widening: ``--audit-file`` naming another log, or a ``--env-file`` whose B24_AUDIT_FILE or
+    B24_STATE_DIR moves it, needs ``audit-file`` in B24_ALLOW_FLAGS."""
     import os
 
     from ..guard.policy import check_widening
-    from ..settings import load_settings
 
-    operator = load_settings(env_file=args.env_file, require_credentials=False).audit_file
-    if os.path.realpath(args.audit_file) != os.path.realpath(operator):
-        check_widening(["audit-file"], settings.allowed_flags)
+    if os.path.realpath(settings.audit_file) != os.path.realpath(settings.operator_audit_file):
+        source = "" if args.audit_file else f" (as {args.env_file} sets it)"
+        check_widening(["audit-file"], settings.allowed_flags, source=source)
 
 
 def main(

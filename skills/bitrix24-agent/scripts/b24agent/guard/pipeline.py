@@ -265,8 +265,7 @@ class Pipeline:
             confirm_destructive=guards.confirm_destructive,
             require_plan=settings.require_plan,
             read_only=settings.read_only,
-            ceiling_packs=settings.operator_packs,
-            ceiling_allowlist=settings.operator_allowlist,
+            ceilings=settings.ceilings,
         )
 
     def _approval_level(self) -> str:

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from .. import catalog
 from ..encoding import parse_batch_command, php_map
 from ..errors import ConfigError, PolicyError, ValidationError
+from ..settings import Ceiling
 
 __all__ = [
     "Assessment",
@@ -147,17 +148,14 @@ class Gates:
     confirm_destructive: bool = False
     require_plan: bool = False
     read_only: bool = False
-    #: The operator's packs (None: every catalog pack) and allowlist: the ceiling.
-    ceiling_packs: tuple[str, ...] | None = None
-    ceiling_allowlist: tuple[str, ...] = ()
+    #: The operator's packs and allowlist, one per source that sets them: a method must be
+    #: inside every one (none: every catalog pack, no unknown method).
+    ceilings: tuple[Ceiling, ...] = ()
 
     @property
     def enabled_packs(self) -> tuple[str, ...]:
-        chosen = _pack_names(self.packs)
-        if self.ceiling_packs is None:
-            return chosen
-        ceiling = _pack_names(self.ceiling_packs)
-        return tuple(p for p in chosen if p in ceiling)
+        limits = [_pack_names(c.packs) for c in self.ceilings if c.packs is not None]
+        return tuple(p for p in _pack_names(self.packs) if all(p in limit for limit in limits))
 
 
 def _pack_names(packs: Iterable[str]) -> tuple[str, ...]:
@@ -175,12 +173,13 @@ def check_packs(packs: Iterable[str]) -> None:
         )
 
 
-def check_widening(requested: Iterable[str], allowed: Collection[str]) -> None:
-    """Refuse a flag that would lift a guard unless the operator named it in B24_ALLOW_FLAGS."""
+def check_widening(requested: Iterable[str], allowed: Collection[str], *, source: str = "") -> None:
+    """Refuse a flag that would lift a guard unless the operator named it in B24_ALLOW_FLAGS
+    (``source``: what asks for it when not the flag itself, e.g. an env file's setting)."""
     refused = [flag for flag in requested if flag not in allowed]
     if refused:
         raise PolicyError(
-            f"--{refused[0]} would lift a guard the operator set, and the operator has not "
+            f"--{refused[0]}{source} would lift a guard the operator set, and the operator has not "
             "allowed it (B24_ALLOW_FLAGS)",
             code="FLAG_NOT_ALLOWED",
             hint="run the command without it; only the operator can allow it, by name, in "
@@ -188,27 +187,27 @@ def check_widening(requested: Iterable[str], allowed: Collection[str]) -> None:
         )
 
 
-def _inside_ceiling(command: Command, pack: str | None, gates: Gates) -> bool:
-    if catalog.match_allowlist(command.method, gates.ceiling_allowlist):
+def _inside(command: Command, pack: str | None, ceiling: Ceiling) -> bool:
+    if catalog.match_allowlist(command.method, ceiling.allowlist):
         return True
     if pack is None:
         return False
-    return gates.ceiling_packs is None or pack in _pack_names(gates.ceiling_packs)
+    return ceiling.packs is None or pack in _pack_names(ceiling.packs)
 
 
-def _outside_ceiling(command: Command, pack: str | None, gates: Gates) -> PolicyError:
+def _outside_ceiling(command: Command, pack: str | None, ceiling: Ceiling) -> PolicyError:
     if pack is None:
         return PolicyError(
             f"{command.label} is not in the method catalog (unknown methods count as writes), "
-            "and the operator's B24_METHOD_ALLOWLIST does not name it",
+            f"and the operator's B24_METHOD_ALLOWLIST{ceiling.where} does not name it",
             code="METHOD_UNLISTED",
             hint=f"check the name in the official docs (b24 --explain {command.method}); the "
             "operator allows it by adding it to B24_METHOD_ALLOWLIST",
         )
-    ceiling = ",".join(_pack_names(gates.ceiling_packs or ())) or "none"
+    packs = ",".join(_pack_names(ceiling.packs or ())) or "none"
     return PolicyError(
         f"{command.label} is in pack '{pack}', outside what the operator allows "
-        f"(B24_PACKS={ceiling}); a command-line flag narrows that, never widens it",
+        f"(B24_PACKS={packs}{ceiling.where}); a command-line flag narrows that, never widens it",
         code="OUTSIDE_OPERATOR_CEILING",
         hint=f"the operator adds '{pack}' to B24_PACKS or the method to B24_METHOD_ALLOWLIST",
     )
@@ -218,8 +217,10 @@ def _check_listed(command: Command, gates: Gates) -> None:
     if gates.allow_unlisted:
         return
     pack = catalog.pack_of(command.method)
-    if not _inside_ceiling(command, pack, gates):
-        raise _outside_ceiling(command, pack, gates)
+    # No source set a ceiling: every catalog pack, and no unknown method (fail closed).
+    for ceiling in gates.ceilings or (Ceiling(),):
+        if not _inside(command, pack, ceiling):
+            raise _outside_ceiling(command, pack, ceiling)
     if catalog.match_allowlist(command.method, gates.method_allowlist):
         return
     enabled = gates.enabled_packs
@@ -291,7 +292,7 @@ def listed(assessment: Assessment, gates: Gates) -> bool:
 
 def authorize(assessment: Assessment, gates: Gates, stage: Stage = "call") -> None:
     """Raise PolicyError (exit 3) saying what would allow it, unless it may run."""
-    check_packs((*gates.packs, *(gates.ceiling_packs or ())))
+    check_packs((*gates.packs, *(p for c in gates.ceilings for p in c.packs or ())))
     for command in assessment.commands:
         _check_listed(command, gates)
     _check_read_only(assessment, gates)
