@@ -71,6 +71,11 @@ class B24Error(Exception):
 
     exit_code: ClassVar[int] = 1
     default_retryable: ClassVar[bool] = False
+    #: True on the transport's word about a request it handled (the portal's answer, or proof
+    #: that it never left): such an error already says whether a write ran. Any other error
+    #: raised once a write has left (a state store, the audit log) cannot, so the pipeline
+    #: reports it as outcome unknown.
+    verdict: bool = False
 
     def __init__(
         self,

@@ -40,6 +40,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_ENV_FILE            the operator's env file (default .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
+  B24_MAX_ANSWER_MB       the most of one portal answer read, decoded (default 128); a larger
+                          answer is refused as a server fault (a gzip bomb cannot fill memory)
   B24_APPROVAL            off|destructive|writes: plans above it run only once a human approves
                           (broker: b24-broker approve; MCP: elicitation); default writes there.
                           The plain CLI cannot enforce it: set, it refuses such writes.
@@ -166,6 +168,7 @@ class Settings:
     burst: int = 50
     connect_timeout: float = 10.0
     read_timeout: float = 65.0
+    max_answer_mb: int = 128
     max_retries: int = 4
     retry_base_s: float = 0.5
     retry_max_s: float = 20.0
@@ -523,7 +526,8 @@ def _auth_mode(env: _Env, creds: Mapping[str, Any], require: bool) -> str:
 
 
 def _state_backend(env: _Env) -> str:
-    """``file``, or a Redis URL with a host and a numeric database (default 0)."""
+    """``file``, or a Redis URL with a host and a numeric database (default 0); TLS
+    (``rediss://``) unless the host is loopback, as for the portal's address."""
     value = env.raw("B24_STATE_BACKEND")
     if value is None or value.lower() == "file":
         return "file"
@@ -541,6 +545,14 @@ def _state_backend(env: _Env) -> str:
         or parts.fragment
     ):
         raise env.fail("B24_STATE_BACKEND", expected)
+    if parts.scheme == "redis" and not is_loopback_host(parts.hostname):
+        # The OAuth pair, plans and the Redis password itself cross this link.
+        raise ConfigError(
+            "B24_STATE_BACKEND uses plain redis:// for a non-loopback host",
+            code="CONFIG_INSECURE",
+            hint="use rediss:// (TLS); plain redis:// is allowed only for 127.0.0.1, ::1 and "
+            "localhost",
+        )
     return value
 
 
@@ -663,6 +675,7 @@ def load_settings(
         burst=env.integer("B24_RATE_LIMITER_BURST", 50, minimum=1),
         connect_timeout=env.number("B24_CONNECT_TIMEOUT", 10.0, minimum=0.1),
         read_timeout=env.number("B24_READ_TIMEOUT", 65.0, minimum=0.1),
+        max_answer_mb=env.integer("B24_MAX_ANSWER_MB", 128, minimum=1),
         max_retries=env.integer("B24_MAX_RETRIES", 4),
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),
         retry_max_s=env.number("B24_RETRY_MAX_SEC", 20.0),

@@ -5,8 +5,10 @@ Every step is atomic on the server: the limiter's bucket and method budgets are 
 skewed clocks share one bucket; documents are created with SET NX and changed in WATCH/MULTI
 transactions; the token store's refresh runs under a lease whose fencing token the write
 checks, so a holder whose lease lapsed cannot overwrite a newer pair. Keys live under
-``b24:<portal>:``. Redis being unreachable is a TransientError (exit 6, nothing sent); there is
-no fall back to per-host files, which would split the fleet's state silently.
+``b24:<portal>:``. Redis being unreachable is a TransientError (exit 6; after a write was sent
+the pipeline makes it exit 7); there is no fall back to per-host files, which would split the
+fleet's state silently. A key holding what we cannot read (another type, a non-number) is
+STATE_CORRUPT (exit 4) naming the key: retrying would never help.
 
 Redis must keep its data (``appendonly yes``): the token pair lives only here.
 """
@@ -53,18 +55,40 @@ TRANSACTION_TRIES = 50
 
 
 def _unreachable(url: str, exc: Exception) -> TransientError:
+    # Not "nothing was sent": a store lost after a write was sent is settled by the caller
+    # (guard/pipeline.py makes it "outcome unknown"); this layer cannot know.
     return TransientError(
-        f"the shared state store {url} is unreachable ({type(exc).__name__}); nothing was sent",
+        f"the shared state store {url} is unreachable ({type(exc).__name__})",
         code="STATE_BACKEND_UNREACHABLE",
         hint="retry once Redis is back; B24_STATE_BACKEND names it",
     )
 
 
-class _Guard:
-    """Maps redis-py's errors to ours: unreachable or busy is transient, refused is config."""
+def _corrupt(where: str, what: str) -> ConfigError:
+    """Damaged shared state, named by its key and never shown (it may hold tokens): retrying
+    cannot help, deleting the key can."""
+    return ConfigError(
+        f"the shared state {where} {what}",
+        code="STATE_CORRUPT",
+        hint="delete that key in Redis; it is rebuilt (tokens: from the environment)",
+    )
 
-    def __init__(self, url: str) -> None:
+
+def _damaged(exc: redis.ResponseError) -> bool:
+    """Whether Redis refused because of what a key holds: the wrong type (WRONGTYPE), a number
+    that is not one, or one of our scripts failing, which happens only on values it cannot read
+    (its arguments are always well-formed)."""
+    text = str(exc)
+    return text.startswith("WRONGTYPE") or "user_script" in text or "not an integer" in text
+
+
+class _Guard:
+    """Maps redis-py's errors to ours: unreachable or busy is transient, refused is config, a
+    key of ours holding what we cannot read is corrupt state (naming ``keys``)."""
+
+    def __init__(self, url: str, keys: tuple[str, ...]) -> None:
         self.url = url
+        self.keys = keys
 
     def __enter__(self) -> None:
         return None
@@ -78,6 +102,9 @@ class _Guard:
                 code="STATE_BACKEND_AUTH",
                 hint="check the password in B24_STATE_BACKEND",
             ) from None
+        if isinstance(exc, redis.ResponseError) and _damaged(exc):
+            named = " or ".join(self.keys) or f"under {self.url}"
+            raise _corrupt(f"key {named}", "holds a value of the wrong type or shape") from None
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
             raise _unreachable(self.url, exc) from None
         if isinstance(exc, redis.RedisError):
@@ -93,11 +120,7 @@ def _validate(data: Any, schema: Mapping[str, Any] | None, where: str) -> Any:
         try:
             validator_for(schema)(schema).validate(data)
         except SchemaError as exc:
-            raise ConfigError(
-                f"the shared state {where} has an unexpected shape: {exc.message}",
-                code="STATE_CORRUPT",
-                hint="delete that key in Redis; it is rebuilt (tokens: from the environment)",
-            ) from None
+            raise _corrupt(where, f"has an unexpected shape: {exc.message}") from None
     return data
 
 
@@ -107,11 +130,7 @@ def _loads(raw: str | None, schema: Mapping[str, Any] | None, where: str) -> Any
     try:
         data = json.loads(raw)
     except ValueError:
-        raise ConfigError(
-            f"the shared state {where} is not JSON",
-            code="STATE_CORRUPT",
-            hint="delete that key in Redis; it is rebuilt (tokens: from the environment)",
-        ) from None
+        raise _corrupt(where, "is not JSON") from None
     return _validate(data, schema, where)
 
 
@@ -122,13 +141,17 @@ def _dumps(doc: Any) -> str:
 class _Keys:
     """A Redis client and a key prefix, plus the error mapping every call goes through."""
 
-    def __init__(self, client: redis.Redis, prefix: str, guard: _Guard) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, url: str) -> None:
         self.client = client
         self.prefix = prefix
-        self.guard = guard
+        self.url = url
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def guard(self, *keys: str) -> _Guard:
+        """The error mapping for a step on ``keys`` (named if they turn out corrupt)."""
+        return _Guard(self.url, keys)
 
 
 class RedisBucket:
@@ -147,7 +170,7 @@ class RedisBucket:
         interval, tolerance = self._model
         soft = OPERATING_BUDGET_S * OPERATING_SOFT_SHARE
         args = [interval, tolerance, MAX_BACKLOG_S, soft, FORGET_AFTER_S, key or ""]
-        with self._keys.guard:
+        with self._keys.guard(self._tat, self._methods):
             kind, value, watched = self._reserve(keys=[self._tat, self._methods], args=args)
         names = frozenset(_text(name) for name in watched)
         if _text(kind) == "held":
@@ -157,12 +180,12 @@ class RedisBucket:
 
     def fill(self, now: float) -> None:
         interval, tolerance = self._model
-        with self._keys.guard:
+        with self._keys.guard(self._tat):
             self._fill(keys=[self._tat], args=[interval, tolerance, MAX_BACKLOG_S])
 
     def book(self, key: str, operating: float, reset_at: float | None, now: float) -> None:
         args = [key, operating, "" if reset_at is None else reset_at, UNKNOWN_RESET_S]
-        with self._keys.guard:
+        with self._keys.guard(self._methods):
             self._book(keys=[self._methods], args=args)
 
 
@@ -186,7 +209,7 @@ class RedisTokens:
         self._replace = keys.client.register_script(scripts.TOKENS_REPLACE)
 
     def read(self) -> dict[str, Any] | None:
-        with self._keys.guard:
+        with self._keys.guard(self._doc):
             raw = self._keys.client.get(self._doc)
         return _loads(raw, self._schema, self._doc)
 
@@ -204,7 +227,7 @@ class RedisTokens:
     def hold(self) -> Iterator[RedisTokenHold]:
         deadline = time.monotonic() + TOKEN_WAIT_S
         while True:
-            with self._keys.guard:
+            with self._keys.guard(self._lease, self._fence):
                 fence = int(
                     self._acquire(keys=[self._lease, self._fence], args=[int(TOKEN_LEASE_S * 1000)])
                 )
@@ -220,11 +243,11 @@ class RedisTokens:
         try:
             yield RedisTokenHold(self, fence)
         finally:
-            with contextlib.suppress(TransientError, ConfigError), self._keys.guard:
+            with contextlib.suppress(TransientError, ConfigError), self._keys.guard(self._lease):
                 self._release(keys=[self._lease], args=[fence])
 
     def replace(self, fence: int, expected_access: str, record: dict[str, Any]) -> bool:
-        with self._keys.guard:
+        with self._keys.guard(self._doc, self._written):
             return bool(
                 self._replace(
                     keys=[self._doc, self._written],
@@ -273,7 +296,7 @@ def _transact(
     expires_at: Expiry,
 ) -> T:
     """WATCH ``key``, let ``step`` decide, apply in MULTI/EXEC; again if someone changed it."""
-    with keys.guard:
+    with keys.guard(key):
         for _ in range(TRANSACTION_TRIES):
             with keys.client.pipeline() as pipe:
                 try:
@@ -311,27 +334,27 @@ class RedisDocuments:
         return self._prefix + name
 
     def create(self, name: str, doc: Any, *, expires_at: float | None = None) -> bool:
-        with self._keys.guard:
+        with self._keys.guard(self._key(name)):
             if expires_at is None:
                 return bool(self._keys.client.set(self._key(name), _dumps(doc), nx=True))
             until = int(expires_at * 1000)
             return bool(self._keys.client.set(self._key(name), _dumps(doc), nx=True, pxat=until))
 
     def read(self, name: str, schema: Mapping[str, Any] | None = None) -> Any:
-        with self._keys.guard:
+        with self._keys.guard(self._key(name)):
             raw = self._keys.client.get(self._key(name))
         return _loads(raw, schema, self._key(name))
 
     def exists(self, name: str) -> bool:
-        with self._keys.guard:
+        with self._keys.guard(self._key(name)):
             return bool(self._keys.client.exists(self._key(name)))
 
     def delete(self, name: str) -> None:
-        with self._keys.guard:
+        with self._keys.guard(self._key(name)):
             self._keys.client.delete(self._key(name))
 
     def names(self) -> list[str]:
-        with self._keys.guard:
+        with self._keys.guard():
             found = self._keys.client.scan_iter(match=self._prefix + "*", count=500)
             return [_text(key)[len(self._prefix) :] for key in found]
 
@@ -359,7 +382,7 @@ class RedisLeases:
         self._thread: threading.Thread | None = None
 
     def _renew(self) -> None:
-        with self._keys.guard:
+        with self._keys.guard(self._lease_prefix + self._worker):
             self._keys.client.set(
                 self._lease_prefix + self._worker, "1", px=int(self._lease_s * 1000)
             )
@@ -386,7 +409,7 @@ class RedisLeases:
         return time.monotonic() - self._renewed < self._lease_s / 2
 
     def claim(self, process_id: str) -> bool:
-        with self._keys.guard:
+        with self._keys.guard(self._owner_prefix + process_id):
             won = self._claim(
                 keys=[self._owner_prefix + process_id],
                 args=[self._worker, self._lease_prefix, int(OWNER_KEEP_S * 1000)],
@@ -409,7 +432,7 @@ class RedisBackend:
             retry=None,
             health_check_interval=30,
         )
-        self._keys = _Keys(client, f"b24:{portal}:", _Guard(self._shown))
+        self._keys = _Keys(client, f"b24:{portal}:", self._shown)
 
     def bucket(
         self, *, interval: float, tolerance: float, path: Path, schema: Mapping[str, Any]

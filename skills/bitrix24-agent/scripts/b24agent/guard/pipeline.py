@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from ..backends import open_backend
 from ..errors import (
@@ -40,7 +40,9 @@ from ..errors import (
     B24Error,
     ConfigError,
     ConflictError,
+    Interrupted,
     NotFoundError,
+    OutcomeUnknownError,
     PolicyError,
     TransientError,
     UsageError,
@@ -286,11 +288,9 @@ class Pipeline:
         except BaseException as exc:
             known = self._as_error(exc, record)
             self._audit(request, record, known)
-            if known is exc:
-                raise
-            raise known from None
+            _raise_as(known, exc)
         if outcome.stream is None:
-            self._audit(request, record)
+            self._audit_success(request, record)
         else:
             outcome.stream = self._audited(outcome.stream, request, record)
         return outcome
@@ -448,9 +448,10 @@ class Pipeline:
         try:
             outcome = self._run_plan(plan, calls, request, record)
         except B24Error as exc:
-            if isinstance(exc, _NOT_SENT):
+            known = self._as_error(exc, record)
+            if isinstance(known, _NOT_SENT):
                 store.release(plan)
-            raise
+            _raise_as(known, exc)
         outcome.notes.append(f"ran plan {plan.id} (now spent)")
         return outcome
 
@@ -521,11 +522,16 @@ class Pipeline:
         sent: list[CallResult] = []
 
         def send(params: Mapping[str, Any], header_key: str | None) -> Mapping[str, Any]:
-            sent.append(
-                self._get_client().call(
-                    call.method, params, api=request.api, idempotency_key=header_key
+            try:
+                sent.append(
+                    self._get_client().call(
+                        call.method, params, api=request.api, idempotency_key=header_key
+                    )
                 )
-            )
+            except Exception as exc:
+                # Worded before the key is settled: a store failing after the write left (the
+                # limiter's booking) must leave the key unknown, not free it for a resend.
+                _raise_as(self._as_error(exc, record), exc)
             return sent[-1].body
 
         written = self._write_once(request, record, call.method, dict(call.params), send)
@@ -579,24 +585,35 @@ class Pipeline:
                 yield item
         except BaseException as exc:
             failed = self._as_error(exc, record)
-            if failed is exc:
-                raise
-            raise failed from None
+            _raise_as(failed, exc)
         finally:
-            self._audit(request, record, failed)
+            if failed is None:
+                self._audit_success(request, record)
+            else:
+                self._audit(request, record, failed)
 
     def _as_error(self, exc: BaseException, record: _Record) -> BaseException:
-        """``exc`` as the error it means for the caller. Ours and interruptions pass through;
-        anything else (a bug, an unusable state file) is "a write may have run" only when a
-        request of a write really left this machine, and otherwise a local failure."""
-        if isinstance(exc, (B24Error, KeyboardInterrupt, GeneratorExit)):
-            return exc
+        """``exc`` as the error it means for the caller. Interruptions pass through. Before any
+        write left, our errors keep their word and anything else (a bug, an unusable file) is a
+        local failure. Once a write left, only the transport's verdict on a request and an
+        outcome already unknown keep theirs: anything else (a state store lost, an audit log
+        swapped, a bug) struck after the write, which may have run (exit 7)."""
         if not isinstance(exc, Exception):
-            return exc
-        sent = self._client is not None and self._client.requests_sent > 0
-        if sent and record.risk != "read":
-            return unexpected_after_sending(exc)
-        return local_failure(exc)
+            return exc  # KeyboardInterrupt, GeneratorExit
+        settled = isinstance(exc, B24Error) and (
+            exc.verdict or isinstance(exc, (OutcomeUnknownError, Interrupted))
+        )
+        if self._client is None or self._client.writes_out == 0:
+            return exc if isinstance(exc, B24Error) else local_failure(exc)
+        return exc if settled else _unknown_after_write(exc, record)
+
+    def _audit_success(self, request: CallRequest, record: _Record) -> None:
+        """The audit line of a request that ended well; a log that fails now, after a write
+        left, must not say the write was not made (see ``_as_error``)."""
+        try:
+            self._audit(request, record)
+        except B24Error as exc:
+            _raise_as(self._as_error(exc, record), exc)
 
     def _audit(
         self, request: CallRequest, record: _Record, exc: BaseException | None = None
@@ -650,6 +667,40 @@ class Pipeline:
                 code="AUDIT_UNWRITABLE",
                 hint="fix B24_AUDIT_FILE (or the folder it names) so the log can be written",
             ) from failure
+
+
+def _raise_as(known: BaseException, original: BaseException) -> NoReturn:
+    """Raise ``known``, the error ``original`` means (``_as_error``); itself if it is the same."""
+    if known is original:
+        raise original
+    raise known from None
+
+
+def _unknown_after_write(exc: Exception, record: _Record) -> OutcomeUnknownError:
+    """``exc`` struck after a write left: it may have run. Names what settles it: the
+    idempotency key (a repeat replays it, or finds a CRM create by its ORIGIN_ID), else the
+    plan or the audit line."""
+    if record.idempotency_key:
+        settle = (
+            f"repeat the same call under idempotency key {record.idempotency_key!r} once that "
+            "is fixed: a write that ran is replayed or looked up, not sent again; one that "
+            "cannot be looked up waits for you to check the portal and resolve the key as "
+            "done or failed"
+        )
+    else:
+        named = f"plan {record.plan_id}" if record.plan_id else f"request {record.request_id}"
+        settle = f"check the portal before repeating it ({named} in the audit log)"
+    if not isinstance(exc, B24Error):
+        error = unexpected_after_sending(exc)
+        error.hint = f"{error.hint}; {settle}"
+        return error
+    cause = "" if exc.retryable else f"{exc.hint}; "
+    return OutcomeUnknownError(
+        f"{record.method} was sent to the portal, then {exc.message}; whether it ran is not known",
+        code=exc.code,
+        hint=f"{cause}the write may or may not have run: {settle}",
+        details={"idempotency_key": record.idempotency_key, "request_id": record.request_id},
+    )
 
 
 def _then(done: list[CallOutcome], error: B24Error | None) -> Iterator[CallOutcome]:

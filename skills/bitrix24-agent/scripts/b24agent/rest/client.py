@@ -101,6 +101,11 @@ class Bitrix24Client:
         """HTTP requests that reached the wire (portal only, token server excluded)."""
         return self._transport.requests_sent
 
+    @property
+    def writes_out(self) -> int:
+        """Write requests that left and were not refused: each may have run (transport.py)."""
+        return self._transport.writes_out
+
     def close(self) -> None:
         if self._owns_session:
             self._transport.session.close()

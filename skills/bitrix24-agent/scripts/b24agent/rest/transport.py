@@ -9,6 +9,13 @@ their ``error`` string first, whatever the status (a 200 can carry an error). Ma
 and size, never its text: an HTML error page may echo the request URL and with it the webhook
 code. Messages never include the URL either, for the same reason.
 
+An answer is read as a stream and at most ``B24_MAX_ANSWER_MB`` of it once decoded (default 128
+MB, some forty times a 50-command batch of full list pages), so a huge answer or a gzip bomb is
+refused as a server fault (ANSWER_TOO_LARGE; exit 7 for a write) instead of filling memory.
+A request counts as sent from the moment it is handed to the wire: only a failure that proves it
+never left (no connection, no TLS) takes that back, so anything else that goes wrong later,
+even a bug, leaves a write "may have run" (``writes_out``), never "safe to repeat".
+
 A renamed portal answers 302 with its new address (settings/how-to-call-rest-api/change-domen.md);
 the method did not run there. The same POST (same body, never turned into a GET) is sent once to
 the new address, and only where credentials may go: the same ``/rest/...`` path (a webhook's
@@ -39,6 +46,7 @@ from .. import __version__
 from ..errors import (
     B24Error,
     ConfigError,
+    OutcomeUnknownError,
     UsageError,
     error_from_v3,
     not_sent,
@@ -52,6 +60,8 @@ __all__ = ["Envelope", "Transport", "Watcher", "new_session"]
 USER_AGENT = f"bitrix24-agent/{__version__}"
 #: A renamed portal redirects once; a few hops allow a rename chain, more is a loop.
 MAX_REDIRECTS = 3
+#: Decoded bytes read from an answer at a time (a 3 MB export page is a dozen reads).
+READ_CHUNK = 256 * 1024
 
 
 def tell_operator_moved(new_base: str) -> None:
@@ -133,8 +143,12 @@ class Transport:
         self._base = settings.base_url.rstrip("/")
         self._on_moved = on_moved
         self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._max_answer = settings.max_answer_mb * 1024 * 1024
         self._count_lock = threading.Lock()
         self.requests_sent = 0
+        #: Writes handed to the wire whose answer did not prove they did not run: each of them
+        #: may have run (guard/pipeline.py reads it to word a later failure).
+        self.writes_out = 0
 
     def url(self, method: str, credential: Credential, api: str) -> str:
         section = "rest/api/" if api == "v3" else "rest/"
@@ -164,12 +178,19 @@ class Transport:
                 f"{method}: params cannot be sent as JSON ({type(exc).__name__})",
                 code="INVALID_PARAMS",
             ) from None
-        reply = self._exchange(
-            method, data, headers, credential, api=api, write=write, watcher=watcher
-        )
-        if watcher is not None and reply.status_code == 200:
-            watcher.answered(reply.content)
-        return decode(reply, method=method, api=api, write=write)
+        self._count(writes=int(write))
+        try:
+            reply, body = self._exchange(
+                method, data, headers, credential, api=api, write=write, watcher=watcher
+            )
+            if watcher is not None and reply.status_code == 200:
+                watcher.answered(body)
+            return decode(reply, body, method=method, api=api, write=write)
+        except B24Error as exc:
+            exc.verdict = True
+            if write and not isinstance(exc, OutcomeUnknownError):
+                self._count(writes=-1)  # refused by the portal, or it never left: it did not run
+            raise
 
     def _exchange(
         self,
@@ -181,12 +202,14 @@ class Transport:
         api: str,
         write: bool,
         watcher: Watcher | None,
-    ) -> requests.Response:
+    ) -> tuple[requests.Response, bytes]:
         url = self.url(method, credential, api)
         for _ in range(MAX_REDIRECTS):
-            reply = self._post(url, data, headers, method=method, write=write, watcher=watcher)
+            reply, body = self._post(
+                url, data, headers, method=method, write=write, watcher=watcher
+            )
             if not reply.is_redirect:
-                return reply
+                return reply, body
             url = self._follow(reply, url, method)
         return self._post(url, data, headers, method=method, write=write, watcher=watcher)
 
@@ -199,18 +222,47 @@ class Transport:
         method: str,
         write: bool,
         watcher: Watcher | None,
-    ) -> requests.Response:
+    ) -> tuple[requests.Response, bytes]:
+        """The answer and its decoded body. Counted as sent before it goes (module docstring)."""
         body = data if watcher is None else _TellingBody(data, watcher.sent)
+        self._count(sent=1)
         try:
             reply = self.session.post(
-                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
             )
         except requests.RequestException as exc:
-            if _reached_wire(exc):
-                self._count()
+            if not _reached_wire(exc):
+                self._count(sent=-1)
             raise network_error(exc, method=method, write=write) from None
-        self._count()
-        return reply
+        with reply:
+            return reply, self._read(reply, method=method, write=write)
+
+    def _read(self, reply: requests.Response, *, method: str, write: bool) -> bytes:
+        """The decoded body, at most ``B24_MAX_ANSWER_MB``; any failure here is after sending."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in reply.iter_content(READ_CHUNK):
+                size += len(chunk)
+                if size > self._max_answer:
+                    raise _too_large(reply, self._max_answer, method=method, write=write)
+                chunks.append(chunk)
+        except requests.exceptions.ContentDecodingError:
+            raise _malformed(reply, size, "not valid gzip", method=method, write=write) from None
+        except requests.RequestException as exc:
+            raise server_fault(
+                "NETWORK_ERROR",
+                f"{method}: lost the connection while reading the answer ({type(exc).__name__})",
+                reply.status_code,
+                write=write,
+                hint="the portal may be slow or overloaded",
+            ) from None
+        return b"".join(chunks)
 
     def _follow(self, reply: requests.Response, url: str, method: str) -> str:
         """Where a redirect may be repeated (module docstring), or a ConfigError; nothing ran."""
@@ -238,9 +290,10 @@ class Transport:
             self._on_moved(base)
         return target
 
-    def _count(self) -> None:
+    def _count(self, *, sent: int = 0, writes: int = 0) -> None:
         with self._count_lock:
-            self.requests_sent += 1
+            self.requests_sent += sent
+            self.writes_out += writes
 
 
 def network_error(exc: requests.RequestException, *, method: str, write: bool) -> B24Error:
@@ -287,23 +340,41 @@ def _reached_wire(exc: requests.RequestException) -> bool:
     return not isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema))
 
 
-def _describe(reply: requests.Response) -> str:
+def _too_large(reply: requests.Response, cap: int, *, method: str, write: bool) -> B24Error:
+    error = server_fault(
+        "ANSWER_TOO_LARGE",
+        f"{method}: the portal's answer is larger than {cap >> 20} MB decoded (HTTP "
+        f"{reply.status_code}); it was not read further",
+        reply.status_code,
+        write=write,
+        hint="ask for smaller pages or fewer fields; if the portal really answers this much, "
+        "the operator may raise B24_MAX_ANSWER_MB",
+    )
+    error.retryable = False  # the same request would get the same answer
+    return error
+
+
+def _describe(reply: requests.Response, size: int) -> str:
     kind = (reply.headers.get("Content-Type") or "no content type").split(";")[0].strip()
-    return f"HTTP {reply.status_code}, {kind}, {len(reply.content)} bytes"
+    return f"HTTP {reply.status_code}, {kind}, {size} bytes"
 
 
-def _malformed(reply: requests.Response, what: str, *, method: str, write: bool) -> B24Error:
+def _malformed(
+    reply: requests.Response, size: int, what: str, *, method: str, write: bool
+) -> B24Error:
     return server_fault(
         "MALFORMED_RESPONSE",
-        f"{method}: the portal's answer is {what} ({_describe(reply)})",
+        f"{method}: the portal's answer is {what} ({_describe(reply, size)})",
         reply.status_code,
         write=write,
         hint="a proxy or the portal failed mid-answer; check B24_DOMAIN if it persists",
     )
 
 
-def decode(reply: requests.Response, *, method: str, api: str, write: bool) -> Envelope:
-    """Turn an HTTP answer into an Envelope, or raise the B24Error it means."""
+def decode(
+    reply: requests.Response, content: bytes, *, method: str, api: str, write: bool
+) -> Envelope:
+    """Turn an HTTP answer and its body into an Envelope, or raise the B24Error it means."""
     if reply.is_redirect:
         # Still redirecting after MAX_REDIRECTS hops: a loop. The Location is not shown, since
         # it may repeat the webhook path.
@@ -313,29 +384,30 @@ def decode(reply: requests.Response, *, method: str, api: str, write: bool) -> E
             hint="set B24_DOMAIN / B24_WEBHOOK_URL to the portal's current https address",
             http_status=reply.status_code,
         )
-    if not reply.content.strip():
-        raise _malformed(reply, "empty", method=method, write=write)
+
+    def malformed(what: str) -> B24Error:
+        return _malformed(reply, len(content), what, method=method, write=write)
+
+    if not content.strip():
+        raise malformed("empty")
     try:
-        body = json.loads(reply.content)
+        body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        text = reply.content.lstrip()[:1]
-        what = "an HTML page" if text == b"<" else "not valid JSON (truncated?)"
-        raise _malformed(reply, what, method=method, write=write) from None
+        html = content.lstrip()[:1] == b"<"
+        raise malformed("an HTML page" if html else "not valid JSON (truncated?)") from None
     if not isinstance(body, dict):
-        raise _malformed(
-            reply, f"JSON {type(body).__name__}, not an object", method=method, write=write
-        )
+        raise malformed(f"JSON {type(body).__name__}, not an object")
     if "error" in body and body["error"] is not None:
         raise _error(body, reply, write=write)
     if "result" not in body and api == "v3" and "openapi" in body:
         body = {"result": body}  # rest.documentation.openapi answers the document itself
     if "result" not in body:
-        raise _malformed(reply, "JSON without result or error", method=method, write=write)
+        raise malformed("JSON without result or error")
     if reply.status_code >= 400:
-        raise _malformed(reply, "a result with an error status", method=method, write=write)
+        raise malformed("a result with an error status")
     for key in ("total", "next"):
         if key in body and not isinstance(body[key], int):
-            raise _malformed(reply, f"JSON with a non-integer {key}", method=method, write=write)
+            raise malformed(f"JSON with a non-integer {key}")
     replayed = reply.headers.get("Idempotent-Replayed", "").strip().lower() == "true"
     return Envelope(body, reply.status_code, replayed and api == "v3", dict(reply.headers))
 

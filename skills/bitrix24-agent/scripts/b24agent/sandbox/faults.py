@@ -18,6 +18,10 @@ empty list clears it). Each rule is a JSON object:
 ``body``          answer this raw text instead of a JSON error body (an HTML error page, truncated
                   JSON, ...), with ``content_type`` (default ``text/html; charset=utf-8``).
 ``delay_ms``      sleep this long before answering (client timeout tests).
+``repeat``        send ``body`` this many times over (a huge answer that never crosses the admin
+                  API); default 1.
+``gzip``          true: send the body gzip-compressed (``Content-Encoding: gzip``), built a piece
+                  at a time, so a gzip bomb of gigabytes costs the sandbox kilobytes.
 
 The first matching rule that fires wins. Batch commands are matched one by one; a ``body`` rule
 hit inside a batch turns the whole HTTP answer into that raw body.
@@ -29,6 +33,7 @@ import fnmatch
 import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,17 +50,22 @@ _KEYS = {
     "body",
     "content_type",
     "delay_ms",
+    "repeat",
+    "gzip",
 }
 
 
 class RawAnswer(Exception):
     """Answer the HTTP request with these raw bytes instead of a JSON body."""
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+    def __init__(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"raw answer {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.headers = headers or {}
 
 
 @dataclass
@@ -72,15 +82,26 @@ class Fault:
     body: str | None = None
     content_type: str = "text/html; charset=utf-8"
     delay_ms: int = 0
+    repeat: int = 1
+    gzip: bool = False
 
     def fire(self) -> None:
         """Sleep if asked, then raise the configured answer (no-op for a pure delay rule)."""
         if self.delay_ms:
             time.sleep(self.delay_ms / 1000.0)
         if self.body is not None:
-            raise RawAnswer(self.status, self.body.encode("utf-8"), self.content_type)
+            body, headers = self._raw(self.body.encode("utf-8"))
+            raise RawAnswer(self.status, body, self.content_type, headers)
         if self.error is not None:
             raise PortalError(self.error, self.description, self.status)
+
+    def _raw(self, text: bytes) -> tuple[bytes, dict[str, str]]:
+        """The body (``repeat`` times) and the headers it needs."""
+        if not self.gzip:
+            return text * self.repeat, {}
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip wrapper
+        packed = [packer.compress(text) for _ in range(self.repeat)]
+        return b"".join([*packed, packer.flush()]), {"Content-Encoding": "gzip"}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -103,7 +124,7 @@ def parse_rule(raw: Any) -> Fault:
         if key in raw:
             _require(isinstance(raw[key], kind), f"{key} must be a string")
             setattr(rule, key, raw[key])
-    for key in ("status", "times", "delay_ms"):
+    for key in ("status", "times", "delay_ms", "repeat"):
         if key in raw:
             value = raw[key]
             _require(isinstance(value, int) and not isinstance(value, bool), f"{key}: integer")
@@ -115,6 +136,8 @@ def parse_rule(raw: Any) -> Fault:
         _require(isinstance(rate, (int, float)) and 0 <= rate <= 1, "rate must be in 0..1")
         rule.rate = float(rate)
     rule.after = bool(raw.get("after", False))
+    rule.gzip = bool(raw.get("gzip", False))
+    _require(rule.repeat >= 1, "repeat must be at least 1")
     return rule
 
 

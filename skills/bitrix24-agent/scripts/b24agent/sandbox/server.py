@@ -131,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         except PortalError as error:
             answer = json_answer(error.status, error.body())
         except RawAnswer as raw:
-            answer = Answer(raw.status, raw.body, raw.content_type)
+            answer = Answer(raw.status, raw.body, raw.content_type, raw.headers)
         except Exception as exc:  # a sandbox bug must still answer, and name itself
             sys.stderr.write(f"sandbox: internal error: {exc.__class__.__name__}: {exc}\n")
             answer = json_answer(
