@@ -178,18 +178,22 @@ def redis_server(tmp_path: Path):
     server.stop()
 
 
-def test_redis_lost_after_the_write_was_sent_is_exit_7(
-    portal: Sandbox, tmp_path: Path, redis_server: RedisServer
-) -> None:
-    cli = Cli(
+def _redis_cli(portal: Sandbox, tmp_path: Path, url: str, **env: str) -> Cli:
+    return Cli(
         tmp_path,
         {
             "B24_WEBHOOK_URL": portal.webhook_url,
             "B24_SERVER": "off",
-            "B24_STATE_BACKEND": redis_server.url,
-            "B24_READ_TIMEOUT": "4",
+            "B24_STATE_BACKEND": url,
+            **env,
         },
     )
+
+
+def test_redis_lost_after_the_write_was_sent_is_exit_7(
+    portal: Sandbox, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    cli = _redis_cli(portal, tmp_path, redis_server.url, B24_READ_TIMEOUT="4")
     assert redis_server.proc is not None
     pid = redis_server.proc.pid
     _faults(portal, {"method": "crm.lead.add", "error": None, "delay_ms": 2000})
@@ -214,9 +218,7 @@ def test_redis_lost_after_the_write_was_sent_is_exit_7(
 
 
 def test_redis_unreachable_before_sending_stays_exit_6(portal: Sandbox, tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis")  # never started
-    env = {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_BACKEND": server.url}
-    cli = Cli(tmp_path, {**env, "B24_SERVER": "off"})
+    cli = _redis_cli(portal, tmp_path, RedisServer(tmp_path / "redis").url)  # never started
     run = cli("crm.lead.add", "--params", '{"fields": {"TITLE": "x"}}', "--confirm-write")
     assert run.code == 6, run.err
     assert run.error()["code"] == "STATE_BACKEND_UNREACHABLE"
@@ -239,15 +241,7 @@ def test_redis_unreachable_before_sending_stays_exit_6(portal: Sandbox, tmp_path
 def test_a_corrupt_redis_key_is_state_corrupt_naming_it(
     portal: Sandbox, tmp_path: Path, redis_server: RedisServer, key: str, damage: Any
 ) -> None:
-    cli = Cli(
-        tmp_path,
-        {
-            "B24_WEBHOOK_URL": portal.webhook_url,
-            "B24_SERVER": "off",
-            "B24_STATE_BACKEND": redis_server.url,
-            "B24_RATE_LIMITER": "file",  # the shared bucket: in Redis
-        },
-    )
+    cli = _redis_cli(portal, tmp_path, redis_server.url, B24_RATE_LIMITER="file")  # in Redis
     assert cli("user.current").code == 0
     client = redis_server.client()
     (tat,) = client.scan_iter(match="b24:*:limiter:tat")
