@@ -158,6 +158,14 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _cpu_or_zero(pid: int) -> float:
+    """``cpu_s(pid)``, or 0 for a process that is gone."""
+    try:
+        return cpu_s(pid)
+    except OSError:
+        return 0.0
+
+
 def _peak_mb(pid: int) -> float:
     """A process's peak resident set (VmHWM), MB; 0 once it is gone."""
     try:
@@ -281,8 +289,13 @@ class WarmServer:
 
     #: Short, so it exits soon after the run; any call restarts the wait.
     IDLE_S = "2"
-    #: Time for a new spare worker to rehearse a call (~50 ms) before the measured run.
-    SETTLE_S = 0.3
+    #: The server and its spare workers are ready once they used no CPU for this long: each
+    #: new spare rehearses a call first (~50 ms on a quiet machine, over half a second at load
+    #: 6 on two cores, where a fixed 0.3 s pause left the measured call waiting for a spare:
+    #: 0.5-0.7 s instead of 0.1 s for the first call).
+    SETTLE_S = 0.2
+    #: Longest wait for that.
+    SETTLE_MAX_S = 10.0
 
     def __init__(self, env: dict[str, str], runtime: Path) -> None:
         runtime.mkdir(exist_ok=True)
@@ -307,10 +320,23 @@ class WarmServer:
             assert time.monotonic() < deadline and self.proc.poll() is None, "no warm server"
             time.sleep(0.02)
         # One call that sends nothing to the portal, as if b24 had been used before; it waits
-        # for a spare worker, and the pause lets the next spare finish its own rehearsal.
+        # for a spare worker, and the spares then finish their own rehearsals.
         subprocess.run(b24_argv("--help"), env=self.env, stdout=subprocess.DEVNULL, check=True)
-        time.sleep(self.SETTLE_S)
+        self._wait_settled()
         return self
+
+    def _wait_settled(self) -> None:
+        """Until the server and every worker it forked have been idle for SETTLE_S."""
+        assert self.proc is not None
+        deadline = time.monotonic() + self.SETTLE_MAX_S
+        used, quiet_since = -1.0, time.monotonic()
+        while time.monotonic() < deadline:
+            now = sum(_cpu_or_zero(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+            if now != used:
+                used, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= self.SETTLE_S:
+                return
+            time.sleep(0.02)
 
     def pids(self) -> tuple[int, ...]:
         return (self.proc.pid,) if self.proc is not None else ()
