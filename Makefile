@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SCRIPTS := skills/bitrix24-agent/scripts
 
-.PHONY: fleet install test lint format demo bench sandbox references runtimes peers clean
+.PHONY: fleet install test lint format demo bench sandbox references runtimes peers units clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench: $(STAMP)
 # Regenerate the catalog's reference pages after a change to the catalog or tools/.
 references: $(STAMP)
 	$(PY) -m tools.build_references
+
+# README's systemd units through `systemd-analyze verify` (needs systemd; not in make test).
+units: $(STAMP)
+	$(PY) -m tools.check_units
 
 sandbox: $(STAMP)
 	$(PY) $(SCRIPTS)/sandbox_portal.py --seed-demo

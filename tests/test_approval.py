@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from b24agent.guard import approval
 from cli_support import Cli
 from conftest import Sandbox
 
@@ -81,3 +82,19 @@ def test_a_decision_binds_the_digest_is_final_and_never_the_makers(tmp_path: Pat
     record.write_text(record.read_text().replace('"denied"', '"approved"'))
     with pytest.raises(ConflictError, match="decision file was changed"):
         WaitForDecision().wait(plans, plan, 0)
+
+
+@pytest.mark.parametrize(
+    ("level", "asked"),
+    [
+        ("off", set()),
+        ("destructive", {"destructive", "unknown"}),
+        ("writes", {"write", "destructive", "unknown"}),
+    ],
+)
+def test_one_answer_to_who_needs_a_human_and_an_unknown_risk_is_destructive(
+    level: str, asked: set[str]
+) -> None:
+    """The pipeline, the broker and the MCP server all ask guard.approval.needs_approval."""
+    risks = ("read", "write", "destructive", "unknown")
+    assert {risk for risk in risks if approval.needs_approval(risk, level)} == asked

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import pwd
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 from b24agent.fingerprint import canonical_json
-from broker_support import Accounts, Agent, Broker, can_make_users
+from broker_support import PYTHON, Accounts, Agent, Broker, can_make_users
 from cli_support import SCRIPT
 from conftest import Sandbox
 
@@ -162,7 +164,7 @@ def test_the_agent_holds_no_secret_and_cannot_read_the_brokers_state(
 
 
 def test_a_write_waits_for_a_human_and_runs_exactly_once(
-    agent: Agent, portal: Sandbox, broker: Broker
+    accounts: Accounts, agent: Agent, portal: Sandbox, broker: Broker
 ) -> None:
     planned = agent(
         "crm.lead.add", "--params", '{"fields": {"TITLE": "approved once"}}', "--plan-only"
@@ -182,6 +184,12 @@ def test_a_write_waits_for_a_human_and_runs_exactly_once(
     ran = agent.finish(waiting)
     assert ran.code == 0, ran.err
     assert _leads(portal, "approved once") == 1 and _sent(portal, "crm.lead.add") == 1
+    # The decision is a line of the broker's keyed chain: who (the approver's uid), plan, digest.
+    decided, executed = [line for line in broker.audit_lines() if line["plan_id"] == plan_id][-2:]
+    assert decided["outcome"] == "approved" and executed["outcome"] == "ok"
+    assert decided["origin"]["uid"] == pwd.getpwnam(accounts.operator).pw_uid
+    assert decided["origin"]["via"] == "broker-admin" and len(decided["plan_digest"]) == 64
+    assert decided["ts"] <= executed["ts"]
     again = agent("--execute-plan", plan_id)
     assert again.code == 5 and again.error()["code"] == "PLAN_SPENT"
     assert _sent(portal, "crm.lead.add") == 1
@@ -199,6 +207,8 @@ def test_declined_or_never_approved_sends_nothing(
     assert pending.error()["retryable"] is True
     assert broker.admin("approve", declined, "--yes").code == 5  # a decision is final
     assert _sent(portal, "crm.lead.add") == 0
+    decisions = [line for line in broker.audit_lines() if line["plan_id"] == declined]
+    assert [line["outcome"] for line in decisions] == ["planned", "denied", "refused"]
 
 
 def _resign(plan_file: Path, key_file: Path, change: dict[str, Any]) -> None:
@@ -286,3 +296,109 @@ def test_twenty_agents_through_one_broker_on_a_standard_plan(
         assert stats["rate_limit_rejections"] == 0 and stats["operating_limit_rejections"] == 0
     finally:
         broker.stop()
+
+
+#: A stand-in "broker" served by some user: it counts the bytes a caller sends it.
+_LISTENER = (
+    "import os, socket, sys\n"
+    "path, report = sys.argv[1], sys.argv[2]\n"
+    "server = socket.socket(socket.AF_UNIX)\n"
+    "server.bind(path); os.chmod(path, 0o666); server.listen(1)\n"
+    "conn, _ = server.accept(); conn.settimeout(5)\n"
+    "got = b''\n"
+    "try:\n"
+    "    while chunk := conn.recv(65536):\n"
+    "        got += chunk\n"
+    "except OSError:\n"
+    "    pass\n"
+    "open(report, 'w').write(str(len(got)))\n"
+)
+
+
+def _impostor(accounts: Accounts, who: dict[str, Any], name: str) -> tuple[Any, Path, Path]:
+    """A listening socket served by the account ``who``; returns its process, socket, report."""
+    folder = accounts.owned_folder(accounts.base / f"impostor-{name}", who["user"], 0o755)
+    sock, report = folder / "b24.sock", folder / "received"
+    python, python_env = PYTHON or ("", {})
+    proc = subprocess.Popen(
+        [python, "-c", _LISTENER, str(sock), str(report)], env=python_env, **who
+    )
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc, sock, report
+
+
+def test_the_caller_refuses_a_broker_of_its_own_user_or_not_the_named_one(
+    accounts: Accounts, agent: Agent, broker: Broker
+) -> None:
+    operator_uid = pwd.getpwnam(accounts.operator).pw_uid
+    lines = len(broker.audit_lines())
+    for named in (accounts.operator, str(operator_uid)):  # the operator's word, name or uid
+        agent.env["B24_BROKER_USER"] = named
+        assert agent("user.current").code == 0
+    agent.env["B24_BROKER_USER"] = accounts.worker  # the real broker, but not the named user
+    wrong = agent("user.current")
+    assert wrong.code == 4 and wrong.error()["code"] == "BROKER_UNTRUSTED"
+    assert "B24_BROKER_USER" in wrong.error()["message"]
+    agent.env["B24_BROKER_USER"] = "no-such-user-b24"
+    assert agent("user.current").code == 4
+    assert len(broker.audit_lines()) == lines + 2  # the refused calls reached no broker
+    # Sockets served by the agent itself, and by another user when the operator named its own.
+    for who, expected, why in (
+        (accounts.as_agent(), None, "this very user"),
+        (accounts.as_worker(), accounts.operator, f"B24_BROKER_USER={accounts.operator}"),
+    ):
+        proc, sock, report = _impostor(accounts, who, who["user"])
+        agent.env["B24_BROKER"] = f"unix:{sock}"
+        agent.env.pop("B24_BROKER_USER", None)
+        if expected:
+            agent.env["B24_BROKER_USER"] = expected
+        refused = agent("crm.lead.add", "--params", '{"fields": {"TITLE": "x"}}')
+        proc.wait(timeout=30)
+        assert refused.code == 4 and refused.error()["code"] == "BROKER_UNTRUSTED", refused.err
+        assert why in refused.error()["message"]
+        assert report.read_text() == "0"  # not one byte of the call reached it
+
+
+def test_one_approval_runs_a_bulk_plan_once_and_an_edited_one_is_refused(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    home = agent.accounts.agent_home
+
+    def bulk(tag: str) -> str:
+        lines = "".join(
+            json.dumps({"method": "crm.lead.add", "params": {"fields": {"TITLE": f"{tag} {n}"}}})
+            + "\n"
+            for n in range(3)
+        )
+        path = home / f"{tag}.jsonl"
+        agent.python(f"open({str(path)!r}, 'w').write({lines!r})")
+        planned = agent("--batch-file", str(path), "--plan-only")
+        assert planned.code == 0, planned.err
+        assert planned.json()["approval"].startswith("pending")
+        return planned.json()["plan"]["id"]
+
+    plan_id = bulk("bulk")
+    waiting = agent.popen("--execute-plan", plan_id)
+    time.sleep(1.0)
+    assert waiting.poll() is None and _sent(portal, "crm.lead.add") == 0
+    assert broker.admin("approve", plan_id, "--yes").code == 0  # one approval for 3 calls
+    ran = agent.finish(waiting)
+    assert ran.code == 0, ran.err
+    assert [_leads(portal, f"bulk {n}") for n in range(3)] == [1, 1, 1]
+    again = agent("--execute-plan", plan_id)
+    assert again.code == 5 and again.error()["code"] == "PLAN_SPENT"
+    assert [_leads(portal, f"bulk {n}") for n in range(3)] == [1, 1, 1]
+    # Approved, then edited by someone holding the plan key: refused, nothing of it sent.
+    edited = bulk("edited")
+    assert broker.admin("approve", edited, "--yes").code == 0
+    plans = broker.portal_state / "plans"
+    stored = json.loads((plans / f"{edited}.json").read_text())["plan"]["params"]
+    stored["calls"][1]["params"]["fields"]["TITLE"] = "swapped in"
+    _resign(plans / f"{edited}.json", plans / ".plan-signing-key.json", stored)
+    stale = agent("--execute-plan", edited)
+    assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
+    assert _leads(portal, "swapped in") == 0
+    assert [_leads(portal, f"edited {n}") for n in range(3)] == [0, 0, 0]

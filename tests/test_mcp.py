@@ -145,8 +145,9 @@ def test_plan_then_execute_with_the_human_accepting_adds_one_record(
     assert "crm.lead.add" in question and "approved by a human" in question
     assert plan.data["plan_id"] in question
     executed = [line for line in _audit(state) if line["origin"]["tool"] == "b24_execute_plan"]
-    assert [line["outcome"] for line in executed] == ["ok"]
-    assert executed[0]["plan_id"] == plan.data["plan_id"]
+    assert [line["outcome"] for line in executed] == ["approved", "ok"]  # the human, then the run
+    assert {line["plan_id"] for line in executed} == {plan.data["plan_id"]}
+    assert executed[0]["plan_digest"] and executed[0]["origin"]["via"] == "mcp"
 
 
 @pytest.mark.parametrize("action", ["decline", "cancel"])
@@ -162,6 +163,10 @@ def test_a_declined_plan_sends_nothing_and_still_runs_later(
     assert "nothing was sent" in refused.data["error"]["message"]
     assert _leads(portal, "later") == []
     assert "crm.lead.add" not in portal.stats()["by_method"]
+    answers = [line for line in _audit(state) if line["origin"]["tool"] == "b24_execute_plan"]
+    (line,) = answers  # the human's answer, kept
+    assert line["outcome"] == "declined" and line["error"] == "APPROVAL_DECLINED"
+    assert line["origin"]["tool"] == "b24_execute_plan" and line["plan_digest"]
 
     yes = _host(portal, tmp_path, state, elicit=answering("accept"), mode=mode)
     ran = yes.one("b24_execute_plan", {"plan_id": plan_id})
@@ -196,6 +201,8 @@ def test_a_client_without_elicitation_is_refused_unless_the_operator_allows_it(
     refused = host.session(work)
     assert refused.error and refused.code == "APPROVAL_UNAVAILABLE"
     assert "B24_APPROVAL" in refused.data["error"]["hint"]
+    unasked = [line for line in _audit(state) if line["outcome"] == "declined"]
+    assert [line["error"] for line in unasked] == ["APPROVAL_UNAVAILABLE"]
     assert _leads(portal, "no human here") == []
     assert "crm.lead.add" not in portal.stats()["by_method"]
 

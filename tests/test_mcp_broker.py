@@ -3,6 +3,7 @@ runs every tool under its own policy and a person approves the write through the
 
 from __future__ import annotations
 
+import pwd
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,21 @@ def test_the_mcp_server_in_front_of_the_broker_holds_no_secret_and_a_person_appr
     secret = portal.webhook["code"]
     assert all(secret not in text for text in host.texts)
     assert secret not in host.errlog.read_text()
-    assert [line["method"] for line in broker.audit_lines()][-3:] == [
+    lines = broker.audit_lines()[-4:]
+    assert [line["method"] for line in lines] == [
+        "crm.lead.add",
         "crm.lead.add",
         "crm.lead.add",
         "crm.lead.list",
     ]
+    assert [line["outcome"] for line in lines] == ["planned", "approved", "ok", "ok"]
+    # The kernel's uid, and the MCP server's own word on its client and tool, kept apart.
+    agent_uid = pwd.getpwnam(accounts.agent).pw_uid
+    called = [line for line in lines if line["origin"]["via"] == "broker"]
+    assert {line["origin"]["uid"] for line in called} == {agent_uid}
+    assert [line["origin"]["claimed"]["tool"] for line in called] == [
+        "b24_plan",
+        "b24_execute_plan",
+        "b24_export",
+    ]
+    assert all(line["origin"]["claimed"]["via"] == "mcp" for line in called)

@@ -9,6 +9,8 @@ the uid that made the plan. One JSON line in, one JSON line out:
     {"op": "approve" | "deny", "plan": ID, "digest": D}  -> {"plan": ID, "verdict": ...}
 
 ``approve`` carries the digest ``show`` returned, so what is approved is what the person saw.
+Each decision is a line of the broker's keyed audit chain: the approver's uid (SO_PEERCRED), the
+plan, its digest, the verdict and the time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import socket
 from typing import Any
 
 from ..errors import B24Error, ConfigError, UsageError
-from ..guard.approval import DecisionStore
+from ..guard.approval import DecisionStore, audit_decision
 from ..guard.plans import PlanStore
 from ..settings import load_settings
 from .calls import peer
@@ -59,7 +61,8 @@ def _read_line(conn: socket.socket) -> dict[str, Any]:
 
 
 def _answer(request: dict[str, Any], who: dict[str, Any]) -> dict[str, Any]:
-    plans = PlanStore.of(load_settings(require_credentials=False))
+    settings = load_settings(require_credentials=False)
+    plans = PlanStore.of(settings)
     op, plan_id = request["op"], str(request.get("plan") or "")
     if op == "list":
         return {"plans": _pending(plans)}
@@ -69,7 +72,8 @@ def _answer(request: dict[str, Any], who: dict[str, Any]) -> dict[str, Any]:
     if op in ("approve", "deny"):
         verdict = "approved" if op == "approve" else "denied"
         by = {key: who[key] for key in ("uid", "user")}
-        DecisionStore(plans).decide(plan_id, str(request.get("digest") or ""), verdict, by)
+        plan = DecisionStore(plans).decide(plan_id, str(request.get("digest") or ""), verdict, by)
+        audit_decision(settings, plan, verdict, {**who, "via": "broker-admin"})
         return {"plan": plan_id, "verdict": verdict, "by": by}
     raise UsageError(f"unknown admin op {op!r}", code="USAGE", hint="list, show, approve, deny")
 

@@ -5,13 +5,16 @@ never its environment, folder or umask: settings, state and policy are the broke
 no file a caller names, because it would open it with the operator's rights: ``--env-file``
 (other than the broker's own), ``--audit-file``, ``--verify-audit FILE`` and ``--install-skill``
 are refused, and ``--params @file`` / ``--batch-file FILE`` arrive as stdin (``b24`` reads
-them with the caller's rights).
+them with the caller's rights). The one thing taken from the caller's side besides argv and
+stdio is its claim about itself (``B24_BROKER_CLAIM``: b24-mcp's client and tool), recorded in
+the audit line as ``origin.claimed`` and trusted for nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pwd
 import socket
@@ -55,9 +58,24 @@ def serve_brokered_call(conn: socket.socket) -> None:
         if refusal is not None:
             sys.stderr.write(dump_line(refusal.to_json()) + "\n")
             return refusal.exit_code
-        return run_call(request.argv[1:], approver=WaitForDecision(), origin=caller)
+        origin = {**caller, **_claimed(request.env.get("B24_BROKER_CLAIM"))}
+        return run_call(request.argv[1:], approver=WaitForDecision(), origin=origin)
 
     serve(conn, take_stdio, run)
+
+
+def _claimed(text: str | None) -> dict[str, Any]:
+    """What the caller says it is (b24-mcp: its MCP client and tool), for the audit line only:
+    kept apart as ``claimed``, cut to short strings, and read by no policy (that goes by
+    ``uid``, ``gid`` and ``user`` from the kernel)."""
+    try:
+        said = json.loads(text) if text else None
+    except ValueError:
+        said = None
+    if not isinstance(said, dict):
+        return {}
+    kept = {str(k)[:40]: str(v)[:200] for k, v in list(said.items())[:8] if isinstance(v, str)}
+    return {"claimed": kept} if kept else {}
 
 
 def _own_env_file(named: str) -> bool:

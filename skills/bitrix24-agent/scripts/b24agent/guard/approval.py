@@ -11,24 +11,35 @@ A decision binds the plan's digest (``PlanStore.digest``): a plan changed after 
 needs a new approval. Decisions are files next to the plans (``<id>.decision``), signed with the
 plans' key and made with an exclusive create, so a decision is final: approved once, or denied.
 The uid that made a plan never approves it.
+
+Every decision is also a line of the operator's audit chain (``audit_decision``; keyed in broker
+mode): who decided (the approver's uid, or the MCP client as it named itself), the plan and its
+digest, the verdict and the time. A declined or unanswerable MCP question is a line too.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import ConflictError, PolicyError
+from ..errors import ConfigError, ConflictError, PolicyError
+from ..redact import Redactor
+from .audit import AuditEvent, AuditLog, Outcome, audit_key
 from .plans import Plan, PlanStore
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = [
     "Approver",
     "Decision",
     "DecisionStore",
     "WaitForDecision",
+    "audit_decision",
     "needs_approval",
     "pending",
     "required",
@@ -41,11 +52,16 @@ _DECISION_SCHEMA = {"type": "object", "required": ["decision", "signature"]}
 POLL_S = 0.2
 
 
+#: Risks in rising order; a risk not named here counts as destructive (fail closed).
+_RANK = {"read": 0, "write": 1, "destructive": 2}
+#: The lowest rank that needs a human, per B24_APPROVAL value (an unknown level: every write).
+_NEEDS_HUMAN_FROM = {"off": 3, "destructive": 2, "writes": 1}
+
+
 def needs_approval(risk: str, level: str) -> bool:
-    """Whether a call of ``risk`` needs a human under ``B24_APPROVAL=level``."""
-    if level == "writes":
-        return risk in ("write", "destructive")
-    return level == "destructive" and risk == "destructive"
+    """Whether a call of ``risk`` needs a human under ``B24_APPROVAL=level``: the one answer
+    the pipeline, the broker and the MCP server all use."""
+    return _RANK.get(risk, 2) >= _NEEDS_HUMAN_FROM.get(level, 1)
 
 
 def required(level: str) -> PolicyError:
@@ -178,6 +194,42 @@ class WaitForDecision:
             )
         if not hmac.compare_digest(decision.digest, plan.digest()):
             raise _conflict(plan.id, "it changed after it was approved", "APPROVAL_STALE")
+
+
+def audit_decision(
+    settings: Settings,
+    plan: Plan,
+    verdict: Outcome,
+    by: Mapping[str, Any],
+    *,
+    error: str | None = None,
+) -> None:
+    """Write a person's decision on ``plan`` to the operator's audit chain. ``by`` is who
+    decided, as recorded (the kernel's uid for ``b24-broker``; the MCP client's own claim)."""
+    log = AuditLog.of(settings, Redactor(settings.secrets()), audit_key(settings))
+    event = AuditEvent(
+        request_id=uuid.uuid4().hex,
+        portal=plan.portal,
+        method=plan.method,
+        risk=plan.risk,
+        outcome=verdict,
+        duration_ms=0.0,
+        params=plan.params,
+        api=plan.api,
+        plan_id=plan.id,
+        error=error,
+        origin=by,
+        plan_digest=plan.digest(),
+    )
+    try:
+        log.write(event)
+    except OSError as exc:
+        raise ConfigError(
+            f"the decision on plan {plan.id} ({verdict}) stands, but the audit log {log.path} "
+            f"could not be written: {exc.strerror or exc}",
+            code="AUDIT_UNWRITABLE",
+            hint="fix B24_AUDIT_FILE (or the folder it names) so the log can be written",
+        ) from None
 
 
 def _conflict(plan_id: str, why: str, code: str) -> ConflictError:

@@ -21,12 +21,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import CorruptStateError
 from ..fingerprint import canonical_json, digest
 from ..state import JsonlWriter, file_lock, last_line
-from .auditchain import GENESIS_HASH, chain_files, read_head, rotation_path, seal, write_head
+from .auditchain import (
+    GENESIS_HASH,
+    chain_files,
+    load_key,
+    read_head,
+    rotation_path,
+    seal,
+    write_head,
+)
 
 if TYPE_CHECKING:
     from ..redact import Redactor
+    from ..settings import Settings
 
-__all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "param_keys"]
+__all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "audit_key", "param_keys"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 #: Which host wrote a line: a fleet's hosts each keep their own chain (README "Running a fleet").
@@ -34,7 +43,9 @@ _HOST = socket.gethostname()
 #: ``prev`` of a keyed line written after the head was found missing or rewritten: it follows
 #: no line, so verification stops there for good.
 HEAD_LOST = "head-lost"
-Outcome = Literal["ok", "error", "refused", "replayed", "planned"]
+#: A call's outcome, or a person's decision on a plan: approved / denied (b24-broker approve,
+#: deny) or declined (an MCP elicitation said no, was cancelled or could not be asked).
+Outcome = Literal["ok", "error", "refused", "replayed", "planned", "approved", "denied", "declined"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,14 @@ class AuditEvent:
     #: Who asked, when not the CLI itself: the MCP client and tool, or the broker's caller
     #: (uid and pid from SO_PEERCRED), e.g. ``{"via": "broker", "uid": 1001, ...}``.
     origin: Mapping[str, Any] | None = None
+    #: A decision's line: the digest of the plan as the person saw it.
+    plan_digest: str | None = None
+
+
+def audit_key(settings: Settings) -> bytes | None:
+    """The keyed chain's key (broker mode: ``B24_AUDIT_KEY_FILE``), or None for a plain
+    SHA-256 chain."""
+    return load_key(settings.audit_key_file) if settings.audit_key_file else None
 
 
 def param_keys(params: Any, prefix: str = "") -> list[str]:
@@ -117,6 +136,17 @@ class AuditLog:
         self._params_mode = params_mode
         self._key = key
 
+    @classmethod
+    def of(cls, settings: Settings, redactor: Redactor, key: bytes | None) -> AuditLog:
+        """The operator's log as ``settings`` configure it (``key``: a keyed chain's)."""
+        return cls(
+            Path(settings.audit_file),
+            redactor=redactor,
+            max_bytes=settings.audit_max_bytes,
+            params_mode=settings.audit_params,  # type: ignore[arg-type]
+            key=key,
+        )
+
     def entry(self, event: AuditEvent) -> dict[str, Any]:
         """The masked line content for ``event`` (before chaining)."""
         entry: dict[str, Any] = {
@@ -138,6 +168,8 @@ class AuditLog:
         }
         if event.origin is not None:
             entry["origin"] = dict(event.origin)
+        if event.plan_digest is not None:
+            entry["plan_digest"] = event.plan_digest
         if self._params_mode == "full":
             entry["params"] = event.params
         return _valid_text(self._redactor.mask_obj(entry))

@@ -55,8 +55,8 @@ from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
 from ..state import check_state_file
 from . import approval, drain, policy
-from .audit import AuditEvent, AuditLog
-from .auditchain import check, load_key
+from .audit import AuditEvent, AuditLog, audit_key
+from .auditchain import check
 from .batchwrite import BATCH_FILE, LineCall, batch_params, run_batch
 from .idempotency import IdempotencyStore, auto_key
 from .plans import Context, Plan, PlanStore
@@ -221,7 +221,7 @@ class Pipeline:
         self._approver = approver
         # Read before anything is sent: a keyed chain whose key is unreadable fails the call now,
         # not after the write, when its audit line could not be written.
-        self._audit_key = _audit_key(settings)
+        self._audit_key = audit_key(settings)
         self._client: Bitrix24Client | None = None
         self._redactor = Redactor(settings.secrets())
 
@@ -632,13 +632,7 @@ class Pipeline:
         elif record.outcome == "error":
             code, exit_code = "BATCH_FILE_ERRORS", 1
         settings = self._settings
-        log = AuditLog(
-            Path(settings.audit_file),
-            redactor=self._redactor,
-            max_bytes=settings.audit_max_bytes,
-            params_mode=settings.audit_params,  # type: ignore[arg-type]
-            key=self._audit_key,
-        )
+        log = AuditLog.of(settings, self._redactor, self._audit_key)
         event = AuditEvent(
             request_id=record.request_id,
             portal=settings.portal_key,
@@ -716,9 +710,4 @@ def verify_audit(settings: Settings, path: str | None) -> dict[str, Any]:
     Returns the JSON report the CLI prints; a broken chain raises AuditChainError (exit 1).
     With ``B24_AUDIT_KEY_FILE`` the chain is verified as keyed (the report's ``keyed``).
     """
-    return check(Path(path) if path else Path(settings.audit_file), _audit_key(settings)).to_json()
-
-
-def _audit_key(settings: Settings) -> bytes | None:
-    """The keyed chain's key (broker mode), or None for a plain SHA-256 chain."""
-    return load_key(settings.audit_key_file) if settings.audit_key_file else None
+    return check(Path(path) if path else Path(settings.audit_file), audit_key(settings)).to_json()

@@ -1,7 +1,8 @@
-"""Who must approve a plan before it runs, and asking that human through MCP elicitation.
+"""Asking the human who must approve a plan through MCP elicitation.
 
 The operator sets ``B24_APPROVAL`` (off | destructive | writes, default writes): a plan whose risk
-reaches that level runs only after a human said yes. The MCP client shows the question (form
+reaches that level (``guard.approval.needs_approval``, the pipeline's and the broker's answer
+too) runs only after a human said yes. The MCP client shows the question (form
 elicitation); the model cannot answer it. A client without elicitation cannot ask, so such a plan
 is refused there; the operator may lower ``B24_APPROVAL`` to let the agent's own call suffice.
 
@@ -23,11 +24,8 @@ from pydantic import BaseModel, Field
 from ..errors import B24Error, PolicyError
 from ..guard.plans import Plan
 
-__all__ = ["Approve", "Seen", "asks_for_human", "can_elicit", "declined", "question", "unavailable"]
+__all__ = ["Approve", "Seen", "can_elicit", "declined", "question", "unavailable"]
 
-_RANK = {"read": 0, "write": 1, "destructive": 2}
-#: The lowest risk that needs a human, per B24_APPROVAL value.
-_NEEDS_HUMAN_FROM = {"off": 3, "destructive": 2, "writes": 1}
 #: Longest params / preview text shown in the question; the rest is cut with a marker.
 _SHOWN_CHARS = 4000
 #: The same for the previews of a bulk plan, one per call.
@@ -46,11 +44,6 @@ class Seen:
 
     plan: Plan | None = None
     error: B24Error | None = None
-
-
-def asks_for_human(risk: str, approval: str) -> bool:
-    """Whether a plan of ``risk`` needs a human under ``B24_APPROVAL=approval``."""
-    return _RANK.get(risk, 2) >= _NEEDS_HUMAN_FROM[approval]
 
 
 def can_elicit(capabilities: Any) -> bool:

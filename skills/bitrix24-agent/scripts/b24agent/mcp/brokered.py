@@ -1,12 +1,13 @@
 """b24-mcp in front of the broker (``B24_BROKER=unix:PATH``): the MCP side holds no secret.
 
 Each tool becomes the ``b24`` command a shell agent would type, run with only ``B24_BROKER``
-(and PATH, HOME) in its environment; ``b24`` hands it to the broker, which runs it through the
-pipeline under the operator's settings, credentials, limiter and keyed audit, and waits for a
+(and ``B24_BROKER_USER``, PATH, HOME) in its environment; ``b24`` hands it to the broker, which
+runs it through the pipeline under the operator's settings, credentials, limiter and keyed
+audit, and waits for a
 person's ``b24-broker approve`` before a plan above ``B24_APPROVAL`` runs. So in this mode:
 the human approves through the broker's admin socket, not MCP elicitation (the MCP client is the
 agent's side, which must not hold an approval channel); the broker's audit names the caller's
-uid, not the MCP client or tool; ``b24_export`` reports no request count (the broker streams
+uid (the kernel's word) and, as ``origin.claimed``, the MCP client and tool (this side's word); ``b24_export`` reports no request count (the broker streams
 rows, not figures). Everything else is the standalone server's: schemas, size cap, errors.
 """
 
@@ -46,15 +47,21 @@ class BrokeredToolBox(ToolBox):
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/"),
         }
+        if os.environ.get("B24_BROKER_USER"):  # b24 checks who serves the socket against it
+            self.env["B24_BROKER_USER"] = os.environ["B24_BROKER_USER"]
 
-    def _b24(self, args: list[str], stdin: str, stdout: IO[str] | int = subprocess.PIPE) -> str:
+    def _env(self, tool: str, ctx: Context) -> dict[str, str]:
+        """``b24``'s environment for one tool call: the broker, and this client's claim about
+        itself (MCP client and tool), which the broker's audit records as said, not as proven."""
+        return {**self.env, "B24_BROKER_CLAIM": json.dumps(self.origin(tool, ctx))}
+
+    def _b24(self, args: list[str], stdin: str, env: dict[str, str]) -> str:
         """Run ``b24 ARGS`` through the broker; its stdout, or its error raised."""
         done = subprocess.run(
             [sys.executable, str(CLIENT), *args, "--compact"],
             input=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=self.env,
+            capture_output=True,
+            env=env,
             text=True,
             check=False,
         )
@@ -75,7 +82,8 @@ class BrokeredToolBox(ToolBox):
         def work() -> Any:
             reads_only(method, params)
             flags = ["--rest-v3"] if api == "v3" else []
-            body = json.loads(self._b24([method, "--params", "-", *flags], json.dumps(params)))
+            args = [method, "--params", "-", *flags]
+            body = json.loads(self._b24(args, json.dumps(params), self._env("b24_call", ctx)))
             return fit_rows(body, int(params.get("start") or 0), self._spill)
 
         return self._brokered(work)
@@ -88,12 +96,12 @@ class BrokeredToolBox(ToolBox):
                 lines = "".join(
                     json.dumps({"method": c.method, "params": dict(c.params)}) + "\n" for c in calls
                 )
-                out = self._b24(["--batch-file", "-", "--plan-only"], lines)
+                out = self._b24(["--batch-file", "-", "--plan-only"], lines, self._env(tool, ctx))
             else:
                 (call,) = calls
                 flags = ["--rest-v3"] if api == "v3" else []
                 args = [call.method, "--params", "-", "--plan-only", *flags]
-                out = self._b24(args, json.dumps(dict(call.params)))
+                out = self._b24(args, json.dumps(dict(call.params)), self._env(tool, ctx))
             summary = json.loads(out)["plan"]
             return {
                 "plan_id": summary["id"],
@@ -115,7 +123,8 @@ class BrokeredToolBox(ToolBox):
         self, ctx: Context, plan_id: str, seen: Seen, answer: ElicitationResult[Approve]
     ) -> CallToolResult:
         def work() -> Any:
-            out = self._b24(["--execute-plan", plan_id, "--confirm-destructive"], "")
+            args = ["--execute-plan", plan_id, "--confirm-destructive"]
+            out = self._b24(args, "", self._env("b24_execute_plan", ctx))
             lines = [json.loads(line) for line in out.splitlines() if line.strip()]
             body = lines[0] if len(lines) == 1 and "line" not in lines[0] else {"result": lines}
             return {"plan_id": plan_id, "ran": True, **fit_rows(body, 0, self._spill)}
@@ -133,7 +142,7 @@ class BrokeredToolBox(ToolBox):
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    env=self.env,
+                    env=self._env("b24_export", ctx),
                     text=True,
                 )
                 assert process.stdin and process.stdout and process.stderr

@@ -22,11 +22,12 @@ from ..cli.common import as_b24_error
 from ..cli.output import Printer
 from ..errors import B24Error, PolicyError, UsageError
 from ..guard import policy
+from ..guard.approval import audit_decision, needs_approval
 from ..guard.pipeline import Call, CallOutcome, CallRequest, Guards, Mode, Pipeline
-from ..guard.plans import PlanStore
+from ..guard.plans import Plan, PlanStore
 from ..redact import Redactor
 from ..settings import Settings
-from .approval import Approve, Seen, asks_for_human, can_elicit, declined, question, unavailable
+from .approval import Approve, Seen, can_elicit, declined, question, unavailable
 from .exports import ExportFolder
 from .shaping import error_result, fit_rows, ok_result, to_text
 
@@ -170,7 +171,7 @@ class ToolBox:
                 mode, calls, api=api, guards=guards, origin=self.origin(tool, ctx)
             )
             summary = pipeline.run(request).document["plan"]
-            human = asks_for_human(summary["risk"], self.settings.approval_level(enforced=True))
+            human = needs_approval(summary["risk"], self.settings.approval_level(enforced=True))
             return {
                 "plan_id": summary["id"],
                 "plan": summary,
@@ -194,7 +195,7 @@ class ToolBox:
     def ask(self, seen: Seen, ctx: Context) -> Elicit[Approve] | str:
         """The approval question for the human, or why nobody is asked."""
         plan = seen.plan
-        if plan is None or not asks_for_human(
+        if plan is None or not needs_approval(
             plan.risk, self.settings.approval_level(enforced=True)
         ):
             return NOT_NEEDED
@@ -210,12 +211,7 @@ class ToolBox:
                 raise seen.error
             plan = seen.plan
             assert plan is not None
-            if not isinstance(answer, AcceptedElicitation):
-                raise declined(plan.id, answer.action)
-            if answer.data == CANNOT_ASK:
-                raise unavailable(plan, self.settings.approval_level(enforced=True))
-            if isinstance(answer.data, Approve) and not answer.data.approve:
-                raise declined(plan.id, "no")
+            self._decided(plan, answer, self.origin("b24_execute_plan", ctx))
             guards = Guards(
                 execute_plan=plan.id, confirm_destructive=True, approved_plan=plan.digest()
             )
@@ -231,6 +227,24 @@ class ToolBox:
             return {"plan_id": plan.id, "ran": True, **fit_rows(body, 0, self._spill)}
 
         return self._run(work)
+
+    def _decided(
+        self, plan: Plan, answer: ElicitationResult[Approve], asker: dict[str, str]
+    ) -> None:
+        """Write the human's answer to the audit chain; raise unless it let the plan run. The
+        client's name in the line is its own claim (``origin``), recorded, never trusted."""
+        refusal: B24Error | None = None
+        if not isinstance(answer, AcceptedElicitation):
+            refusal = declined(plan.id, answer.action)
+        elif answer.data == CANNOT_ASK:
+            refusal = unavailable(plan, self.settings.approval_level(enforced=True))
+        elif isinstance(answer.data, Approve) and not answer.data.approve:
+            refusal = declined(plan.id, "no")
+        if refusal is not None:
+            audit_decision(self.settings, plan, "declined", asker, error=refusal.code)
+            raise refusal
+        if isinstance(answer.data, Approve):  # a person said yes (not: nobody needed asking)
+            audit_decision(self.settings, plan, "approved", asker)
 
     # --- the catalog ---------------------------------------------------------------------------
     def explain(self, methods: list[str]) -> CallToolResult:

@@ -9,6 +9,11 @@ Files named on the command line are read here, with this user's rights, and reac
 stdin: ``--params @file`` and ``--batch-file FILE`` become ``-``. The broker itself opens no path
 a caller names. If the broker cannot be reached the call fails (exit 6, or 4 when this user may
 not connect); it never falls back to running here.
+
+Before anything is sent, this side checks who serves the socket (SO_PEERCRED): a "broker"
+running as this very user protects nothing (the agent could read all it holds), and with
+``B24_BROKER_USER`` (a user name or uid, the operator's word) it must be exactly that user.
+Otherwise the call is refused, exit 4, and the socket's owner gets nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def forward(spec: str) -> int:
     try:
         where = _socket_path(spec)
         argv, stdin = read_by_caller(sys.argv)
-        call = ServedCall(where, brokered=True, argv=argv, stdio=(stdin, 1, 2))
+        call = _served(where, argv, (stdin, 1, 2))
         try:
             code = call.run()
         except KeyboardInterrupt:
@@ -61,7 +66,7 @@ def forward(spec: str) -> int:
 
             return say(CANCELLED, EXIT_INTERRUPTED)
         if code is None:
-            raise _unreachable(where, call.failure)
+            raise _not_run(where, call)
         return code
     except _Refusal as refusal:
         return say(refusal.line + "\n", refusal.exit_code)
@@ -77,6 +82,57 @@ def _socket_path(spec: str) -> str:
             EXIT_CONFIG,
         )
     return path
+
+
+def _served(where: str, argv: list[str], stdio: tuple[int, int, int]) -> ServedCall:
+    """The call, sent only to a broker this side trusts (see the module docstring)."""
+    expected = _expected_uid()
+    return ServedCall(
+        where,
+        brokered=True,
+        argv=argv,
+        stdio=stdio,
+        trusts=lambda uid: uid is not None and uid != os.getuid() and expected in (None, uid),
+        claim=os.environ.get("B24_BROKER_CLAIM"),
+    )
+
+
+def _expected_uid() -> int | None:
+    """``B24_BROKER_USER`` as a uid (None: not set); a name no account has is refused."""
+    named = os.environ.get("B24_BROKER_USER") or None
+    if named is None or named.isdigit():
+        return None if named is None else int(named)
+    import pwd
+
+    try:
+        return pwd.getpwnam(named).pw_uid
+    except KeyError:
+        raise _Refusal(
+            "CONFIG_INVALID",
+            f"B24_BROKER_USER names no user on this host: {named!r}",
+            "set B24_BROKER_USER to the account b24-broker runs as (a name or a uid)",
+            EXIT_CONFIG,
+        ) from None
+
+
+def _not_run(where: str, call: ServedCall) -> _Refusal:
+    """Why a brokered call was not sent: an untrusted server, or no broker to reach."""
+    if call.distrusted is None:
+        return _unreachable(where, call.failure)
+    uid = call.distrusted
+    if uid == os.getuid():
+        why = f"it runs as this very user (uid {uid}) and so protects nothing"
+    elif uid < 0:
+        why = "the kernel does not say who serves it"
+    else:
+        why = f"it runs as uid {uid}, not as B24_BROKER_USER={os.environ.get('B24_BROKER_USER')}"
+    return _Refusal(
+        "BROKER_UNTRUSTED",
+        f"refused to use the b24 broker at {where}: {why}",
+        "nothing was sent; the operator runs b24-broker under its own account and names it in "
+        "B24_BROKER_USER (a user name or uid)",
+        EXIT_CONFIG,
+    )
 
 
 def _unreachable(where: str, failure: OSError | None) -> _Refusal:
@@ -157,12 +213,10 @@ def call(spec: str, argv: list[str], stdin: bytes = b"") -> Brokered:
         given.seek(0)
         try:
             where = _socket_path(spec)
-            served = ServedCall(
-                where, brokered=True, argv=argv, stdio=(given.fileno(), out.fileno(), err.fileno())
-            )
+            served = _served(where, argv, (given.fileno(), out.fileno(), err.fileno()))
             code = served.run(relay_signals=False)
             if code is None:
-                raise _unreachable(where, served.failure)
+                raise _not_run(where, served)
         except _Refusal as refusal:
             err.write(refusal.line.encode() + b"\n")
             code = refusal.exit_code

@@ -21,6 +21,10 @@ import sys
 
 from . import wire
 
+TYPE_CHECKING = False  # typing costs start-up time; only the annotations need it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["ServedCall", "main", "say", "server_command", "server_env"]
 
 #: Signals passed on to the worker (unless ignored here); it reacts as this process would have.
@@ -106,7 +110,13 @@ class ServedCall:
         brokered: bool = False,
         argv: list[str] | None = None,
         stdio: tuple[int, int, int] = (0, 1, 2),
+        trusts: Callable[[int | None], bool] | None = None,
+        claim: str | None = None,
     ) -> None:
+        """``trusts``: for a brokered call, whether the uid serving the socket (None: unknown)
+        may be sent the call; when it says no, ``run`` returns None and ``distrusted`` is set.
+        ``claim``: what the caller says about itself (the MCP client and tool), the only
+        environment a brokered call carries; the broker records it and decides nothing by it."""
         self.where = where
         #: The path to connect to (wire.dial's, through the checked folder), if not ``where``.
         self.through = through or where
@@ -118,6 +128,10 @@ class ServedCall:
         self.pending: list[int] = []
         self.fatal: int | None = None
         self.failure: OSError | None = None
+        self.trusts = trusts
+        self.claim = claim
+        #: The serving uid ``trusts`` refused (nothing was sent to it), or None.
+        self.distrusted: int | None = None
 
     def run(self, *, relay_signals: bool = True) -> int | None:
         """The exit code; ``relay_signals=False`` for a library caller (no handlers installed,
@@ -160,11 +174,15 @@ class ServedCall:
             if not self.brokered:
                 _start_server(self.where)
             return None
-        if not self.brokered and not _ours(self.sock):
+        if not self.brokered and _peer_uid(self.sock) != os.getuid():
             return None  # another user's socket: it gets nothing, and the call runs here
+        if self.trusts is not None and not self.trusts(uid := _peer_uid(self.sock)):
+            self.distrusted = -1 if uid is None else uid
+            return None  # not the broker the operator named: it gets nothing
         try:
             if self.brokered:
-                request = wire.encode_request(self.argv, {}, "/", 0o077, ignored)
+                said = {"B24_BROKER_CLAIM": self.claim} if self.claim else {}
+                request = wire.encode_request(self.argv, said, "/", 0o077, ignored)
             else:
                 request = wire.encode_request(
                     self.argv, dict(os.environ), os.getcwd(), _umask(), ignored
@@ -213,14 +231,14 @@ class ServedCall:
             os.kill(os.getpid(), self.fatal)
 
 
-def _ours(sock: _socket.socket) -> bool:
-    """The kernel's word on who listens (struct ucred: pid, uid, gid): this user, or nobody.
-    (The broker runs as its own user on purpose and is checked by its own client.)"""
+def _peer_uid(sock: _socket.socket) -> int | None:
+    """The kernel's word on who listens (struct ucred: pid, uid, gid): its uid, or None. A
+    warm server must be this user's; a broker must not be (``ServedCall.trusts``)."""
     try:
         creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     except OSError:
-        return False
-    return int.from_bytes(creds[4:8], sys.byteorder) == os.getuid()
+        return None
+    return int.from_bytes(creds[4:8], sys.byteorder)
 
 
 def server_command(where: str) -> list[str]:
