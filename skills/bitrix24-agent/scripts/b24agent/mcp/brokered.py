@@ -1,14 +1,15 @@
 """b24-mcp in front of the broker (``B24_BROKER=unix:PATH``): the MCP side holds no secret.
 
 Each tool becomes the ``b24`` command a shell agent would type, run with only ``B24_BROKER``
-(and ``B24_BROKER_USER``, PATH, HOME) in its environment; ``b24`` hands it to the broker, which
-runs it through the pipeline under the operator's settings, credentials, limiter and keyed
-audit, and waits for a
-person's ``b24-broker approve`` before a plan above ``B24_APPROVAL`` runs. So in this mode:
-the human approves through the broker's admin socket, not MCP elicitation (the MCP client is the
-agent's side, which must not hold an approval channel); the broker's audit names the caller's
-uid (the kernel's word) and, as ``origin.claimed``, the MCP client and tool (this side's word); ``b24_export`` reports no request count (the broker streams
-rows, not figures). Everything else is the standalone server's: schemas, size cap, errors.
+(and ``B24_BROKER_USER``, ``B24_BROKER_CLAIM``, PATH, HOME) in its environment; ``b24`` hands it
+to the broker, which runs it through the pipeline under the operator's settings, credentials,
+limiter and keyed audit, and waits for a person's ``b24-broker approve`` before a plan above
+``B24_APPROVAL`` runs. So in this mode: the human approves through the broker's admin socket,
+not MCP elicitation (the MCP client is the agent's side, which must not hold an approval
+channel); the broker's audit names the caller's uid (the kernel's word) and, as
+``origin.claimed``, the MCP client and tool (this side's word); ``b24_export`` reports no
+request count (the broker streams rows, not figures). Everything else is the standalone
+server's: schemas, size cap, errors.
 """
 
 from __future__ import annotations
