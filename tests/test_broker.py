@@ -12,6 +12,7 @@ import hmac
 import json
 import pwd
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -267,8 +268,11 @@ def test_a_cut_tail_or_a_deleted_head_fails_verify_audit(
         assert without_key.code == 1 and "keyed" in without_key.error()["message"]
     finally:
         log.write_bytes(saved_log)
-        head.write_bytes(saved_head)
+        head.write_bytes(saved_head)  # made anew by root: give it back to the broker's account
+        shutil.chown(head, broker.accounts.operator, broker.accounts.ops)
+        head.chmod(0o600)
     assert broker.operator_cli("--verify-audit").code == 0
+    assert agent("user.current").code == 0  # the broker still writes its chain
 
 
 def test_twenty_agents_through_one_broker_on_a_standard_plan(
