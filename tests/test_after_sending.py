@@ -25,7 +25,7 @@ import pytest
 from b24agent.errors import ConfigError, OutcomeUnknownError
 from b24agent.settings import load_settings
 from cli_support import Cli
-from client_support import client_for
+from client_support import client_for, oauth_env
 from conftest import Sandbox
 from redis_support import RedisServer
 
@@ -97,6 +97,7 @@ def test_a_gzip_bomb_answering_a_write_is_exit_7_within_bounded_memory(
 def test_a_gzip_bomb_answering_a_read_is_exit_6_and_not_retried(portal: Sandbox, cli: Cli) -> None:
     _faults(portal, {**_bomb("user.current", after=False), "times": 5})
     run = cli.finish(cli.popen_with(_limit_memory, "user.current"))
+    print("DBG", portal.stats())
     assert run.code == 6, run.err
     assert run.error()["code"] == "ANSWER_TOO_LARGE"
     assert _sent(portal, "user.current") == 1  # the same request would get the same answer
@@ -127,6 +128,21 @@ def test_a_refused_write_does_not_count_as_out(portal: Sandbox, tmp_path: Path) 
         with pytest.raises(Exception, match="ACCESS_DENIED"):
             client.call("crm.lead.add", {"fields": {"TITLE": "refused"}})
         assert client.requests_sent == 1 and client.writes_out == 0
+
+
+def test_a_gzip_bomb_from_the_token_server_is_refused_unread(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """The refresh's answer is capped too (1 MB: a token pair is a few hundred bytes): the
+    bomb is a malformed answer, the refresh token was not spent, and the retry refreshes."""
+    cli = Cli(tmp_path, {**oauth_env(portal, tmp_path / "state"), "B24_SERVER": "off"})
+    assert cli("user.current").code == 0  # the token store holds the pair
+    portal.admin("expire-tokens", {})
+    _faults(portal, _bomb("oauth.token", after=False))
+    run = cli.finish(cli.popen_with(_limit_memory, "user.current"))
+    assert run.code == 0, run.err
+    stats = portal.stats()
+    assert (stats["failed_refreshes"], stats["token_refreshes"]) == (1, 1)
 
 
 # --- F6: a local failure after the write left -------------------------------------------------

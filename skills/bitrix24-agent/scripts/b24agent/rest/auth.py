@@ -25,6 +25,7 @@ the Redis state backend (backends/):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -40,12 +41,16 @@ from ..backends import open_backend
 from ..backends.base import TokenHold
 from ..errors import AuthError, ConfigError, CorruptStateError, TransientError, error_from_portal
 from ..settings import Settings
+from .answers import read_capped
 from .schemas import load_schema
 
 __all__ = ["Credential", "OAuthAuth", "WebhookAuth", "make_auth"]
 
 #: How many rotated-away token hashes the store keeps to recognise stale env values.
 SPENT_KEEP = 64
+#: A token server's answer is a token pair of a few hundred bytes; past this it is refused
+#: unread (answers.py), not decoded into memory.
+TOKEN_ANSWER_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -253,8 +258,13 @@ class OAuthAuth:
         timeout = (self._settings.connect_timeout, min(self._settings.read_timeout, 30.0))
         try:
             reply = self._session.get(
-                f"{self._settings.oauth_server}/oauth/token/", params=params, timeout=timeout
+                f"{self._settings.oauth_server}/oauth/token/",
+                params=params,
+                timeout=timeout,
+                stream=True,
             )
+            with reply:
+                content = read_capped(reply, TOKEN_ANSWER_MAX)
         except requests.RequestException as exc:
             raise TransientError(
                 f"the token server did not answer the refresh ({type(exc).__name__})",
@@ -262,13 +272,14 @@ class OAuthAuth:
                 hint="retry later; if the next refresh reports invalid_grant, authorise the app "
                 "again (the refresh token may have been used)",
             ) from None
-        return self._parse_token_answer(reply)
+        return self._parse_token_answer(reply, content)
 
     @staticmethod
-    def _parse_token_answer(reply: requests.Response) -> dict[str, Any]:
+    def _parse_token_answer(reply: requests.Response, content: bytes | None) -> dict[str, Any]:
+        """``content``: the answer's body, None when it passed TOKEN_ANSWER_MAX."""
         try:
-            body = reply.json()
-        except ValueError:
+            body = json.loads(content) if content is not None else None
+        except (ValueError, UnicodeDecodeError):
             body = None
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")

@@ -53,6 +53,7 @@ from ..errors import (
     server_fault,
 )
 from ..settings import Settings, is_loopback_host
+from .answers import read_capped
 from .auth import Credential
 
 __all__ = ["Envelope", "Transport", "Watcher", "new_session"]
@@ -60,8 +61,6 @@ __all__ = ["Envelope", "Transport", "Watcher", "new_session"]
 USER_AGENT = f"bitrix24-agent/{__version__}"
 #: A renamed portal redirects once; a few hops allow a rename chain, more is a loop.
 MAX_REDIRECTS = 3
-#: Decoded bytes read from an answer at a time (a 3 MB export page is a dozen reads).
-READ_CHUNK = 256 * 1024
 
 
 def tell_operator_moved(new_base: str) -> None:
@@ -244,16 +243,16 @@ class Transport:
 
     def _read(self, reply: requests.Response, *, method: str, write: bool) -> bytes:
         """The decoded body, at most ``B24_MAX_ANSWER_MB``; any failure here is after sending."""
-        chunks: list[bytes] = []
-        size = 0
         try:
-            for chunk in reply.iter_content(READ_CHUNK):
-                size += len(chunk)
-                if size > self._max_answer:
-                    raise _too_large(reply, self._max_answer, method=method, write=write)
-                chunks.append(chunk)
+            body = read_capped(reply, self._max_answer)
         except requests.exceptions.ContentDecodingError:
-            raise _malformed(reply, size, "not valid gzip", method=method, write=write) from None
+            raise server_fault(
+                "MALFORMED_RESPONSE",
+                f"{method}: the portal's answer is not valid gzip (HTTP {reply.status_code})",
+                reply.status_code,
+                write=write,
+                hint="a proxy or the portal failed mid-answer; check B24_DOMAIN if it persists",
+            ) from None
         except requests.RequestException as exc:
             raise server_fault(
                 "NETWORK_ERROR",
@@ -262,7 +261,9 @@ class Transport:
                 write=write,
                 hint="the portal may be slow or overloaded",
             ) from None
-        return b"".join(chunks)
+        if body is None:
+            raise _too_large(reply, self._max_answer, method=method, write=write)
+        return body
 
     def _follow(self, reply: requests.Response, url: str, method: str) -> str:
         """Where a redirect may be repeated (module docstring), or a ConfigError; nothing ran."""
