@@ -241,6 +241,7 @@ class Broker:
                 **self.env,
                 "B24_SERVER": "off",
                 "B24_AUDIT_KEY_FILE": str(self.state / "audit.key"),  # the broker's default
+                "B24_PLAN_KEY_FILE": str(self.state / "plan.key"),
                 "B24_ENV_FILE": str(self.env_file),
                 **python_env,
                 **env,

@@ -282,14 +282,14 @@ def test_check_raises_with_exit_1_naming_the_line(tmp_path: Path) -> None:
 
 
 def _keyed(tmp_path: Path, count: int) -> tuple[Path, bytes]:
-    from b24agent.guard.auditchain import create_key, load_key
+    from b24agent.guard.keyfile import create_key, load_key
 
     key_file = tmp_path / "audit.key"
     assert create_key(key_file) and not create_key(key_file)  # made once, then kept
     assert key_file.stat().st_mode & 0o777 == 0o600
     log = tmp_path / "audit.jsonl"
-    _write(log, count, key=load_key(key_file))
-    return log, load_key(key_file)
+    _write(log, count, key=load_key(key_file, setting="B24_AUDIT_KEY_FILE"))
+    return log, load_key(key_file, setting="B24_AUDIT_KEY_FILE")
 
 
 def test_a_keyed_chain_verifies_only_with_its_key(tmp_path: Path) -> None:

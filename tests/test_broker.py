@@ -212,13 +212,16 @@ def test_declined_or_never_approved_sends_nothing(
     assert [line["outcome"] for line in decisions] == ["planned", "denied", "refused"]
 
 
+def _sign(body: Any, key_file: Path) -> str:
+    key = bytes.fromhex(json.loads(key_file.read_text())["key"])
+    return hmac.new(key, canonical_json(body).encode(), "sha256").hexdigest()
+
+
 def _resign(plan_file: Path, key_file: Path, change: dict[str, Any]) -> None:
     """Edit a stored plan as someone holding the plan key would (root, in this test)."""
     stored = json.loads(plan_file.read_text())
     stored["plan"]["params"] = change
-    key = bytes.fromhex(json.loads(key_file.read_text())["key"])
-    body = canonical_json(stored["plan"]).encode()
-    stored["signature"] = hmac.new(key, body, "sha256").hexdigest()
+    stored["signature"] = _sign(stored["plan"], key_file)
     plan_file.write_text(json.dumps(stored))
 
 
@@ -233,12 +236,42 @@ def test_an_approved_plan_edited_afterwards_is_refused(
     (plans / f"{edited}.json").write_text(text.replace('"edited"', '"EDITED"'))
     tampered = agent("--execute-plan", edited)
     assert tampered.code == 5 and tampered.error()["code"] == "PLAN_TAMPERED"
-    _resign(
-        plans / f"{resigned}.json", plans / ".plan-signing-key.json", {"fields": {"TITLE": "Z"}}
-    )
+    _resign(plans / f"{resigned}.json", broker.state / "plan.key", {"fields": {"TITLE": "Z"}})
     stale = agent("--execute-plan", resigned)
     assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
     assert _sent(portal, "crm.lead.add") == 0
+
+
+def test_whoever_writes_the_store_cannot_approve_a_plan(
+    agent: Agent, portal: Sandbox, broker: Broker
+) -> None:
+    """The plan key is the broker's local file, never a document of the state store (which may
+    be a Redis that callers reach): a key planted in the store signs nothing the broker trusts."""
+    plan_id = _plan(agent, "self-approved")
+    plans = broker.portal_state / "plans"
+    assert not (plans / ".plan-signing-key.json").exists()
+    planted = plans / ".plan-signing-key.json"
+    planted.write_text(json.dumps({"key": "ab" * 32}))
+    stored = json.loads((plans / f"{plan_id}.json").read_text())
+    digest = canonical_json(stored["plan"])  # any digest: the signature is what is checked
+    body = {"plan": plan_id, "digest": digest, "verdict": "approved", "by": {"uid": 0}, "at": 1.0}
+    forged = {"decision": body, "signature": _sign(body, planted)}
+    (plans / f"{plan_id}.decision").write_text(json.dumps(forged))
+    refused = agent("--execute-plan", plan_id)
+    assert refused.code == 5 and refused.error()["code"] == "APPROVAL_TAMPERED", refused.err
+    assert _sent(portal, "crm.lead.add") == 0 and _leads(portal, "self-approved") == 0
+
+
+def test_the_broker_refuses_a_redis_store_without_a_password(
+    accounts: Accounts, sandbox_proc: Sandbox
+) -> None:
+    """Every local user reaches a loopback Redis that needs no password, and would read the
+    broker's tokens there: the broker does not start on one (exit 4, one line, no secret)."""
+    with pytest.raises(AssertionError) as failed:
+        Broker(accounts, sandbox_proc, "openredis", B24_STATE_BACKEND="redis://127.0.0.1:1/0")
+    log = str(failed.value)
+    assert "STATE_STORE_OPEN" in log and "Traceback" not in log
+    assert sandbox_proc.webhook_url not in log
 
 
 def test_a_cut_tail_or_a_deleted_head_fails_verify_audit(
@@ -406,3 +439,44 @@ def test_one_approval_runs_a_bulk_plan_once_and_an_edited_one_is_refused(
     assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
     assert _leads(portal, "swapped in") == 0
     assert [_leads(portal, f"edited {n}") for n in range(3)] == [0, 0, 0]
+
+
+def _workers(broker: Broker) -> int:
+    """Processes the broker forked that are still running."""
+    parent = str(broker.process.pid)
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        count += fields[1] == parent
+    return count
+
+
+def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker) -> None:
+    """70 connections trickling one byte every 2 s: the broker serves at most MAX_CALLS (64) at
+    once and ends each within its 10 s request deadline (per-read timeouts never fired before,
+    and every connection had its own process); afterwards a real call is served."""
+    trickler = agent.popen_python(
+        "import socket, time\n"
+        "conns = []\n"
+        "for _ in range(70):\n"
+        "    c = socket.socket(socket.AF_UNIX)\n"
+        f"    c.connect({str(broker.socket)!r}); conns.append(c)\n"
+        "started = time.monotonic(); closed = {}\n"
+        "while len(closed) < 64 and time.monotonic() - started < 30:\n"
+        "    for n, c in enumerate(conns):\n"
+        "        if n in closed: continue\n"
+        "        try: c.send(b'\\0')\n"
+        "        except OSError: closed[n] = time.monotonic() - started\n"
+        "    time.sleep(2)\n"
+        "print(len(closed), round(max(closed.values(), default=99), 1))\n"
+    )
+    time.sleep(4)
+    busy = _workers(broker)
+    out, err = trickler.communicate(timeout=60)
+    closed, slowest = out.split()
+    assert busy == 64, busy
+    assert int(closed) >= 64 and float(slowest) < 16, (out, err)
+    assert agent("user.current").code == 0

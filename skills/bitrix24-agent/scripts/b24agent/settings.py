@@ -31,6 +31,7 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC
   B24_APPROVAL_WAIT_SEC   how long --execute-plan waits for a person's approval (broker)
   B24_AUDIT_KEY_FILE      HMAC key of a keyed audit chain (the broker's; readable by it only)
+  B24_PLAN_KEY_FILE       key that signs plans and approvals (the broker's; default: in the store)
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
   B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
   B24_STATE_BACKEND*      file (default) | redis://[:password@]host:port/db (rediss:// for TLS):
@@ -159,6 +160,9 @@ class Settings:
     #: Broker mode: who may drain the offline queue unattended (guard/drain.py).
     broker_drainers: tuple[str, ...] = ()
     audit_key_file: Path | None = None
+    #: Local key file that signs plans and decisions; None keeps the key in the state store
+    #: (shared by a fleet). The broker always sets one: a key in Redis is readable by callers.
+    plan_key_file: Path | None = None
     idempotency_dir: Path = Path("idempotency")
     idempotency_ttl_s: int = 86400
     auto_idempotency_window_s: int = 600
@@ -307,6 +311,10 @@ class _Env:
         if value.startswith("~"):
             value = str(home) + value[1:]
         return Path(value)
+
+    def optional_path(self, name: str, home: Path) -> Path | None:
+        """The path ``name`` holds, or None when it is unset."""
+        return self.path(name, Path(), home) if self.raw(name) else None
 
 
 # --- addresses ------------------------------------------------------------------------------
@@ -663,9 +671,8 @@ def load_settings(
         plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
         approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0),
         broker_drainers=env.names("B24_BROKER_DRAINERS", ()),
-        audit_key_file=(
-            env.path("B24_AUDIT_KEY_FILE", Path(), home) if env.raw("B24_AUDIT_KEY_FILE") else None
-        ),
+        audit_key_file=env.optional_path("B24_AUDIT_KEY_FILE", home),
+        plan_key_file=env.optional_path("B24_PLAN_KEY_FILE", home),
         idempotency_dir=env.path("B24_IDEMPOTENCY_FILE", state_dir / "idempotency", home),
         idempotency_ttl_s=env.integer("B24_IDEMPOTENCY_TTL_SEC", 86400, minimum=1),
         auto_idempotency_window_s=env.integer("B24_AUTO_IDEMPOTENCY_WINDOW_SEC", 600),

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import pwd
+import signal
 import socket
 import struct
 import sys
@@ -33,8 +34,10 @@ from ..settings import load_settings
 
 __all__ = ["peer", "serve_brokered_call"]
 
-#: A caller that connects must send its request within this many seconds.
-REQUEST_TIMEOUT_S = 10.0
+#: A caller that connects must send its whole request within this many seconds: one deadline
+#: for the request, not one per read, so a caller trickling a byte at a time cannot keep a
+#: broker worker (and its slot of MAX_CALLS) forever.
+REQUEST_TIMEOUT_S = 10
 
 
 def peer(conn: socket.socket) -> dict[str, Any]:
@@ -52,8 +55,10 @@ def serve_brokered_call(conn: socket.socket) -> None:
     """Serve one call from ``conn``: the caller's stdio, the broker's everything else."""
     caller = peer(conn)
     conn.settimeout(REQUEST_TIMEOUT_S)
+    signal.alarm(REQUEST_TIMEOUT_S)  # SIGALRM's default action ends this worker
 
     def run(request: wire.Request) -> int:
+        signal.alarm(0)  # the request is in: the call itself may take as long as it takes
         refusal = _named_path(request.argv[1:])
         if refusal is not None:
             sys.stderr.write(dump_line(refusal.to_json()) + "\n")

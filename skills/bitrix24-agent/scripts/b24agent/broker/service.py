@@ -4,8 +4,10 @@ Start-up, before any connection is taken: the operator's env file becomes every 
 ``B24_ENV_FILE`` (real variables win, as for ``b24``); the settings must load with credentials
 (a broken configuration stops here, exit 4, not at the first call); the state folder must be
 private (owned by this user, no group or other access), because it holds the token store, the
-plan key, the audit key and the audit log; the audit key is made once (``B24_AUDIT_KEY_FILE``,
-default ``audit.key`` in the state folder); and the process moves into the state folder.
+plan key, the audit key and the audit log; the audit and plan keys are made once
+(``B24_AUDIT_KEY_FILE`` and ``B24_PLAN_KEY_FILE``, default ``audit.key`` and ``plan.key`` in the
+state folder: never in a shared store, where callers could read them); a Redis store must need a
+password; and the process moves into the state folder.
 
 Two sockets, mode 0660: the call socket (group ``--group``: the agents) and the admin socket
 (group ``--approvers``: the people who approve). The parent only accepts and forks; each child
@@ -23,10 +25,11 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..cli.warm.server import warm_up
 from ..errors import ConfigError
-from ..guard.auditchain import create_key
+from ..guard.keyfile import create_key
 from ..settings import load_settings
 from .admin import serve_admin
 from .calls import serve_brokered_call
@@ -35,6 +38,12 @@ __all__ = ["Sockets", "serve"]
 
 #: How often the parent reaps finished workers when no connection comes (seconds).
 REAP_EVERY_S = 1.0
+#: Calls served at once. Above it new callers wait in the socket's backlog until one ends, so
+#: a caller opening connections by the thousand cannot exhaust the operator's processes.
+MAX_CALLS = 64
+#: Forked workers serving call connections (the admin socket's are not counted: only the
+#: approvers' group reaches it).
+_call_workers: set[int] = set()
 
 
 class Sockets:
@@ -57,21 +66,23 @@ def serve(sockets: Sockets, env_file: str | None) -> int:
     settings = load_settings()
     state_root = settings.state_dir.parent
     _private_folder(state_root)
-    key_file = settings.audit_key_file or state_root / "audit.key"
-    os.environ["B24_AUDIT_KEY_FILE"] = str(key_file)
-    create_key(key_file)
+    _closed_store(settings.state_backend)
+    for variable, key_file in (
+        ("B24_AUDIT_KEY_FILE", settings.audit_key_file or state_root / "audit.key"),
+        ("B24_PLAN_KEY_FILE", settings.plan_key_file or state_root / "plan.key"),
+    ):
+        os.environ[variable] = str(key_file)
+        create_key(key_file)
     os.chdir(state_root)
     warm_up()
-    listeners = {
-        _listen(sockets.calls, sockets.group): serve_brokered_call,
-        _listen(sockets.admin, sockets.approvers): serve_admin,
-    }
+    calls = _listen(sockets.calls, sockets.group)
+    listeners = {calls: serve_brokered_call, _listen(sockets.admin, sockets.approvers): serve_admin}
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
         while not stopping:
-            _accept_one(listeners)
+            _accept_one(listeners, calls)
             _reap()
     finally:
         for path in (sockets.calls, sockets.admin):
@@ -90,6 +101,20 @@ def _private_folder(folder: Path) -> None:
             f"other access (mode {info.st_mode & 0o777:o})",
             code="STATE_NOT_PRIVATE",
             hint=f"chmod 700 {folder} (B24_STATE_DIR), or point B24_STATE_DIR at a new folder",
+        )
+
+
+def _closed_store(backend: str) -> None:
+    """Refuse a Redis store that needs no password: any local user reaches a loopback Redis, and
+    whoever reaches the broker's store reads its tokens and idempotency records. (Plans and
+    approvals are signed with a local key, so the store alone cannot approve a plan.)"""
+    if backend != "file" and not urlsplit(backend).password:
+        raise ConfigError(
+            "the broker's B24_STATE_BACKEND has no password: every local user could read the "
+            "broker's tokens in it",
+            code="STATE_STORE_OPEN",
+            hint="give Redis a password (requirepass or an ACL user) that only the broker's env "
+            "file holds, and put it in the URL",
         )
 
 
@@ -116,10 +141,14 @@ def _listen(path: str, group: str | None) -> socket.socket:
     return listener
 
 
-def _accept_one(listeners: dict[socket.socket, Callable[[socket.socket], None]]) -> None:
-    """Wait for a connection; hand it to a forked child that serves it and exits."""
+def _accept_one(
+    listeners: dict[socket.socket, Callable[[socket.socket], None]], calls: socket.socket
+) -> None:
+    """Wait for a connection; hand it to a forked child that serves it and exits. The call
+    socket is not watched while MAX_CALLS workers are busy."""
+    watched = [one for one in listeners if one is not calls or len(_call_workers) < MAX_CALLS]
     try:
-        ready, _, _ = select.select(list(listeners), [], [], REAP_EVERY_S)
+        ready, _, _ = select.select(watched, [], [], REAP_EVERY_S)
     except InterruptedError:
         return
     for listener in ready:
@@ -127,7 +156,8 @@ def _accept_one(listeners: dict[socket.socket, Callable[[socket.socket], None]])
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             continue
-        if os.fork() == 0:
+        pid = os.fork()
+        if pid == 0:
             code = 0
             try:
                 for other in listeners:
@@ -139,6 +169,8 @@ def _accept_one(listeners: dict[socket.socket, Callable[[socket.socket], None]])
             except BaseException:
                 code = 1
             os._exit(code)
+        if listener is calls:
+            _call_workers.add(pid)
         conn.close()
 
 
@@ -151,3 +183,4 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+        _call_workers.discard(pid)

@@ -24,12 +24,12 @@ from ..state import JsonlWriter, file_lock, last_line
 from .auditchain import (
     GENESIS_HASH,
     chain_files,
-    load_key,
     read_head,
     rotation_path,
     seal,
     write_head,
 )
+from .keyfile import load_key
 
 if TYPE_CHECKING:
     from ..redact import Redactor
@@ -74,7 +74,9 @@ class AuditEvent:
 def audit_key(settings: Settings) -> bytes | None:
     """The keyed chain's key (broker mode: ``B24_AUDIT_KEY_FILE``), or None for a plain
     SHA-256 chain."""
-    return load_key(settings.audit_key_file) if settings.audit_key_file else None
+    if settings.audit_key_file is None:
+        return None
+    return load_key(settings.audit_key_file, setting="B24_AUDIT_KEY_FILE")
 
 
 def param_keys(params: Any, prefix: str = "") -> list[str]:

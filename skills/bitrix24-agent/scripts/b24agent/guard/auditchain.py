@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import hmac
 import json
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import B24Error, ConfigError, CorruptStateError, UsageError
+from ..errors import B24Error, CorruptStateError, UsageError
 from ..fingerprint import canonical_json, digest
 from ..state import (
-    create_exclusive,
     file_lock,
     open_read,
     overwrite_json,
@@ -48,9 +46,7 @@ __all__ = [
     "VerifyReport",
     "chain_files",
     "check",
-    "create_key",
     "head_path",
-    "load_key",
     "read_head",
     "rotation_path",
     "seal",
@@ -66,35 +62,6 @@ _HEAD_SCHEMA = {
     "required": ["hash"],
     "properties": {"hash": {"type": "string"}, "mac": {"type": "string"}},
 }
-_KEY_SCHEMA = {
-    "type": "object",
-    "required": ["key"],
-    "properties": {"key": {"type": "string", "pattern": "^[0-9a-f]{64,}$"}},
-}
-
-
-def create_key(path: Path) -> bool:
-    """Make a new audit key at ``path`` (0600) unless one is there; True when it was made."""
-    return create_exclusive(path, {"key": secrets.token_hex(32)})
-
-
-def load_key(path: Path) -> bytes:
-    """The audit key at ``path``; a missing or unreadable key is a configuration error, because
-    writing an unkeyed line into a keyed chain would break it for good."""
-    try:
-        stored = read_json(path, schema=_KEY_SCHEMA)
-    except (OSError, CorruptStateError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else exc.reason
-        stored, problem = None, f"cannot read it: {reason}"
-    else:
-        problem = "no such file"
-    if stored is None:
-        raise ConfigError(
-            f"audit key {path}: {problem}",
-            code="AUDIT_KEY_UNREADABLE",
-            hint="the operator sets B24_AUDIT_KEY_FILE; b24-broker serve makes the key once",
-        )
-    return bytes.fromhex(stored["key"])
 
 
 def _mac(key: bytes, text: str) -> str:

@@ -5,7 +5,8 @@ was reviewed for, soon after, at most once, and against the record as it was. So
 holds the call (method, api, params), its risk, the portal, the packs in force, a params digest
 and, for single-record updates and deletes, the record's fingerprint and a preview; it is signed
 with an HMAC key kept (0600) next to the plans (a fleet on Redis shares one key, so a plan made
-on one host runs on another), so an edited plan is refused. Execution checks, in order: the
+on one host runs on another) or, with ``B24_PLAN_KEY_FILE`` (the broker always sets it), in that
+local file only, so an edited plan is refused. Execution checks, in order: the
 id's shape, the signature, the portal, the TTL, that it was not run before, that the record is
 unchanged, and then claims it with an exclusive create so that of racing executions, on any
 number of hosts sharing the backend, exactly one runs. Every refusal is a ConflictError (exit 5)
@@ -35,6 +36,7 @@ import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends import open_backend
@@ -42,6 +44,7 @@ from ..backends.base import Documents
 from ..errors import ConflictError, CorruptStateError, NotFoundError, UsageError
 from ..fingerprint import canonical_json, digest
 from .diffing import Reader, fetch, preview, record_fingerprint, record_of, record_ref
+from .keyfile import create_key, load_key
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -150,16 +153,25 @@ def _fingerprint_of(plan: Plan, read: Reader) -> str:
 class PlanStore:
     """Plans of one portal: one signed JSON file per plan plus a claim marker once it runs."""
 
-    def __init__(self, plans: Documents, *, portal: str, ttl_s: float) -> None:
+    def __init__(
+        self, plans: Documents, *, portal: str, ttl_s: float, key_file: Path | None = None
+    ) -> None:
         self.plans = plans
         self.portal = portal
         self.ttl_s = ttl_s
+        self.key_file = key_file
+        self._signing_key: bytes | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> PlanStore:
         """The plans of the portal ``settings`` name."""
         plans = open_backend(settings).documents("plans", folder=settings.plan_dir)
-        return cls(plans, portal=settings.portal_key, ttl_s=settings.plan_ttl_s)
+        return cls(
+            plans,
+            portal=settings.portal_key,
+            ttl_s=settings.plan_ttl_s,
+            key_file=settings.plan_key_file,
+        )
 
     def ids(self) -> list[str]:
         """Ids of the plans stored here (spent, expired and pending alike)."""
@@ -170,9 +182,18 @@ class PlanStore:
 
     # --- signing -----------------------------------------------------------------------------
     def _key(self) -> bytes:
-        """The HMAC key, made once per plan folder; racing first uses agree on one key."""
-        self.plans.create(_KEY_FILE, {"key": secrets.token_hex(32)})
-        return bytes.fromhex(self.plans.read(_KEY_FILE, schema=_KEY_SCHEMA)["key"])
+        """The HMAC key: the operator's local key file when one is set (the broker always sets
+        one, so no caller that reaches the shared store can sign), else one made once in the
+        store, shared by every host of a fleet; racing first uses agree on one key."""
+        if self._signing_key is None:
+            if self.key_file is not None:
+                create_key(self.key_file)
+                self._signing_key = load_key(self.key_file, setting="B24_PLAN_KEY_FILE")
+            else:
+                self.plans.create(_KEY_FILE, {"key": secrets.token_hex(32)})
+                stored = self.plans.read(_KEY_FILE, schema=_KEY_SCHEMA)
+                self._signing_key = bytes.fromhex(stored["key"])
+        return self._signing_key
 
     def sign(self, body: Mapping[str, Any]) -> str:
         """HMAC of ``body`` under this folder's key (plans, and decisions on them)."""
