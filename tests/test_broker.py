@@ -456,7 +456,7 @@ def _workers(broker: Broker) -> int:
 
 def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker) -> None:
     """70 connections trickling one byte every 2 s: the broker serves at most MAX_CALLS (64) at
-    once and ends each within its 10 s request deadline (per-read timeouts never fired before,
+    once and ends each 10 s after accepting it (per-read timeouts never fired before,
     and every connection had its own process); afterwards a real call is served."""
     trickler = agent.popen_python(
         "import socket, time\n"
@@ -464,8 +464,9 @@ def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker
         "for _ in range(70):\n"
         "    c = socket.socket(socket.AF_UNIX)\n"
         f"    c.connect({str(broker.socket)!r}); conns.append(c)\n"
+        "print('connected', flush=True)\n"
         "started = time.monotonic(); closed = {}\n"
-        "while len(closed) < 64 and time.monotonic() - started < 30:\n"
+        "while len(closed) < 64 and time.monotonic() - started < 40:\n"
         "    for n, c in enumerate(conns):\n"
         "        if n in closed: continue\n"
         "        try: c.send(b'\\0')\n"
@@ -473,10 +474,14 @@ def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker
         "    time.sleep(2)\n"
         "print(len(closed), round(max(closed.values(), default=99), 1))\n"
     )
-    time.sleep(4)
-    busy = _workers(broker)
+    assert trickler.stdout is not None and trickler.stdout.readline() == "connected\n"
+    peak, started = 0, time.monotonic()
+    while peak < 64 and time.monotonic() - started < 8:  # each lives 10 s once accepted
+        peak = max(peak, _workers(broker))
+        time.sleep(0.1)
+    peak = max(peak, _workers(broker))
     out, err = trickler.communicate(timeout=60)
     closed, slowest = out.split()
-    assert busy == 64, busy
-    assert int(closed) >= 64 and float(slowest) < 16, (out, err)
+    assert peak == 64, peak
+    assert int(closed) >= 64 and float(slowest) < 30, (out, err)
     assert agent("user.current").code == 0
