@@ -249,6 +249,40 @@ def test_a_destructive_plan_shows_the_record_to_the_human(
     assert _leads(portal, "to be deleted") == []
 
 
+def test_the_human_reads_the_whole_plan_or_is_not_asked(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    """An agent hiding one harmful line behind 300 harmless ones (or behind a long param) gets it
+    shown: nothing of a plan is cut from the question; a plan too long to show whole is refused
+    before anyone is asked. A right-to-left override in a title reaches the human escaped."""
+    lead = portal.rest("crm.lead.add", {"fields": {"TITLE": "kept"}}).json()["result"]
+    asked: list[str] = []
+    host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked))
+    harmless = [
+        {"method": "crm.lead.add", "params": {"fields": {"TITLE": f"web form {n}"}}}
+        for n in range(300)
+    ]
+    hidden = {"id": lead, "fields": {"TITLE": "HIJACKED\u202egpj.exe", "COMMENTS": "x" * 4100}}
+    calls = [*harmless, {"method": "crm.lead.update", "params": hidden}]
+    huge = {"fields": {"TITLE": "too long to read", "COMMENTS": "y" * 70_000}}
+
+    async def work(client: Any) -> Any:
+        bulk = await host.call(client, "b24_plan_batch", {"calls": calls})
+        long = await host.call(client, "b24_plan", {"method": "crm.lead.add", "params": huge})
+        assert not bulk.error and not long.error, (bulk.text, long.text)
+        ran = await host.call(client, "b24_execute_plan", {"plan_id": bulk.data["plan_id"]})
+        refused = await host.call(client, "b24_execute_plan", {"plan_id": long.data["plan_id"]})
+        return ran, refused
+
+    ran, refused = host.session(work)
+    assert not ran.error, ran.text
+    (shown,) = asked
+    assert "HIJACKED\\u202egpj.exe" in shown and "\u202e" not in shown
+    assert "x" * 4100 in shown and "web form 0" in shown and "web form 299" in shown
+    assert refused.error and refused.code == "APPROVAL_TOO_LARGE", refused.text
+    assert _leads(portal, "too long to read") == []
+
+
 # --- reads at scale: exports, the size cap, concurrency ------------------------------------------
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..cli.common import JsonErrorParser, as_b24_error
 from ..cli.output import dump_line
+from ..display import for_a_person
 from ..errors import PolicyError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -82,7 +83,7 @@ def _admin_path(given: str | None) -> str:
 
 
 def _print(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(for_a_person(json.dumps(document, indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..display import for_a_person
 from ..errors import B24Error, PolicyError
 from ..guard.plans import Plan
 
 __all__ = ["Approve", "Seen", "can_elicit", "declined", "question", "unavailable"]
 
-#: Longest params / preview text shown in the question; the rest is cut with a marker.
-_SHOWN_CHARS = 4000
-#: The same for the previews of a bulk plan, one per call.
-_BULK_CHARS = 20000
+#: Longest question a human is asked: past it a plan is refused, never shown in part, because a
+#: "yes" approves the whole plan and what was cut is what an injected agent would hide there.
+QUESTION_MAX_CHARS = 60_000
 
 
 class Approve(BaseModel):
@@ -44,6 +44,8 @@ class Seen:
 
     plan: Plan | None = None
     error: B24Error | None = None
+    #: What the human is asked, when the plan needs one.
+    question: str | None = None
 
 
 def can_elicit(capabilities: Any) -> bool:
@@ -52,28 +54,41 @@ def can_elicit(capabilities: Any) -> bool:
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
-def _cut(value: Any, limit: int = _SHOWN_CHARS) -> str:
-    text = json.dumps(value, ensure_ascii=False, indent=1)
-    return text if len(text) <= limit else text[:limit] + "\n… (cut)"
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 def question(plan: Plan) -> str:
-    """What the human reads: the call, its risk and target, the record as it is now, the params."""
+    """What the human reads, whole: the call, its risk and target, the record as it is now and
+    every param (a bulk plan: one line per call). Raises PolicyError when that does not fit in
+    QUESTION_MAX_CHARS: a plan is never approved on a part of it."""
     expires = time.strftime("%H:%M:%S UTC", time.gmtime(plan.expires_at))
     lines = [
         f"Run this {plan.risk} call on the Bitrix24 portal {plan.portal}?",
         f"method: {plan.method} (REST {plan.api})",
     ]
     if plan.target:
-        lines.append(f"record: {json.dumps(plan.target, ensure_ascii=False)}")
+        lines.append(f"record: {_json(plan.target)}")
     if plan.previews is not None:  # a bulk plan: what each call does, record by record
-        lines.append(f"{len(plan.previews)} calls: {_cut(plan.previews, _BULK_CHARS)}")
+        lines.append(f"{len(plan.previews)} calls, each in full:")
+        lines.extend(
+            f"line {shown.get('line')}: {_json({k: v for k, v in shown.items() if k != 'line'})}"
+            for shown in plan.previews
+        )
     else:
-        lines.append(f"params: {_cut(plan.params)}")
+        lines.append(f"params: {json.dumps(plan.params, ensure_ascii=False, indent=1)}")
     if plan.preview:
-        lines.append(f"preview: {_cut(plan.preview)}")
+        lines.append(f"preview: {json.dumps(plan.preview, ensure_ascii=False, indent=1)}")
     lines.append(f"plan {plan.id} · expires {expires} · digest {plan.digest()[:16]}")
-    return "\n".join(lines)
+    text = for_a_person("\n".join(lines))
+    if len(text) > QUESTION_MAX_CHARS:
+        raise PolicyError(
+            f"plan {plan.id} is too long to show a human whole ({len(text):,} characters, at "
+            f"most {QUESTION_MAX_CHARS:,}); nobody was asked and nothing was sent",
+            code="APPROVAL_TOO_LARGE",
+            hint="make smaller plans (fewer calls, shorter params) so each can be read whole",
+        )
+    return text
 
 
 def declined(plan_id: str, action: Literal["decline", "cancel", "no"]) -> PolicyError:

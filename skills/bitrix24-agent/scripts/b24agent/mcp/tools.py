@@ -188,20 +188,19 @@ class ToolBox:
         """The stored plan, checked (signature, portal, expiry, unspent), or why it cannot run."""
         store = PlanStore.of(self.settings)
         try:
-            return Seen(plan=store.load(plan_id))
-        except B24Error as exc:
+            plan = store.load(plan_id)
+            human = needs_approval(plan.risk, self.settings.approval_level(enforced=True))
+            return Seen(plan=plan, question=question(plan) if human else None)
+        except B24Error as exc:  # question() refuses a plan too long to be shown whole
             return Seen(error=exc)
 
     def ask(self, seen: Seen, ctx: Context) -> Elicit[Approve] | str:
         """The approval question for the human, or why nobody is asked."""
-        plan = seen.plan
-        if plan is None or not needs_approval(
-            plan.risk, self.settings.approval_level(enforced=True)
-        ):
+        if seen.question is None:
             return NOT_NEEDED
         if not can_elicit(ctx.client_capabilities):
             return CANNOT_ASK
-        return Elicit(self._mask(question(plan)), Approve)
+        return Elicit(self._mask(seen.question), Approve)
 
     def execute(
         self, ctx: Context, plan_id: str, seen: Seen, answer: ElicitationResult[Approve]
