@@ -434,7 +434,7 @@ def test_one_approval_runs_a_bulk_plan_once_and_an_edited_one_is_refused(
     plans = broker.portal_state / "plans"
     stored = json.loads((plans / f"{edited}.json").read_text())["plan"]["params"]
     stored["calls"][1]["params"]["fields"]["TITLE"] = "swapped in"
-    _resign(plans / f"{edited}.json", plans / ".plan-signing-key.json", stored)
+    _resign(plans / f"{edited}.json", broker.state / "plan.key", stored)
     stale = agent("--execute-plan", edited)
     assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
     assert _leads(portal, "swapped in") == 0
