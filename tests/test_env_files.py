@@ -133,7 +133,7 @@ def test_a_named_env_file_cannot_lift_the_operators_ceiling(home: Path) -> None:
     assert s.base_url == "https://a.bitrix24.com" and s.env_file == wide  # its portal is used
     assert s.read_only is True
     assert s.allowed_flags == frozenset({"no-audit"})
-    assert s.approval == "destructive"
+    assert s.approval_level(enforced=False) == "destructive"  # not the file's "off"
     assert [c.packs for c in s.ceilings] == [("core",), ("core", "comms", "tasks")]
 
 
@@ -141,7 +141,7 @@ def test_the_environment_cannot_lift_the_operators_file_either(home: Path) -> No
     environ = {"HOME": str(home), "B24_READ_ONLY": "0", "B24_ALLOW_FLAGS": "allow-unlisted"}
     s = load_settings(environ={**environ, "B24_APPROVAL": "writes"}, require_credentials=False)
     assert s.read_only is True and s.allowed_flags == frozenset()  # no flag both allow
-    assert s.approval == "writes"  # the stricter of the two
+    assert s.approval == "writes"  # the stricter of the two operator's sources
 
 
 def test_a_named_env_file_alone_grants_no_consent(tmp_path: Path) -> None:
@@ -151,6 +151,16 @@ def test_a_named_env_file_alone_grants_no_consent(tmp_path: Path) -> None:
     s = load_settings(env_file=str(own), environ={"HOME": str(tmp_path)}, require_credentials=False)
     assert s.allowed_flags == frozenset()
     assert s.ceilings[0] == Ceiling()  # the default: every catalog pack, no unknown method
+    lower = write_env(tmp_path / "lower.env", "B24_APPROVAL=off\n")
+    s = load_settings(
+        env_file=str(lower), environ={"HOME": str(tmp_path)}, require_credentials=False
+    )
+    assert s.approval_level(enforced=True) == "writes"  # MCP's default stands
+    higher = write_env(tmp_path / "higher.env", "B24_APPROVAL=destructive\n")
+    s = load_settings(
+        env_file=str(higher), environ={"HOME": str(tmp_path)}, require_credentials=False
+    )
+    assert s.approval_level(enforced=False) == "destructive"  # it may narrow the CLI's "off"
     consent = {"HOME": str(tmp_path), "B24_ALLOW_FLAGS": "no-audit,no-idempotency"}
     s = load_settings(env_file=str(own), environ=consent, require_credentials=False)
     assert s.allowed_flags == frozenset({"no-audit"})  # the file narrows the operator's consent

@@ -155,6 +155,9 @@ class Settings:
     #: Writes a person must approve: off, destructive (deletes) or writes (every write); None
     #: when the operator did not say (``approval_level`` gives each mode's default).
     approval: str | None = None
+    #: A ``--env-file`` file's B24_APPROVAL: it may raise the level, never lower it below the
+    #: operator's or the mode's default (MCP's ``writes``).
+    approval_floor: str = "off"
     #: How long ``--execute-plan`` waits for the human's decision before giving up (exit 3).
     approval_wait_s: float = 120.0
     #: Broker mode: who may drain the offline queue unattended (guard/drain.py).
@@ -185,8 +188,10 @@ class Settings:
 
     def approval_level(self, *, enforced: bool) -> str:
         """``B24_APPROVAL``, or when unset: writes where a person can approve (broker, MCP:
-        ``enforced``), off in plain CLI mode, which has no channel the agent does not hold."""
-        return self.approval or ("writes" if enforced else "off")
+        ``enforced``), off in plain CLI mode, which has no channel the agent does not hold; never
+        below ``approval_floor``."""
+        level = self.approval or ("writes" if enforced else "off")
+        return max(level, self.approval_floor, key=APPROVAL_LEVELS.index)
 
     @property
     def portal_key(self) -> str:
@@ -573,7 +578,8 @@ def _ceiling(operator: tuple[_Layer, ...], named: _Layer | None) -> dict[str, An
     narrowest wins (a switch is on if any source turns it on; a method or a flag is allowed
     only where every list allows it; the strictest approval level). The file ``--env-file``
     names only narrows: where the operator's sources set no ceiling, the default one (every
-    catalog pack, no unknown method; no widening flag) still holds under it."""
+    catalog pack, no unknown method; no widening flag; each mode's approval level) still holds
+    under it."""
     every = (*operator, *([named] if named else []))
     mine = [_one_ceiling(where, layer) for where, layer in operator if _sets_ceiling(layer)]
     ceilings = list(mine or [Ceiling()])
@@ -587,11 +593,7 @@ def _ceiling(operator: tuple[_Layer, ...], named: _Layer | None) -> dict[str, An
     allowed = frozenset.intersection(*consents) if consents else frozenset()
     if named and _sets(named[1], "B24_ALLOW_FLAGS"):
         allowed &= named[1].allowed_flags("B24_ALLOW_FLAGS")
-    levels = [
-        layer.choice("B24_APPROVAL", "off", APPROVAL_LEVELS)
-        for _, layer in every
-        if _sets(layer, "B24_APPROVAL")
-    ]
+    levels = [_approval(layer) for _, layer in operator if _sets(layer, "B24_APPROVAL")]
     packs = (p for ceiling in ceilings for p in ceiling.packs or ())
     allowlist = (pattern for ceiling in ceilings for pattern in ceiling.allowlist)
     return {
@@ -602,7 +604,12 @@ def _ceiling(operator: tuple[_Layer, ...], named: _Layer | None) -> dict[str, An
         "require_plan": any([layer.flag("B24_REQUIRE_PLAN", False) for _, layer in every]),
         "allowed_flags": allowed,
         "approval": max(levels, key=APPROVAL_LEVELS.index) if levels else None,
+        "approval_floor": _approval(named[1]) if named else "off",
     }
+
+
+def _approval(layer: _Env) -> str:
+    return layer.choice("B24_APPROVAL", "off", APPROVAL_LEVELS)
 
 
 def _sets(layer: _Env, name: str) -> bool:
