@@ -190,18 +190,27 @@ def test_a_signal_the_caller_ignores_is_ignored_by_its_call(
     assert json.loads(out)["result"]["TITLE"] == "nohup"
 
 
-def test_a_worker_that_dies_mid_call_is_an_unknown_outcome(
-    portal: Sandbox, cli: Cli, runtime: Path
-) -> None:
-    _warm(cli, runtime)
-    portal.admin("faults", {"rules": [{"method": "crm.lead.add", "delay_ms": 5000}]})
+def _in_flight(
+    portal: Sandbox, cli: Cli, delay_ms: int, method: str, *args: str
+) -> tuple[subprocess.Popen[str], int]:
+    """``b24 METHOD ARGS`` started with the portal holding its answer ``delay_ms``; returns the
+    caller once the request reached the portal, and the pid of the worker serving it."""
+    portal.admin("faults", {"rules": [{"method": method, "delay_ms": delay_ms}]})
     before = portal.stats()["requests"]
-    proc = cli.popen("crm.lead.add", "--params", '{"fields": {"TITLE": "x"}}', "--confirm-write")
+    proc = cli.popen(method, *args)
     deadline = time.monotonic() + 30
     while portal.stats()["requests"] == before:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    worker = _process_in(cli.cwd, besides=proc.pid)
+    return proc, _process_in(cli.cwd, besides=proc.pid)
+
+
+def test_a_worker_that_dies_mid_call_is_an_unknown_outcome(
+    portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    _warm(cli, runtime)
+    add = ("--params", '{"fields": {"TITLE": "x"}}', "--confirm-write")
+    proc, worker = _in_flight(portal, cli, 5000, "crm.lead.add", *add)
     os.kill(worker, signal.SIGKILL)
     run = cli.finish(proc)
     assert run.code == 7 and run.error()["code"] == "WARM_WORKER_LOST"
@@ -212,14 +221,7 @@ def test_a_taken_worker_is_replaced_when_its_call_is_over_not_while_it_runs(
 ) -> None:
     """The successor's start (a fork and a whole rehearsal call) would compete with the call."""
     _warm(cli, runtime)
-    portal.admin("faults", {"rules": [{"method": "crm.lead.get", "delay_ms": 1500}]})
-    before = portal.stats()["requests"]
-    proc = cli.popen("crm.lead.get", "--params", '{"id": 1}')
-    deadline = time.monotonic() + 30
-    while portal.stats()["requests"] == before:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    worker = _process_in(cli.cwd, besides=proc.pid)
+    proc, worker = _in_flight(portal, cli, 1500, "crm.lead.get", "--params", '{"id": 1}')
     server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
     during = _children(server)
     cli.finish(proc)
