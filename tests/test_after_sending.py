@@ -148,8 +148,17 @@ def test_a_gzip_bomb_from_the_token_server_is_refused_unread(
 # --- F6: a local failure after the write left -------------------------------------------------
 
 
-def _later(delay: float, action: Any) -> threading.Thread:
-    thread = threading.Thread(target=lambda: (time.sleep(delay), action()), daemon=True)
+def _once_sent(portal: Sandbox, method: str, action: Any) -> threading.Thread:
+    """Run ``action`` as soon as the portal has received ``method`` (it holds the answer back):
+    a fixed delay fired before a slow start-up had sent anything, on a loaded machine."""
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 60
+        while _sent(portal, method) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
     thread.start()
     return thread
 
@@ -167,7 +176,7 @@ def test_audit_log_swapped_for_a_fifo_mid_write_is_exit_7(portal: Sandbox, cli: 
     _faults(portal, {"method": "crm.lead.add", "error": None, "delay_ms": 1500})
     params = json.dumps({"fields": {"TITLE": "fifo"}})
     args = ("crm.lead.add", "--params", params, "--confirm-write", "--idempotency-key", "fifo1")
-    swapper = _later(0.7, swap)
+    swapper = _once_sent(portal, "crm.lead.add", swap)
     run = cli(*args)
     swapper.join()
     assert run.code == 7, run.err
@@ -215,7 +224,7 @@ def test_redis_lost_after_the_write_was_sent_is_exit_7(
     _faults(portal, {"method": "crm.lead.add", "error": None, "delay_ms": 2000})
     params = json.dumps({"fields": {"TITLE": "redis-mid"}})
     args = ("crm.lead.add", "--params", params, "--confirm-write", "--idempotency-key", "mid1")
-    stopper = _later(0.8, lambda: os.kill(pid, signal.SIGSTOP))
+    stopper = _once_sent(portal, "crm.lead.add", lambda: os.kill(pid, signal.SIGSTOP))
     run = cli(*args)
     stopper.join()
     os.kill(pid, signal.SIGCONT)
