@@ -89,6 +89,13 @@ def test_the_agent_gets_the_brokers_policy_whatever_its_environment(
     ):
         refused = agent("user.current", *flag)
         assert refused.code == 3 and refused.error()["code"] == "BROKER_PATH_REFUSED"
+        last = broker.audit_lines()[-1]  # what the caller tried is on the operator's record
+        assert (last["outcome"], last["error"], last["method"]) == (
+            "refused",
+            "BROKER_PATH_REFUSED",
+            "user.current",
+        )
+        assert last["origin"]["uid"] == pwd.getpwnam(agent.accounts.agent).pw_uid
     assert _sent(portal, "crm.lead.add") == 0 and _sent(portal, "im.notify.system.add") == 0
     # ... but the agent's own files reach the broker as stdin, read with the agent's rights.
     params = agent.accounts.agent_home / "params.json"

@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+import uuid
 from typing import Any
 
 from ..cli.client import build_parser
@@ -30,6 +31,7 @@ from ..cli.warm import wire
 from ..cli.warm.worker import serve, take_stdio
 from ..errors import B24Error, PolicyError, UsageError
 from ..guard.approval import WaitForDecision
+from ..guard.audit import AuditEvent, write_outside_a_call
 from ..settings import load_settings
 
 __all__ = ["peer", "serve_brokered_call"]
@@ -59,8 +61,9 @@ def serve_brokered_call(conn: socket.socket) -> None:
 
     def run(request: wire.Request) -> int:
         signal.alarm(0)  # the request is in: the call itself may take as long as it takes
-        refusal = _named_path(request.argv[1:])
+        refusal, method = _named_path(request.argv[1:])
         if refusal is not None:
+            _audit_refusal(refusal, method, caller)
             sys.stderr.write(dump_line(refusal.to_json()) + "\n")
             return refusal.exit_code
         origin = {**caller, **_claimed(request.env.get("B24_BROKER_CLAIM"))}
@@ -89,15 +92,38 @@ def _own_env_file(named: str) -> bool:
     return own is not None and os.path.realpath(named) == os.path.realpath(own)
 
 
-def _named_path(argv: list[str]) -> B24Error | None:
-    """A refusal when ``argv`` names a file or folder the broker would open for the caller."""
+def _audit_refusal(refusal: B24Error, method: str, caller: dict[str, Any]) -> None:
+    """The operator's audit gets a line for a call refused here too, so what a caller tried
+    (say ``--audit-file`` to hide its calls) is on record; an unwritable log is named in the
+    refusal's hint, since the call is refused either way."""
+    settings = load_settings()
+    event = AuditEvent(
+        request_id=uuid.uuid4().hex,
+        portal=settings.portal_key,
+        method=method,
+        risk="unknown",
+        outcome="refused",
+        duration_ms=0.0,
+        error=refusal.code,
+        exit_code=refusal.exit_code,
+        origin=caller,
+    )
+    try:
+        write_outside_a_call(settings, event)
+    except OSError as exc:
+        refusal.hint = f"{refusal.hint} (the audit log was not written: {exc.strerror or exc})"
+
+
+def _named_path(argv: list[str]) -> tuple[B24Error | None, str]:
+    """A refusal when ``argv`` names a file or folder the broker would open for the caller,
+    and the method it names (``-`` when the flags cannot be read)."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # --help is printed by the call itself
             args = build_parser(os.path.basename(sys.argv[0])).parse_args(argv)
     except UsageError as exc:
-        return exc  # refused here: a call whose flags cannot be read is never run
+        return exc, "-"  # refused here: a call whose flags cannot be read is never run
     except SystemExit:
-        return None  # --help or --version: printed by the call itself, which opens nothing
+        return None, "-"  # --help or --version: printed by the call itself, opens nothing
     named = [
         flag
         for flag, given in (
@@ -110,12 +136,13 @@ def _named_path(argv: list[str]) -> B24Error | None:
         )
         if given
     ]
+    method = str(getattr(args, "method", None) or "-")
     if not named:
-        return None
+        return None, method
     return PolicyError(
         f"the broker opens no file a caller names: {', '.join(named)}",
         code="BROKER_PATH_REFUSED",
         hint="settings, audit log and state are the operator's (the broker's configuration); "
         "b24 itself reads --params @file and --batch-file FILE when the flags are spelled in "
         "full; --install-skill runs without B24_BROKER, with your own rights",
-    )
+    ), method

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import ConfigError, ConflictError, PolicyError
-from ..redact import Redactor
-from .audit import AuditEvent, AuditLog, Outcome, audit_key
+from .audit import AuditEvent, Outcome, write_outside_a_call
 from .plans import Plan, PlanStore
 
 if TYPE_CHECKING:
@@ -206,7 +205,6 @@ def audit_decision(
 ) -> None:
     """Write a person's decision on ``plan`` to the operator's audit chain. ``by`` is who
     decided, as recorded (the kernel's uid for ``b24-broker``; the MCP client's own claim)."""
-    log = AuditLog.of(settings, Redactor(settings.secrets()), audit_key(settings))
     event = AuditEvent(
         request_id=uuid.uuid4().hex,
         portal=plan.portal,
@@ -222,10 +220,11 @@ def audit_decision(
         plan_digest=plan.digest(),
     )
     try:
-        log.write(event)
+        write_outside_a_call(settings, event)
     except OSError as exc:
         raise ConfigError(
-            f"the decision on plan {plan.id} ({verdict}) stands, but the audit log {log.path} "
+            f"the decision on plan {plan.id} ({verdict}) stands, but the audit log "
+            f"{settings.audit_file} "
             f"could not be written: {exc.strerror or exc}",
             code="AUDIT_UNWRITABLE",
             hint="fix B24_AUDIT_FILE (or the folder it names) so the log can be written",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import CorruptStateError
 from ..fingerprint import canonical_json, digest
+from ..redact import Redactor
 from ..state import JsonlWriter, file_lock, last_line
 from .auditchain import (
     GENESIS_HASH,
@@ -32,10 +33,17 @@ from .auditchain import (
 from .keyfile import load_key
 
 if TYPE_CHECKING:
-    from ..redact import Redactor
     from ..settings import Settings
 
-__all__ = ["DEFAULT_MAX_BYTES", "AuditEvent", "AuditLog", "Outcome", "audit_key", "param_keys"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "AuditEvent",
+    "AuditLog",
+    "Outcome",
+    "audit_key",
+    "param_keys",
+    "write_outside_a_call",
+]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 #: Which host wrote a line: a fleet's hosts each keep their own chain (README "Running a fleet").
@@ -77,6 +85,15 @@ def audit_key(settings: Settings) -> bytes | None:
     if settings.audit_key_file is None:
         return None
     return load_key(settings.audit_key_file, setting="B24_AUDIT_KEY_FILE")
+
+
+def write_outside_a_call(settings: Settings, event: AuditEvent) -> AuditLog:
+    """Write ``event``, something decided outside a pipeline run (a person's decision, a call
+    the broker refused before running it), to the operator's chain; returns the log written
+    and lets OSError through for the caller to report."""
+    log = AuditLog.of(settings, Redactor(settings.secrets()), audit_key(settings))
+    log.write(event)
+    return log
 
 
 def param_keys(params: Any, prefix: str = "") -> list[str]:
