@@ -49,8 +49,28 @@ def _interpreter() -> tuple[str, dict[str, str]] | None:
     if not _others_can_run(system):
         return None
     paths = sysconfig.get_paths()
-    found = [str(SCRIPT.parent), paths["purelib"], paths["platlib"]]
-    return system, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(found))}
+    found = list(dict.fromkeys([str(SCRIPT.parent), paths["purelib"], paths["platlib"]]))
+    if not all(_others_can_run(path) or _open_temp_folders(path) for path in found):
+        return None
+    return system, {"PYTHONPATH": os.pathsep.join(found)}
+
+
+def _open_temp_folders(path: str) -> bool:
+    """Let other users pass through (search, not list: o+x) the folders above ``path`` that
+    stop them, when those are temporary folders made for this checkout (CI clones into a 0700
+    ``mktemp -d``); elsewhere (a home folder) nothing is changed and the tests are skipped."""
+    if os.geteuid() != 0:
+        return False
+    temp = Path(tempfile.gettempdir()).resolve()
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        mode = os.stat(folder).st_mode
+        if mode & 0o001:
+            continue
+        if temp not in folder.parents:
+            return False
+        os.chmod(folder, (mode & 0o7777) | 0o001)
+    return _others_can_run(path)
 
 
 PYTHON = _interpreter()
