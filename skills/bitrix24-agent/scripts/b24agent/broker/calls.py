@@ -28,7 +28,7 @@ from ..cli.client import build_parser
 from ..cli.client import main as run_call
 from ..cli.output import dump_line
 from ..cli.warm import wire
-from ..cli.warm.worker import serve, take_stdio
+from ..cli.warm.worker import RELAYED, serve, take_stdio
 from ..errors import B24Error, PolicyError, UsageError
 from ..guard.approval import WaitForDecision
 from ..guard.audit import AuditEvent, write_outside_a_call
@@ -69,7 +69,27 @@ def serve_brokered_call(conn: socket.socket) -> None:
         origin = {**caller, **_claimed(request.env.get("B24_BROKER_CLAIM"))}
         return run_call(request.argv[1:], approver=WaitForDecision(), origin=origin)
 
-    serve(conn, take_stdio, run)
+    serve(conn, _take_stdio_interruptible_once, run)
+
+
+def _take_stdio_interruptible_once(request: wire.Request, fds: list[int]) -> None:
+    """The caller's stdio, and its relayed signals as one interruption of the call.
+
+    Whatever the caller relays (SIGINT, SIGTERM, SIGHUP), the call is interrupted the way
+    Ctrl-C interrupts it, never ended on the spot: a worker that died after a write left would
+    write no audit line, and the operator's audit would miss a write the portal ran. Only the
+    first signal interrupts; later ones are ignored, so a burst cannot break into the audit line
+    that the interruption itself writes."""
+    take_stdio(request, fds)
+    for sig in RELAYED:
+        if sig not in request.ignored:
+            signal.signal(sig, _interrupt_once)
+
+
+def _interrupt_once(_signum: int, _frame: object) -> None:
+    for sig in RELAYED:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _claimed(text: str | None) -> dict[str, Any]:

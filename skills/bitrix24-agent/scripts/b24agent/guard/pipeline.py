@@ -25,6 +25,8 @@ at most once. Reads are never idempotency-tracked.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import time
 import uuid
@@ -649,7 +651,8 @@ class Pipeline:
             origin=request.origin,
         )
         try:
-            log.write(event)
+            with _signals_held():
+                log.write(event)
         except OSError as failure:
             reason = failure.strerror or type(failure).__name__
             if exc is not None and isinstance(exc, B24Error):
@@ -661,6 +664,22 @@ class Pipeline:
                 code="AUDIT_UNWRITABLE",
                 hint="fix B24_AUDIT_FILE (or the folder it names) so the log can be written",
             ) from failure
+
+
+#: Signals that interrupt a call (Ctrl-C, and what the broker's worker takes from its caller).
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold this thread's interrupting signals while an audit line is written, so one that
+    comes then (a broker caller's, relayed to this thread) interrupts after the line is on disk
+    instead of cutting it short."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _raise_as(known: BaseException, original: BaseException) -> NoReturn:
