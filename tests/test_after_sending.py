@@ -6,6 +6,8 @@ sent, safe to repeat"; and what the state around a call may not do to the proces
   for a read, not retried.
 - Redis lost, or the audit log swapped for a FIFO, after the write was sent: exit 7 naming the
   idempotency key, and repeating the call under that key settles it without a second write.
+- A TLS error while the answer comes (a record broken mid-answer) is exit 7, sent once: only a
+  failed handshake, before any of the request left, is "not sent" (review6 R2).
 - A Redis key of ours holding what we cannot read is STATE_CORRUPT (exit 4) naming the key.
 - Plain redis:// is accepted only on loopback (the token pair crosses that link).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import threading
 import time
@@ -28,6 +31,7 @@ from cli_support import Cli
 from client_support import client_for, oauth_env
 from conftest import Sandbox
 from redis_support import RedisServer
+from tls_support import TlsFront, certificate
 
 MB = 1024 * 1024
 #: Address space for a CLI run: room for the interpreter and a full-size (128 MB) answer, not
@@ -192,6 +196,43 @@ def test_audit_log_swapped_for_a_fifo_mid_write_is_exit_7(portal: Sandbox, cli: 
     assert again.code == 0, again.err
     assert [int(again.json())] == [int(lead["ID"]) for lead in _leads(portal, "fifo")]
     assert _sent(portal, "crm.lead.add") == 1
+
+
+def test_a_tls_error_while_the_answer_comes_is_exit_7_and_sent_once(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl for the certificate")
+    cert, key = certificate(tmp_path)
+    front = TlsFront(int(portal.url.rsplit(":", 1)[1]), cert, key, break_answers=True)
+    hook = f"https://127.0.0.1:{front.port}/rest/{portal.webhook['user_id']}/"
+    hook += f"{portal.webhook['code']}/"
+    cli = Cli(
+        tmp_path,
+        {"B24_WEBHOOK_URL": hook, "B24_SERVER": "off", "REQUESTS_CA_BUNDLE": str(cert)},
+    )
+    try:
+        # A handshake that fails (the certificate is not trusted) is "not sent", rightly ...
+        refused = cli.with_env(REQUESTS_CA_BUNDLE="")(
+            "crm.lead.add", "--params", '{"fields": {"TITLE": "tls-mid"}}', "--confirm-write"
+        )
+        assert refused.code == 6 and refused.error()["code"] == "TLS_FAILED", refused.err
+        assert _sent(portal, "crm.lead.add") == 0
+        # ... a record broken once the request left is not.
+        run = cli(
+            "crm.lead.add",
+            "--params",
+            json.dumps({"fields": {"TITLE": "tls-mid"}}),
+            "--confirm-write",
+        )
+    finally:
+        front.close()
+    assert run.code == 7, run.err
+    error = run.error()
+    assert error["code"] == "NETWORK_ERROR" and not error["retryable"]
+    assert "not sent" not in run.err
+    # The portal ran it once: it was not taken for a failed handshake and sent again.
+    assert len(_leads(portal, "tls-mid")) == 1 and _sent(portal, "crm.lead.add") == 1
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The vendor's JS SDK (``@bitrix24/b24jssdk`` from npm, unmodified) works against the sandbox.
 
-It insists on https, so the test puts TLS in front of the sandbox: a self-signed certificate made
-here with ``openssl`` (trusted by node through NODE_EXTRA_CA_CERTS) and a small TLS-terminating
+It insists on https, so the test puts TLS in front of the sandbox (tls_support.py): a
+self-signed certificate (trusted by node through NODE_EXTRA_CA_CERTS) and a small TLS-terminating
 proxy on 127.0.0.1. The SDK then runs v2 ``callMethod``, ``callListMethod``, ``callBatch`` and
 REST 3.0 ``call``, ``callList``, ``batch`` (tests/peers/b24jssdk_peer.mjs); the test checks what
 it printed against the portal. ``make test`` (and ``make peers``) installs the pinned SDK into
@@ -11,19 +11,16 @@ it printed against the portal. ``make test`` (and ``make peers``) installs the p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Sandbox
+from tls_support import TlsFront, certificate
 
 NODE_MODULES = ROOT / ".venv" / "node" / "node_modules"
 SDK = NODE_MODULES / "@bitrix24" / "b24jssdk"
@@ -46,70 +43,9 @@ def _tools() -> None:
         pytest.skip(f"needs {missing}")
 
 
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    done = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return cert, key
-
-
-def _pipe(source: socket.socket, target: socket.socket) -> None:
-    try:
-        while chunk := source.recv(65536):
-            target.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        for end in (source, target):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-
-class TlsFront:
-    """Accepts TLS on 127.0.0.1 and forwards the plain bytes to the sandbox's port."""
-
-    def __init__(self, backend_port: int, cert: Path, key: Path) -> None:
-        self._backend = backend_port
-        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._context.load_cert_chain(cert, key)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(raw,), daemon=True).start()
-
-    def _connect(self, raw: socket.socket) -> None:
-        try:
-            client = self._context.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        backend = socket.create_connection(("127.0.0.1", self._backend))
-        threading.Thread(target=_pipe, args=(backend, client), daemon=True).start()
-        _pipe(client, backend)
-
-    def close(self) -> None:
-        self._listener.close()
-
-
 @pytest.fixture
 def https_portal(portal: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, str, Path]]:
-    cert, key = _certificate(tmp_path)
+    cert, key = certificate(tmp_path)
     front = TlsFront(int(portal.url.rsplit(":", 1)[1]), cert, key)
     webhook = (
         f"https://localhost:{front.port}/rest/{portal.webhook['user_id']}/{portal.webhook['code']}"

@@ -13,8 +13,9 @@ An answer is read as a stream and at most ``B24_MAX_ANSWER_MB`` of it once decod
 MB, some forty times a 50-command batch of full list pages), so a huge answer or a gzip bomb is
 refused as a server fault (ANSWER_TOO_LARGE; exit 7 for a write) instead of filling memory.
 A request counts as sent from the moment it is handed to the wire: only a failure that proves it
-never left (no connection, no TLS) takes that back, so anything else that goes wrong later,
-even a bug, leaves a write "may have run" (``writes_out``), never "safe to repeat".
+never left (no connection, or a TLS handshake that failed before any of it was written) takes
+that back, so anything else that goes wrong later, a TLS record broken mid-answer or even a bug,
+leaves a write "may have run" (``writes_out``), never "safe to repeat".
 
 A renamed portal answers 302 with its new address (settings/how-to-call-rest-api/change-domen.md);
 the method did not run there. The same POST (same body, never turned into a GET) is sent once to
@@ -102,20 +103,25 @@ class Watcher(Protocol):
 
 
 class _TellingBody:
-    """A request body that calls ``sent`` once urllib3 has written it: urllib3 sends an
-    iterable body chunk by chunk and asks for the next chunk only after ``sendall`` returned.
-    Its length is known, so it still goes with a Content-Length, not chunked."""
+    """A request body that notes when urllib3 starts sending it and calls ``sent`` once it has
+    written it: urllib3 sends an iterable body chunk by chunk and asks for the first chunk only
+    once connected, past the TLS handshake and with the headers written, and for the next only
+    after ``sendall`` returned. Its length is known, so it goes with a Content-Length."""
 
-    def __init__(self, data: bytes, sent: Callable[[], None]) -> None:
+    def __init__(self, data: bytes, sent: Callable[[], None] | None = None) -> None:
         self._data = data
         self._sent = sent
+        #: Whether the request began to leave: a TLS error after that is not a failed handshake.
+        self.started = False
 
     def __len__(self) -> int:
         return len(self._data)
 
     def __iter__(self) -> Iterator[bytes]:
+        self.started = True
         yield self._data
-        self._sent()
+        if self._sent is not None:
+            self._sent()
 
 
 def new_session(pool_size: int = 10) -> requests.Session:
@@ -223,7 +229,7 @@ class Transport:
         watcher: Watcher | None,
     ) -> tuple[requests.Response, bytes]:
         """The answer and its decoded body. Counted as sent before it goes (module docstring)."""
-        body = data if watcher is None else _TellingBody(data, watcher.sent)
+        body = _TellingBody(data, None if watcher is None else watcher.sent)
         self._count(sent=1)
         try:
             reply = self.session.post(
@@ -235,9 +241,10 @@ class Transport:
                 stream=True,
             )
         except requests.RequestException as exc:
-            if not _reached_wire(exc):
+            left = _reached_wire(exc, started=body.started)
+            if not left:
                 self._count(sent=-1)
-            raise network_error(exc, method=method, write=write) from None
+            raise network_error(exc, method=method, write=write, left=left) from None
         with reply:
             return reply, self._read(reply, method=method, write=write)
 
@@ -297,20 +304,23 @@ class Transport:
             self.writes_out += writes
 
 
-def network_error(exc: requests.RequestException, *, method: str, write: bool) -> B24Error:
-    """Classify a requests failure by whether the request can have reached the portal."""
+def network_error(
+    exc: requests.RequestException, *, method: str, write: bool, left: bool
+) -> B24Error:
+    """Classify a requests failure by whether the request can have reached the portal
+    (``left``, from ``_reached_wire``)."""
     name = type(exc).__name__
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
         return ConfigError(
             f"{method}: the portal address is not a valid URL", code="CONFIG_INVALID"
         )
-    if not _reached_wire(exc) and not isinstance(exc, requests.exceptions.SSLError):
+    if not left and not isinstance(exc, requests.exceptions.SSLError):
         return not_sent(
             "CONNECTION_FAILED",
             f"{method}: could not connect to the portal ({name}); the call was not sent",
             hint="check the network and B24_DOMAIN; safe to retry",
         )
-    if isinstance(exc, requests.exceptions.SSLError):
+    if not left:
         return not_sent(
             "TLS_FAILED",
             f"{method}: the TLS handshake with the portal failed; the call was not sent",
@@ -330,9 +340,13 @@ def network_error(exc: requests.RequestException, *, method: str, write: bool) -
     )
 
 
-def _reached_wire(exc: requests.RequestException) -> bool:
+def _reached_wire(exc: requests.RequestException, *, started: bool) -> bool:
     """False when the request provably never left: no TCP connection, or the TLS handshake
-    failed (the HTTP request is written only after it)."""
+    failed (the HTTP request is written only after it). A TLS error once the body ``started``
+    to go (a record the portal or a middlebox broke while answering) is not a handshake: the
+    request may have run."""
+    if started:
+        return True
     if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
         return False
     if isinstance(exc, requests.exceptions.ConnectionError):
