@@ -163,6 +163,50 @@ def test_rows_reserved_without_a_checkpoint_are_adopted(portal, state, tmp_path)
     assert queue_rows(portal) == []
 
 
+def test_orphans_past_the_first_scan_page_are_adopted_and_the_first_get_is_not(
+    portal, state, tmp_path
+):
+    """The scan's first page rides with the first get; a full page means more orphans, so
+    every page is read, where that get's own rows show too: they are ours, not orphans."""
+    ids = seed_events(portal, 300)
+    for limit in (70, 50):  # two workers that died right after event.offline.get
+        oauth_call(portal, "event.offline.get", {"clear": 0, "limit": limit})
+    sink = tmp_path / "inbox.jsonl"
+
+    result = run_worker(worker_env(portal, state), "--drain", "--limit", "100", "--sink", str(sink))
+
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["adopted"] == 120 and summary["reserved"] == 180
+    counts = handled_counts(sink)
+    assert sorted(counts) == sorted(ids) and duplicates(counts) == 0
+    assert queue_rows(portal) == []
+
+
+def test_a_refused_scan_in_the_opening_batch_keeps_the_rows_its_get_reserved(
+    portal, state, tmp_path
+):
+    """The orphan scan refused inside the batch that also reserved rows: the reservation is
+    saved before the error counts, the retried run scans again and adopts the dead worker's
+    rows, and every event reaches the sink once."""
+    ids = seed_events(portal, 90)
+    taken = oauth_call(portal, "event.offline.get", {"clear": 0, "limit": 20})
+    refused = {"method": "event.offline.list", "error": "INTERNAL_SERVER_ERROR", "times": 1}
+    portal.admin("faults", {"rules": [refused]})
+    sink = tmp_path / "inbox.jsonl"
+    env = worker_env(portal, state, B24_RETRY_BASE_SEC="0.01")
+
+    result = run_worker(env, "--drain", "--limit", "30", "--sink", str(sink))
+
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["portal_retries"] == 1
+    assert summary["adopted"] == len(taken["events"]) == 20 and summary["reserved"] == 70
+    counts = handled_counts(sink)
+    assert sorted(counts) == sorted(ids) and duplicates(counts) == 0
+    assert queue_rows(portal) == []
+
+
 def test_no_adopt_leaves_foreign_reservations_alone(portal, state, tmp_path):
     seed_events(portal, 30)
     taken = oauth_call(portal, "event.offline.get", {"clear": 0, "limit": 10})

@@ -13,6 +13,7 @@ hosts keep theirs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..backends.base import WorkerLeases
 from .authenticity import rejected_ids
@@ -34,12 +35,16 @@ def adopt_orphans(
     checkpoint: Checkpoint,
     application_token: str | None,
     leases: WorkerLeases,
+    *,
+    scanned: list[dict[str, Any]] | None = None,
 ) -> Adopted:
     """Checkpoint every orphaned reservation found on the portal that this worker can claim;
-    the caller then works them."""
+    the caller then works them. ``scanned``: the whole scan, when it came with the first
+    ``get`` (``OfflineQueue.opening``)."""
+    known = checkpoint.known_process_ids()
     groups = {
         pid: group
-        for pid, group in queue.reserved_elsewhere(checkpoint.known_process_ids()).items()
+        for pid, group in queue.reserved_elsewhere(known, scanned).items()
         if leases.claim(pid)
     }
     rows = rejected = 0

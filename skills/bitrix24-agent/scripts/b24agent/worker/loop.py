@@ -172,10 +172,10 @@ class Worker:
 
     def _run_queue(self) -> None:
         self._clear_next = None  # a retried run: the checkpoint's reservations say it all
-        self._prepare()
+        first = self._prepare(errors=False)
         chained = self.options.mode != "once" and self.queue.can_turn
         while not self.stop.is_set():
-            reservation = self._reserve(errors=False)
+            reservation = first.pop() if first else self._reserve(errors=False)
             self.summary.queue_empty = reservation is None
             if reservation is None:
                 if self.options.mode != "continuous":
@@ -188,11 +188,11 @@ class Worker:
         self._clear_now()
 
     def _run_replay(self) -> None:
-        self._prepare()
+        first = self._prepare(errors=True)
         local = self.dlq.open_entries()
         seen = self._replayed_ids
         while not self.stop.is_set():
-            reservation = self._reserve(errors=True)
+            reservation = first.pop() if first else self._reserve(errors=True)
             if reservation is None:
                 break
             ids = {delivery_id(self.portal, row) for row in reservation.pending()}
@@ -214,21 +214,13 @@ class Worker:
 
     # --- shared steps ------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """Adopt orphans (when due) and finish every reservation the checkpoint holds."""
-        if self._adopt_due:
-            found = adopt_orphans(
-                self.queue, self.checkpoint, self.options.application_token, self.leases
-            )
-            self._adopt_due = False
-            self.summary.adopted += found.rows
-            self._note_rejected(found.rejected)
-            if found.rows:
-                log.warning(
-                    "adopted %d reserved event(s) of %d reservation(s) left without a checkpoint",
-                    found.rows,
-                    found.reservations,
-                )
+    def _prepare(self, *, errors: bool) -> list[Reservation | None]:
+        """Adopt orphans (when due) and finish every reservation the checkpoint holds.
+
+        Where the queue can batch, the scan rides with the loop's first ``get``
+        (``OfflineQueue.opening``): that reservation is returned, saved but not worked, as a
+        one-item list (``[None]``: the queue was empty); ``[]`` when nothing was reserved yet.
+        """
         if not self._counted_resumed:
             self._counted_resumed = True
             self.summary.resumed = sum(
@@ -238,10 +230,49 @@ class Worker:
             )
             if self.summary.resumed:
                 log.info("resuming %d saved event(s)", self.summary.resumed)
+        first: list[Reservation | None] = []
+        if self._adopt_due and self.queue.can_turn:
+            first.append(self._open(errors))
+        elif self._adopt_due:
+            self._adopt()
         for reservation in list(self.checkpoint.reservations.values()):
+            if first and reservation is first[0]:
+                continue
             self._work(reservation)
             if self.stop.is_set():
-                return
+                break
+        return first
+
+    def _open(self, errors: bool) -> Reservation | None:
+        """The orphan scan's first page and the first reservation in one request; the
+        reservation is saved before the scan goes on, so later pages never take it for an
+        orphan. A refused scan is raised once the reservation is saved, and a lost answer as
+        it came: adoption stays due, so the retried run scans again."""
+        opening = self.queue.opening(errors=errors)
+        reservation = None
+        if opening.reserved is not None:
+            reservation = self._record(opening.reserved, errors, None)
+        if opening.scan_error is not None:
+            raise opening.scan_error
+        self._adopt(opening.scan_rows)
+        if opening.get_error is not None:
+            raise opening.get_error
+        return reservation
+
+    def _adopt(self, scanned: list[dict[str, Any]] | None = None) -> None:
+        """Adopt the orphans of ``scanned`` (the whole scan, when the opening brought it), or
+        of a scan made now."""
+        token = self.options.application_token
+        found = adopt_orphans(self.queue, self.checkpoint, token, self.leases, scanned=scanned)
+        self._adopt_due = False
+        self.summary.adopted += found.rows
+        self._note_rejected(found.rejected)
+        if found.rows:
+            log.warning(
+                "adopted %d reserved event(s) of %d reservation(s) left without a checkpoint",
+                found.rows,
+                found.reservations,
+            )
 
     def _reserve(self, *, errors: bool) -> Reservation | None:
         settled: tuple[Reservation, list[str]] | None = None

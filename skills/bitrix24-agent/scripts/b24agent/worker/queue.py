@@ -10,10 +10,12 @@ is harmless (``write=False`` lets the client retry a 5xx):
 
 ``turn`` sends the clear of the last reservation and the ``get`` of the next one as ONE batch
 (both commands run, in that order, whatever the other's outcome): on a standard plan every
-request counts against the bucket, and this halves a drain's requests. The batch holds a
-reserving ``get``, so it is a write too. Not with an ``auth_connector``: it is a parameter of
-the request, and whether the portal reads it per batch command is not documented (the sandbox
-takes the outer request's), so those queues keep one request per call.
+request counts against the bucket, and this halves a drain's requests. ``opening`` does the
+same for the start: the orphan scan's first page, then the first ``get`` (batch.md: commands
+run sequentially, so the scan sees only reservations made before that get, never the new
+one). A batch holding a reserving ``get`` is a write too. Not with an ``auth_connector``: it is
+a parameter of the request, and whether the portal reads it per batch command is not
+documented (the sandbox takes the outer request's), so those queues keep one request per call.
 
 Rows are cleared by ``id``, not ``message_id``: two rows of one reservation can share a
 MESSAGE_ID (a change queued again after the first row was reserved), and clearing by message id
@@ -31,10 +33,12 @@ from ..errors import B24Error, server_fault
 from ..rest.results import BatchResult
 from .delivery import event_id
 
-__all__ = ["OfflineQueue", "Reserved", "Turn"]
+__all__ = ["OfflineQueue", "Opening", "Reserved", "Turn"]
 
 #: Ids per clear/error call: one request per reservation at the default --limit.
 CHUNK = 1000
+#: Rows per ``event.offline.list`` page (event-offline-list.md: always 50).
+PAGE = 50
 
 
 class _Client(Protocol):
@@ -66,6 +70,18 @@ class Turn:
     the error the portal answered the ``get`` with (nothing was reserved then)."""
 
     clear_error: B24Error | None
+    reserved: Reserved | None
+    get_error: B24Error | None
+
+
+@dataclass(frozen=True)
+class Opening:
+    """One ``opening`` batch: the orphan scan's page when it is the whole scan (None: more
+    pages exist, or the portal answered the list with ``scan_error``) and the first
+    reservation (or the get's error; nothing was reserved then)."""
+
+    scan_rows: list[dict[str, Any]] | None
+    scan_error: B24Error | None
     reserved: Reserved | None
     get_error: B24Error | None
 
@@ -155,9 +171,23 @@ class OfflineQueue:
         answer = self._client.batch(commands, params_checked=True)
         clears = [name for name in commands if name != "get"]
         clear_error = next((answer.errors[n] for n in clears if n in answer.errors), None)
-        if "get" in answer.errors:
-            return Turn(clear_error, None, answer.errors["get"])
-        return Turn(clear_error, _reserved(answer.results.get("get")), None)
+        reserved, get_error = _get_outcome(answer)
+        return Turn(clear_error, reserved, get_error)
+
+    def opening(self, *, errors: bool = False) -> Opening:
+        """The orphan scan's first page and the first reservation, in one batch (the scan
+        first; see the module docstring). Continue the scan with ``reserved_elsewhere``."""
+        commands: dict[str, tuple[str, Mapping[str, Any]]] = {
+            "scan": ("event.offline.list", self._scan_params()),
+            "get": ("event.offline.get", self._get_params(errors)),
+        }
+        answer = self._client.batch(commands)
+        reserved, get_error = _get_outcome(answer)
+        if "scan" in answer.errors:
+            return Opening(None, answer.errors["scan"], reserved, get_error)
+        rows = _rows(answer.results.get("scan"))
+        whole = len(rows) < PAGE and "scan" not in answer.nexts
+        return Opening(rows if whole else None, None, reserved, get_error)
 
     def _clear_params(self, process_id: str, ids: list[str]) -> dict[str, Any]:
         return {"process_id": process_id, "id": ids, **self._connector}
@@ -175,16 +205,26 @@ class OfflineQueue:
             params = {"process_id": process_id, "message_id": chunk, **self._connector}
             self._client.call("event.offline.error", params, write=False)
 
-    def reserved_elsewhere(self, known: set[str]) -> dict[str, list[dict[str, Any]]]:
+    def _scan_params(self) -> dict[str, Any]:
+        return {"filter": {"!PROCESS_ID": ""}, "order": {"ID": "ASC"}, **self._connector}
+
+    def reserved_elsewhere(
+        self, known: set[str], scanned: list[dict[str, Any]] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
         """Rows reserved under process ids not in ``known``, grouped by process id.
 
-        The filter asks the portal for reserved rows only; rows are checked again here, since a
-        portal that ignores the filter must not make free rows look adoptable.
+        ``scanned``: the whole scan, when ``opening`` brought it in one page; else every page
+        is read here, and the rows of the get that came with the opening show there too, so
+        its process id must be in ``known`` by then. The filter asks the portal for reserved
+        rows only; rows are checked again here, since a portal that ignores the filter must not
+        make free rows look adoptable.
         """
-        params = {"filter": {"!PROCESS_ID": ""}, "order": {"ID": "ASC"}, **self._connector}
+        rows: Iterable[Any] = scanned if scanned is not None else ()
+        if scanned is None:
+            rows = self._client.iter_all("event.offline.list", self._scan_params())
         groups: dict[str, list[dict[str, Any]]] = {}
         seen: set[str] = set()
-        for row in self._client.iter_all("event.offline.list", params):
+        for row in rows:
             if not isinstance(row, Mapping):
                 continue
             pid = str(row.get("PROCESS_ID") or "")
@@ -193,3 +233,10 @@ class OfflineQueue:
                 seen.add(key)
                 groups.setdefault(pid, []).append(dict(row))
         return groups
+
+
+def _get_outcome(answer: BatchResult) -> tuple[Reserved | None, B24Error | None]:
+    """A batch's ``get`` command: the reservation, or the error the portal answered it with."""
+    if "get" in answer.errors:
+        return None, answer.errors["get"]
+    return _reserved(answer.results.get("get")), None
