@@ -77,9 +77,8 @@ def test_rejection_fills_the_bucket() -> None:
     """After a 503 the next request waits one drain interval, however empty our model was."""
     waits: list[float] = []
     settings = Settings(base_url="http://127.0.0.1:1", auth_mode="webhook", rate=2.0, burst=50)
-    limiter = RateLimiter(
-        settings, memory_bucket(settings), sleep=waits.append, clock=lambda: 100.0
-    )
+    bucket = memory_bucket(settings, clock=lambda: ("test", 100.0))
+    limiter = RateLimiter(settings, bucket, sleep=waits.append, clock=lambda: 100.0)
     limiter.acquire()
     assert waits == []
     limiter.rejected()
@@ -111,7 +110,12 @@ WORKER = ROOT / "bench" / "limiter_worker.py"
 
 
 def run_processes(
-    portal: Sandbox, tmp_path: Path, processes: int, calls: int, extra: dict[str, str]
+    portal: Sandbox,
+    tmp_path: Path,
+    processes: int,
+    calls: int,
+    extra: dict[str, str],
+    launcher: tuple[str, ...] = (str(WORKER),),
 ) -> list[dict[str, Any]]:
     empty = tmp_path / "empty.env"
     empty.write_text("")
@@ -119,7 +123,7 @@ def run_processes(
     env = {**os.environ, **webhook_env(portal, tmp_path / "state"), **extra}
     workers = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(go), str(empty), str(calls)],
+            [sys.executable, *launcher, str(go), str(empty), str(calls)],
             env=env,
             stdout=subprocess.PIPE,
             text=True,
@@ -143,6 +147,20 @@ def test_processes_sharing_the_file_limiter_are_never_refused(
     assert stats["by_method"]["user.current"] == 56
 
 
+def test_a_step_of_the_wall_clock_does_not_let_the_limiter_send_early(
+    start_sandbox: Any, tmp_path: Path
+) -> None:
+    """The wall clock steps a minute ahead after 40 of 56 calls, while the bucket is nearly
+    full: a model kept on the wall clock saw it drained and sent the other 16 at once."""
+    portal = start_sandbox("--plan", "standard")
+    stepped = (str(Path(__file__).with_name("stepped_clock.py")), "60", "40")
+    [report] = run_processes(portal, tmp_path, 1, 56, {"B24_RATE_LIMITER": "file"}, stepped)
+    assert report["failed"] == 0
+    stats = portal.stats()
+    assert stats["by_method"]["user.current"] == 56
+    assert stats["rate_limit_rejections"] == 0
+
+
 def test_the_same_load_without_the_limiter_is_refused(start_sandbox: Any, tmp_path: Path) -> None:
     """Control for the test above: it can fail, because this load does trip the portal."""
     portal = start_sandbox("--plan", "standard")
@@ -154,4 +172,4 @@ def test_limiter_state_file_is_private(portal: Sandbox, tmp_path: Path) -> None:
     settings = settings_for(portal, tmp_path)
     Bitrix24Client(settings).call("user.current")
     assert settings.rate_limiter_file.stat().st_mode & 0o777 == 0o600
-    assert "tat" in json.loads(settings.rate_limiter_file.read_text())
+    assert "tat" in json.loads(settings.rate_limiter_file.read_text())["bucket"]

@@ -6,15 +6,22 @@ the bucket has room (``tat - tolerance``), moves ``tat`` on by one drain interva
 outside the lock until its moment. Per-method entries (``methods``) hold the operating time the
 portal last reported and when it resets. The Redis backend runs the same steps as Lua scripts
 (redis_scripts.py); both must keep the semantics written here.
+
+``tat`` is kept on the machine's own clock (``machine_clock``), not the wall clock: the wall
+clock is set and stepped (by NTP, a hypervisor, an operator), and the model only ever needs
+seconds elapsed. A step forward made the bucket look drained and let the next requests out at
+once, into the portal's 503; a step back held every process for as long as the step. The
+methods' ``reset_at`` stays wall-clock time: the portal states it that way.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,9 +37,11 @@ __all__ = [
     "OPERATING_SOFT_SHARE",
     "UNKNOWN_RESET_S",
     "BucketModel",
+    "Clock",
     "DictBucket",
     "FileStore",
     "MemoryStore",
+    "machine_clock",
 ]
 
 T = TypeVar("T")
@@ -41,7 +50,8 @@ T = TypeVar("T")
 #: when enabled, up to 480 s in the cloud; the lower one is the safe assumption).
 OPERATING_BUDGET_S = 420.0
 OPERATING_SOFT_SHARE = 0.9
-#: A reservation further ahead than this means the wall clock jumped back; do not trust it.
+#: A reservation further ahead than this means a wall clock (Redis's, or ours where there is
+#: no machine clock) jumped back; do not trust it.
 MAX_BACKLOG_S = 600.0
 #: When the portal blocks a method without saying until when, assume one basket (a minute).
 UNKNOWN_RESET_S = 60.0
@@ -74,6 +84,33 @@ class BucketModel:
     def full(self, now: float) -> float:
         """The tat of a full bucket: the next request waits one interval."""
         return now + self.tolerance + self.interval
+
+
+#: (the clock's name, seconds on it): moments that processes of one machine can compare.
+Clock = Callable[[], tuple[str, float]]
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+@cache
+def _boot_id() -> str | None:
+    try:
+        with open(_BOOT_ID, encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def machine_clock() -> tuple[str, float]:
+    """Now on a clock that every process of this machine reads alike and nobody steps.
+
+    Linux: CLOCK_BOOTTIME (it counts a suspend, as the portal's bucket drains meanwhile too),
+    named by the kernel's boot id, so a moment saved before a reboot is never read on the new
+    boot's clock. Elsewhere (no boot id to name it by): the wall clock, steps and all.
+    """
+    boot = _boot_id()
+    if boot is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return "wall", time.time()
+    return f"boot:{boot}", time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class _Store(Protocol):
@@ -139,11 +176,20 @@ class FileStore:
 
 
 class DictBucket:
-    """The bucket and method budgets as one dict in a store that serialises updates."""
+    """The bucket and method budgets as one dict in a store that serialises updates: the
+    bucket as ``{"clock": name, "tat": moment}`` under ``bucket`` (on ``clock``, see the module
+    docstring; a moment on another clock, such as an earlier boot's, is dropped), the methods'
+    entries under ``methods``."""
 
-    def __init__(self, store: _Store, model: BucketModel) -> None:
+    def __init__(self, store: _Store, model: BucketModel, clock: Clock = machine_clock) -> None:
         self._store = store
         self.model = model
+        self._clock = clock
+
+    def _tat(self, data: dict[str, Any], clock: str) -> float:
+        """The bucket's tat on ``clock``; 0 (an empty bucket) when it was kept on another."""
+        bucket = data.get("bucket")
+        return float(bucket["tat"]) if bucket and bucket["clock"] == clock else 0.0
 
     def reserve(self, key: str | None, now: float) -> Slot:
         return self._store.update(partial(self._reserve, key=key, now=now))
@@ -161,12 +207,16 @@ class DictBucket:
             and entry["reset_at"] > now
         ):
             return Slot(0.0, (entry["operating"], entry["reset_at"]), watched)
-        send_at, data["tat"] = self.model.reserve(float(data.get("tat", 0.0)), now)
-        return Slot(send_at - now, None, watched)
+        clock, ticks = self._clock()
+        send_at, tat = self.model.reserve(self._tat(data, clock), ticks)
+        data["bucket"] = {"clock": clock, "tat": tat}
+        return Slot(send_at - ticks, None, watched)
 
     def fill(self, now: float) -> None:
         def change(data: dict[str, Any]) -> None:
-            data["tat"] = max(float(data.get("tat", 0.0)), self.model.full(now))
+            clock, ticks = self._clock()
+            tat = max(self._tat(data, clock), self.model.full(ticks))
+            data["bucket"] = {"clock": clock, "tat": tat}
 
         self._store.update(change)
 

@@ -7,10 +7,11 @@ share a portal, so the limiter models the same bucket in state all processes sha
 one machine, Redis for a fleet (the state backend; backends/bucket.py holds the model).
 
 The model is GCRA, the scheduling form of a leaky bucket: the state holds one number, ``tat``,
-the moment our model of the portal's bucket drains empty. A request reserves the earliest moment
-the bucket has room (``tat - tolerance``), moves ``tat`` on by one drain interval and sleeps
-outside the lock until its moment. One short atomic step per request (a file lock, or one Lua
-script) and no polling, so N processes interleave fairly and nothing is held while sleeping.
+the moment our model of the portal's bucket drains empty (on the machine's own clock, which
+nobody steps; on Redis, Redis's clock). A request reserves the earliest moment the bucket has
+room (``tat - tolerance``), moves ``tat`` on by one drain interval and sleeps outside the lock
+until its moment. One short atomic step per request (a file lock, or one Lua script) and no
+polling, so N processes interleave fairly and nothing is held while sleeping.
 
 Safety margin, because the portal's counter is not ours: the capacity is modelled ``ceil(rate) +
 1`` smaller (the docs describe the counter dropping once a second, so it can sit up to ``rate``
@@ -40,8 +41,10 @@ from ..backends.base import BucketState
 from ..backends.bucket import (
     OPERATING_BUDGET_S,
     BucketModel,
+    Clock,
     DictBucket,
     MemoryStore,
+    machine_clock,
 )
 from ..errors import OperationTimeLimitError
 from ..settings import Settings
@@ -168,9 +171,10 @@ def _operating_wait(key: str | None, held: tuple[float, float], now: float, cap:
     return wait
 
 
-def memory_bucket(settings: Settings) -> DictBucket:
-    """State for one process (``B24_RATE_LIMITER=memory``): threads share it."""
-    return DictBucket(MemoryStore(), BucketModel.for_plan(settings.rate, settings.burst))
+def memory_bucket(settings: Settings, clock: Clock = machine_clock) -> DictBucket:
+    """State for one process (``B24_RATE_LIMITER=memory``): threads share it. ``clock``: the
+    bucket's moments (bucket.machine_clock; a test passes its own)."""
+    return DictBucket(MemoryStore(), BucketModel.for_plan(settings.rate, settings.burst), clock)
 
 
 def make_limiter(settings: Settings) -> Limiter:
