@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from b24agent.backends.redis_store import RedisBackend
 from b24agent.errors import ConfigError, OutcomeUnknownError
 from b24agent.settings import load_settings
 from cli_support import Cli
@@ -359,3 +360,11 @@ def test_plain_redis_to_a_remote_host_is_refused(tmp_path: Path, url: str) -> No
 )
 def test_tls_or_loopback_redis_is_accepted(tmp_path: Path, url: str) -> None:
     assert _backend(tmp_path, url) == url
+
+
+def test_tls_redis_checks_the_certificates_host_name() -> None:
+    """redis-py 5.x (which requirements.txt allows) checks no host name unless told to."""
+    backend = RedisBackend("rediss://:pw@redis.internal:6379/0", portal="p")
+    assert backend._keys.client.connection_pool.connection_kwargs["ssl_check_hostname"] is True
+    plain = RedisBackend("redis://127.0.0.1:6379/0", portal="p")
+    assert "ssl_check_hostname" not in plain._keys.client.connection_pool.connection_kwargs

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from b24agent.broker.service import MAX_CALLS_PER_USER
 from b24agent.fingerprint import canonical_json
 from broker_support import PYTHON, Accounts, Agent, Broker, can_make_users
 from cli_support import SCRIPT
@@ -462,9 +463,10 @@ def _workers(broker: Broker) -> int:
 
 
 def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker) -> None:
-    """70 connections trickling one byte every 2 s: the broker serves at most MAX_CALLS (64) at
-    once and ends each 10 s after accepting it (per-read timeouts never fired before,
-    and every connection had its own process); afterwards a real call is served."""
+    """70 connections trickling one byte every 2 s: the broker serves at most
+    MAX_CALLS_PER_USER (48) of one user at once, closes the rest unserved and ends each served
+    one 10 s after accepting it (per-read timeouts never fired before, and every connection had
+    its own process); afterwards a real call is served."""
     trickler = agent.popen_python(
         "import socket, time\n"
         "conns = []\n"
@@ -483,12 +485,66 @@ def test_a_caller_cannot_hold_the_brokers_processes(agent: Agent, broker: Broker
     )
     assert trickler.stdout is not None and trickler.stdout.readline() == "connected\n"
     peak, started = 0, time.monotonic()
-    while peak < 64 and time.monotonic() - started < 8:  # each lives 10 s once accepted
+    while time.monotonic() - started < 8:  # each lives 10 s once accepted
         peak = max(peak, _workers(broker))
         time.sleep(0.1)
-    peak = max(peak, _workers(broker))
     out, err = trickler.communicate(timeout=60)
     closed, slowest = out.split()
-    assert peak == 64, peak
+    assert peak == MAX_CALLS_PER_USER, peak
     assert int(closed) >= 64 and float(slowest) < 30, (out, err)
     assert agent("user.current").code == 0
+
+
+def test_one_user_holding_its_calls_open_leaves_the_others_served(
+    accounts: Accounts, agent: Agent, broker: Broker
+) -> None:
+    """The agent starts 64 calls that read a stdin it never closes, so each runs until it
+    does. Only MAX_CALLS_PER_USER of them are served (the rest are closed unserved: nothing
+    sent, exit 6 for a real ``b24``); the worker's account, another user, is still served at
+    once. Before, the agent held every one of MAX_CALLS (64) and any other call waited."""
+    holder = agent.popen_python(
+        "import os, socket, sys, time\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from b24agent.cli.warm import wire\n"
+        "stdin, _never_written = os.pipe()\n"
+        "null = os.open(os.devnull, os.O_WRONLY)\n"
+        "fds = b''.join(fd.to_bytes(4, sys.byteorder) for fd in (stdin, null, null))\n"
+        "argv = ['b24', 'crm.lead.list', '--params', '-']\n"
+        "held = []\n"
+        "for _ in range(64):\n"
+        "    c = socket.socket(socket.AF_UNIX)\n"
+        f"    c.connect({str(broker.socket)!r})\n"
+        "    try:\n"
+        "        c.sendmsg([wire.encode_request(argv, {}, '/', 0o077, [])],\n"
+        "                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])\n"
+        "        ready = c.recv(1) == wire.READY\n"
+        "    except OSError:  # closed unserved\n"
+        "        ready = False\n"
+        "    if ready:\n"
+        "        c.sendall(wire.GO)\n"
+        "        held.append(c)\n"
+        "print(len(held), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        # At most its share (a call of an earlier test may still hold one of it).
+        assert line and 0 < int(line) <= MAX_CALLS_PER_USER, (line, holder.communicate()[1])
+        assert PYTHON is not None
+        agent_python = PYTHON[0]
+        worker = subprocess.run(
+            [agent_python, str(SCRIPT), "user.current"],
+            env={**agent.env, "HOME": str(accounts.worker_home)},
+            cwd=accounts.worker_home,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            **accounts.as_worker(),
+        )
+        assert worker.returncode == 0, worker.stderr
+        refused = agent("user.current")  # the agent's own share is taken
+        assert refused.code == 6 and refused.error()["code"] == "BROKER_UNREACHABLE"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -166,6 +166,20 @@ def test_a_named_env_file_alone_grants_no_consent(tmp_path: Path) -> None:
     assert s.allowed_flags == frozenset({"no-audit"})  # the file narrows the operator's consent
 
 
+def test_a_home_in_a_named_env_file_does_not_move_the_operators_audit_log(
+    tmp_path: Path,
+) -> None:
+    """With no HOME in the environment (a service, ``env -i``), a command's env file that sets
+    one moves this run's log, so the CLI asks for the operator's ``audit-file`` consent; the
+    operator's log stays where the operator's own sources put it (review6 L1)."""
+    elsewhere = tmp_path / "elsewhere"
+    moved = write_env(tmp_path / "moved.env", HOOK + f"HOME={elsewhere}\n")
+    s = load_settings(env_file=str(moved), environ={})
+    assert elsewhere in s.audit_file.parents
+    assert elsewhere not in s.operator_audit_file.parents
+    assert Path.home() in s.operator_audit_file.parents
+
+
 def test_naming_the_operators_own_file_is_one_source(home: Path) -> None:
     own = home / ".local" / "state" / "bitrix24-agent" / ".env"
     s = load_settings(env_file=str(own), environ={"HOME": str(home)}, require_credentials=False)

@@ -663,13 +663,17 @@ def load_settings(
     )
     portal = portal_key_of(creds["base_url"])
     state_dir = _state_root(env, home) / portal
+    # The operator's paths are reckoned from the operator's HOME: a HOME in a ``--env-file``
+    # (where the environment sets none) would move the operator's audit log along with the run's.
+    operator = _Env(sources.operator)
+    operator_home = Path(operator.raw("HOME") or Path.home())
     settings = Settings(
         **creds,
         **_ceiling(sources.operator_layers, sources.named_layer),
         auth_mode=mode,
         oauth_server=oauth_server,
         env_file=sources.env_file,
-        operator_audit_file=_audit_file(_Env(sources.operator), home, portal),
+        operator_audit_file=_audit_file(operator, operator_home, portal),
         state_dir=state_dir,
         audit_file=_audit_file(env, home, portal),
         audit_params=env.choice("B24_AUDIT_PARAMS", "digest", ("digest", "full")),

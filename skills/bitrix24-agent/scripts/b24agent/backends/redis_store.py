@@ -425,12 +425,16 @@ class RedisBackend:
     def __init__(self, url: str, *, portal: str) -> None:
         parts = urlsplit(url)
         self._shown = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        # TLS checks the certificate's host name too: redis-py before 6.0 (requirements allow
+        # 5.x) checks only the chain, so any certificate a public CA signed would do.
+        tls = {"ssl_check_hostname": True} if parts.scheme == "rediss" else {}
         client = redis.Redis.from_url(
             url,
             socket_timeout=5.0,
             socket_connect_timeout=3.0,
             retry=None,
             health_check_interval=30,
+            **tls,
         )
         self._keys = _Keys(client, f"b24:{portal}:", self._shown)
 

@@ -34,7 +34,7 @@ from ..guard.approval import WaitForDecision
 from ..guard.audit import AuditEvent, write_outside_a_call
 from ..settings import load_settings
 
-__all__ = ["peer", "serve_brokered_call"]
+__all__ = ["peer", "peer_ids", "serve_brokered_call"]
 
 #: A caller that connects must send its whole request within this many seconds: one deadline
 #: for the request, not one per read, so a caller trickling a byte at a time cannot keep a
@@ -42,10 +42,16 @@ __all__ = ["peer", "serve_brokered_call"]
 REQUEST_TIMEOUT_S = 10
 
 
-def peer(conn: socket.socket) -> dict[str, Any]:
-    """The kernel's word on who connected (SO_PEERCRED): pid, uid, gid and the user's name."""
+def peer_ids(conn: socket.socket) -> tuple[int, int, int]:
+    """The kernel's word on who connected (SO_PEERCRED): pid, uid and gid."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def peer(conn: socket.socket) -> dict[str, Any]:
+    """The kernel's word on who connected: pid, uid, gid and the user's name."""
+    pid, uid, gid = peer_ids(conn)
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:

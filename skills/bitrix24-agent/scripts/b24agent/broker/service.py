@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..guard.keyfile import create_key
 from ..settings import load_settings
 from .admin import serve_admin
-from .calls import serve_brokered_call
+from .calls import peer_ids, serve_brokered_call
 
 __all__ = ["Sockets", "serve"]
 
@@ -41,9 +41,15 @@ REAP_EVERY_S = 1.0
 #: Calls served at once. Above it new callers wait in the socket's backlog until one ends, so
 #: a caller opening connections by the thousand cannot exhaust the operator's processes.
 MAX_CALLS = 64
-#: Forked workers serving call connections (the admin socket's are not counted: only the
-#: approvers' group reaches it).
-_call_workers: set[int] = set()
+#: Calls of one user (the kernel's uid) served at once. A call may rightly last long (a stdin
+#: the caller keeps open, a plan waiting for approval), so without a share per user one agent
+#: holding its calls open would take every slot from the other users, the drain worker among
+#: them; a quarter stays theirs. A connection past it is closed unserved: the caller hears that
+#: nothing was sent (exit 6).
+MAX_CALLS_PER_USER = MAX_CALLS * 3 // 4
+#: Forked workers serving call connections, and whose call each serves (the admin socket's
+#: are not counted: only the approvers' group reaches it).
+_call_workers: dict[int, int] = {}
 
 
 class Sockets:
@@ -145,7 +151,8 @@ def _accept_one(
     listeners: dict[socket.socket, Callable[[socket.socket], None]], calls: socket.socket
 ) -> None:
     """Wait for a connection; hand it to a forked child that serves it and exits. The call
-    socket is not watched while MAX_CALLS workers are busy."""
+    socket is not watched while MAX_CALLS workers are busy, and a caller whose user already has
+    MAX_CALLS_PER_USER calls served is not served."""
     watched = [one for one in listeners if one is not calls or len(_call_workers) < MAX_CALLS]
     try:
         ready, _, _ = select.select(watched, [], [], REAP_EVERY_S)
@@ -155,6 +162,10 @@ def _accept_one(
         try:
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
+            continue
+        uid = peer_ids(conn)[1] if listener is calls else None
+        if uid is not None and list(_call_workers.values()).count(uid) >= MAX_CALLS_PER_USER:
+            conn.close()
             continue
         pid = os.fork()
         if pid == 0:
@@ -169,8 +180,8 @@ def _accept_one(
             except BaseException:
                 code = 1
             os._exit(code)
-        if listener is calls:
-            _call_workers.add(pid)
+        if uid is not None:
+            _call_workers[pid] = uid
         conn.close()
 
 
@@ -183,4 +194,4 @@ def _reap() -> None:
             return
         if pid == 0:
             return
-        _call_workers.discard(pid)
+        _call_workers.pop(pid, None)
