@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from broker_support import PATH, PYTHON, Accounts, Agent, Broker, can_make_users
+from cli_support import SCRIPT
 from conftest import Sandbox
 from test_worker_support import (
     WORKER_SCRIPT,
@@ -177,13 +178,13 @@ def test_a_user_the_operator_did_not_name_cannot_drain(
     assert {line["origin"]["uid"] for line in refusals} == {_uid(accounts.agent)}
 
 
-def test_the_worker_without_b24_domain_is_refused_before_anything_is_sent(
-    accounts: Accounts, broker: Broker, portal: Sandbox
-) -> None:
+def _as_worker(accounts: Accounts, broker: Broker, *command: str) -> subprocess.CompletedProcess:
+    """``command`` (a script and its args) run by the worker's user with only the broker's
+    socket in its environment (no B24_DOMAIN)."""
     assert PYTHON is not None
     python, python_env = PYTHON
-    done = subprocess.run(
-        [python, str(WORKER_SCRIPT), "--drain"],
+    return subprocess.run(
+        [python, *command],
         env={
             "PATH": PATH,
             "HOME": str(accounts.worker_home),
@@ -196,6 +197,28 @@ def test_the_worker_without_b24_domain_is_refused_before_anything_is_sent(
         timeout=60,
         **accounts.as_worker(),
     )
+
+
+def test_a_drain_plan_the_worker_made_runs_for_no_other_user(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    """The drainer's ``--plan-only`` passes the drain check; running that plan must pass it
+    too, or any caller who learns its id drains the queue (review6 L4)."""
+    seed_events(portal, 3)
+    clear = ("event.offline.clear", "--params", '{"process_id": "x"}', "--plan-only")
+    made = _as_worker(accounts, broker, str(SCRIPT), *clear)
+    assert made.returncode == 0, made.stderr
+    plan_id = json.loads(made.stdout)["plan"]["id"]
+    before = portal.stats()["by_method"].get("event.offline.clear", 0)
+    run = Agent(accounts, broker)("--execute-plan", plan_id, "--confirm-destructive")
+    assert run.code == 3 and run.error()["code"] == "DRAIN_NOT_ALLOWED", run.err
+    assert portal.stats()["by_method"].get("event.offline.clear", 0) == before
+
+
+def test_the_worker_without_b24_domain_is_refused_before_anything_is_sent(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    done = _as_worker(accounts, broker, str(WORKER_SCRIPT), "--drain")
     assert done.returncode == 4 and error_of(done.stderr)["code"] == "CONFIG_MISSING"
     assert "B24_DOMAIN" in json.loads(done.stderr.strip().splitlines()[-1])["error"]["message"]
     assert os.path.exists(broker.socket)

@@ -67,6 +67,10 @@ def test_env_file_holding_a_secret_others_may_read_is_refused(tmp_path: Path) ->
     path.chmod(0o644)
     error = _refused(path)
     assert "B24_WEBHOOK_URL" in error.message and "readable by others" in error.message
+    for backend in ("rediss://:pw@redis.internal/0", "rediss://redis.internal/0?password=pw"):
+        store = write_env(tmp_path / "store.env", f"B24_STATE_BACKEND={backend}\n")
+        store.chmod(0o644)
+        assert "B24_STATE_BACKEND" in _refused(store, require_credentials=False).message
     plain = write_env(tmp_path / "plain.env", "B24_PACKS=core\n")
     plain.chmod(0o644)
     settings = load_settings(

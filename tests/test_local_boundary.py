@@ -187,3 +187,19 @@ def test_a_folder_above_owned_by_another_user_is_refused(portal: Sandbox, tmp_pa
     error = _refused(portal, _cli_at(portal, tmp_path, theirs / "state"), "crm.lead.list")
     assert error["message"].startswith(f"{theirs} is a folder above the state folder")
     assert "owned by another user (uid 65534)" in error["message"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a link away needs root")
+def test_a_link_above_owned_by_another_user_is_refused(portal: Sandbox, tmp_path: Path) -> None:
+    """A link another user left in a sticky folder (``/tmp``) leads to a folder of ours today;
+    its owner may point it at another folder of ours tomorrow (review6 L3)."""
+    sticky = _folder_with_mode(tmp_path / "tmp-like", 0o1777)
+    ours = _folder_with_mode(tmp_path / "ours", 0o700)
+    link = sticky / "link"
+    link.symlink_to(ours)
+    os.lchown(link, 65534, 65534)
+    error = _refused(portal, _cli_at(portal, tmp_path, link / "state"), "crm.lead.list")
+    assert error["message"].startswith(f"{link} is a link above the state folder")
+    assert not (ours / "state").exists()
+    os.lchown(link, os.geteuid(), os.getegid())  # our own link to our own folder is fine
+    assert _run(_cli_at(portal, tmp_path, link / "state"), "crm.lead.list").code == 0

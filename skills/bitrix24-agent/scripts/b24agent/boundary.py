@@ -6,7 +6,9 @@ OpenSSH's StrictModes checks a home folder: each must belong to this user or roo
 to group and others for writing, unless it is sticky (``/tmp``: others may add entries there but
 never rename or remove ours). Otherwise another user could rename the state folder's parent
 away and put a folder of their own in its place. Both the path as given and the path its links
-resolve to are checked, so a link in a safe folder that points into an unsafe one is refused.
+resolve to are checked, so a link in a safe folder that points into an unsafe one is refused,
+and so is a link on the way that another user owns (one they left in ``/tmp``): they could
+point it at another folder of ours at any time.
 
 A state file is opened without following a symbolic link and only when it is a regular file: a
 planted link to a key or to another file, or a FIFO that would block, is refused. Every refusal
@@ -79,10 +81,17 @@ def _check_above(folder: Path) -> None:
     complete = True
     for ancestor in dict.fromkeys([*_ancestors(given), *_ancestors(resolved)]):
         try:
+            link = os.lstat(ancestor)
             info = os.stat(ancestor)
         except FileNotFoundError:  # make_folder makes it 0700 and checks again, uncached
             complete = False
             continue
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
+            raise _unsafe(
+                ancestor,
+                f"is a link above the state folder {folder} owned by another user "
+                f"(uid {link.st_uid}), who could point it elsewhere",
+            )
         if info.st_uid not in (me, 0):
             raise _unsafe(
                 ancestor,

@@ -88,7 +88,8 @@ def _exposes(values: dict[str, str | None], info: os.stat_result) -> list[str]:
         return []
     named = [name for name in CREDENTIAL_VARIABLES if values.get(name)]
     backend = values.get("B24_STATE_BACKEND") or ""
-    if "@" in backend.split("//", 1)[-1].split("/", 1)[0]:  # redis://:password@host
+    in_address = "@" in backend.split("//", 1)[-1].split("/", 1)[0]  # redis://:password@host
+    if in_address or "password=" in backend.partition("?")[2]:  # redis-py reads ?password= too
         named.append("B24_STATE_BACKEND")
     return named
 

@@ -433,6 +433,12 @@ class Pipeline:
             allow_unlisted=plan.unlisted,
         )
         policy.authorize(assessment, gates, "execute")
+        # Draining the queue is the named worker's, whoever made the plan (guard/drain.py).
+        drain.allowed_drain(
+            request.origin,
+            (c.method for c in assessment.commands),
+            self._settings.broker_drainers,
+        )
         level = self._approval_level()
         if guards.approved_plan is not None and guards.approved_plan != plan.digest():
             raise ConflictError(
