@@ -14,17 +14,26 @@ that only mcp_server.py needs): pyproject.toml reads them for the wheel and each
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 
 from . import __version__
 from .errors import ConfigError
 
-__all__ = ["DISTRIBUTIONS", "MCP_REQUIREMENTS", "REQUIREMENTS", "missing_dependency"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "MCP_REQUIREMENTS",
+    "REQUIREMENTS",
+    "URLLIB3_AT_LEAST",
+    "check_urllib3",
+    "missing_dependency",
+]
 
 #: Import name of each runtime package -> the name pip installs it by.
 DISTRIBUTIONS = {
     "requests": "requests",
+    "urllib3": "urllib3",
     "dotenv": "python-dotenv",
     "jsonschema": "jsonschema",
     "tenacity": "tenacity",
@@ -51,6 +60,25 @@ def missing_dependency(exc: ModuleNotFoundError) -> ConfigError | None:
         code="DEPENDENCY_MISSING",
         hint=f"install the skill's packages: {install_commands(distribution == 'mcp')}",
     )
+
+
+#: The oldest urllib3 that inflates a compressed answer a bounded step per read: before 2.6 one
+#: read of a "gzip, gzip" answer inflates without bound, so rest/answers.py's ceiling on the
+#: decoded size (B24_MAX_ANSWER_MB) would come too late. requests alone allows urllib3 1.26.
+URLLIB3_AT_LEAST = (2, 6)
+
+
+def check_urllib3(version: str) -> None:
+    """Refuse to talk HTTP with an urllib3 older than URLLIB3_AT_LEAST (exit 4, before any
+    request leaves), as for a missing package: a pip that kept an old urllib3 is not safe."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < URLLIB3_AT_LEAST:
+        raise ConfigError(
+            f"Python package urllib3 {version} is too old for {sys.executable}: 2.6 or later "
+            "bounds how far a compressed answer inflates",
+            code="DEPENDENCY_TOO_OLD",
+            hint=f"install the skill's packages: {install_commands()}",
+        )
 
 
 def install_commands(mcp: bool = False) -> str:

@@ -2,12 +2,19 @@
 
 The portal's answers and the token server's are read as a stream and cut off once they pass
 their ceiling, so a huge answer or a gzip bomb (kilobytes on the wire, gigabytes decoded)
-cannot fill the memory of a long-lived process (b24-mcp, the broker, the warm server).
+cannot fill the memory of a long-lived process (b24-mcp, the broker, the warm server). The
+ceiling holds only with urllib3 2.6 or later (``dependencies.check_urllib3``), so importing this
+module with an older one is refused.
 """
 
 from __future__ import annotations
 
 import requests
+import urllib3
+
+from ..dependencies import check_urllib3
+
+check_urllib3(urllib3.__version__)
 
 __all__ = ["READ_CHUNK", "read_capped"]
 
