@@ -40,6 +40,7 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
   B24_ENV_FILE            the operator's env file (default .env in the state root)
   B24_CONNECT_TIMEOUT  B24_READ_TIMEOUT  B24_MAX_RETRIES  B24_RETRY_BASE_SEC  B24_RETRY_MAX_SEC
+  B24_ANSWER_TIMEOUT      seconds from sending a request to its answer's last byte (default 300)
   B24_MAX_OPERATING_WAIT_SEC   how long a call may wait for a method's time budget to free up
   B24_MAX_ANSWER_MB       the most of one portal answer read, decoded (default 128); a larger
                           answer is refused as a server fault (a gzip bomb cannot fill memory)
@@ -175,6 +176,8 @@ class Settings:
     burst: int = 50
     connect_timeout: float = 10.0
     read_timeout: float = 65.0
+    #: Seconds from sending a request to its answer's last byte (rest/deadline.py).
+    answer_timeout: float = 300.0
     max_answer_mb: int = 128
     max_retries: int = 4
     retry_base_s: float = 0.5
@@ -693,6 +696,7 @@ def load_settings(
         burst=env.integer("B24_RATE_LIMITER_BURST", 50, minimum=1),
         connect_timeout=env.number("B24_CONNECT_TIMEOUT", 10.0, minimum=0.1),
         read_timeout=env.number("B24_READ_TIMEOUT", 65.0, minimum=0.1),
+        answer_timeout=env.number("B24_ANSWER_TIMEOUT", 300.0, minimum=0.1),
         max_answer_mb=env.integer("B24_MAX_ANSWER_MB", 128, minimum=1),
         max_retries=env.integer("B24_MAX_RETRIES", 4),
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),

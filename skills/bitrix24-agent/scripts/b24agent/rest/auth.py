@@ -256,6 +256,7 @@ class OAuthAuth:
             "refresh_token": refresh_token,
         }
         timeout = (self._settings.connect_timeout, min(self._settings.read_timeout, 30.0))
+        deadline = time.monotonic() + self._settings.answer_timeout
         try:
             reply = self._session.get(
                 f"{self._settings.oauth_server}/oauth/token/",
@@ -264,7 +265,7 @@ class OAuthAuth:
                 stream=True,
             )
             with reply:
-                content = read_capped(reply, TOKEN_ANSWER_MAX)
+                content = read_capped(reply, TOKEN_ANSWER_MAX, deadline)
         except requests.RequestException as exc:
             raise TransientError(
                 f"the token server did not answer the refresh ({type(exc).__name__})",

@@ -12,6 +12,9 @@ code. Messages never include the URL either, for the same reason.
 An answer is read as a stream and at most ``B24_MAX_ANSWER_MB`` of it once decoded (default 128
 MB, some forty times a 50-command batch of full list pages), so a huge answer or a gzip bomb is
 refused as a server fault (ANSWER_TOO_LARGE; exit 7 for a write) instead of filling memory.
+It must arrive whole within ``B24_ANSWER_TIMEOUT`` of sending (default 300 s;
+``B24_READ_TIMEOUT`` bounds each read only): past it the connection is cut and the call is a
+server fault too (ANSWER_TIMEOUT), so a portal trickling its answer cannot hold a call for ever.
 A request counts as sent from the moment it is handed to the wire: only a failure that proves it
 never left (no connection, or a TLS handshake that failed before any of it was written) takes
 that back, so anything else that goes wrong later, a TLS record broken mid-answer or even a bug,
@@ -34,6 +37,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,7 +58,7 @@ from ..errors import (
     server_fault,
 )
 from ..settings import Settings, is_loopback_host
-from .answers import read_capped
+from .answers import AnswerTimeout, read_capped
 from .auth import Credential
 
 __all__ = ["Envelope", "Transport", "Watcher", "new_session"]
@@ -148,6 +152,7 @@ class Transport:
         self._base = settings.base_url.rstrip("/")
         self._on_moved = on_moved
         self._timeout = (settings.connect_timeout, settings.read_timeout)
+        self._answer_timeout = settings.answer_timeout
         self._max_answer = settings.max_answer_mb * 1024 * 1024
         self._count_lock = threading.Lock()
         self.requests_sent = 0
@@ -230,6 +235,7 @@ class Transport:
     ) -> tuple[requests.Response, bytes]:
         """The answer and its decoded body. Counted as sent before it goes (module docstring)."""
         body = _TellingBody(data, None if watcher is None else watcher.sent)
+        deadline = time.monotonic() + self._answer_timeout
         self._count(sent=1)
         try:
             reply = self.session.post(
@@ -246,12 +252,26 @@ class Transport:
                 self._count(sent=-1)
             raise network_error(exc, method=method, write=write, left=left) from None
         with reply:
-            return reply, self._read(reply, method=method, write=write)
+            return reply, self._read(reply, deadline, method=method, write=write)
 
-    def _read(self, reply: requests.Response, *, method: str, write: bool) -> bytes:
-        """The decoded body, at most ``B24_MAX_ANSWER_MB``; any failure here is after sending."""
+    def _read(
+        self, reply: requests.Response, deadline: float, *, method: str, write: bool
+    ) -> bytes:
+        """The decoded body, at most ``B24_MAX_ANSWER_MB``, whole by ``deadline``; any failure
+        here is after sending."""
         try:
-            body = read_capped(reply, self._max_answer)
+            body = read_capped(reply, self._max_answer, deadline)
+        except AnswerTimeout:
+            raise server_fault(
+                "ANSWER_TIMEOUT",
+                f"{method}: the portal's answer did not arrive whole within "
+                f"{self._answer_timeout:g} s of sending (HTTP {reply.status_code}); the "
+                "connection was cut",
+                reply.status_code,
+                write=write,
+                hint="the portal or a proxy on the way is very slow; B24_ANSWER_TIMEOUT sets "
+                "how long an answer may take",
+            ) from None
         except requests.exceptions.ContentDecodingError:
             raise server_fault(
                 "MALFORMED_RESPONSE",
