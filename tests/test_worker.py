@@ -601,7 +601,9 @@ def test_the_notice_endpoint_is_bounded(portal, state, tmp_path):
     stalled = [socket.create_connection(_address(url)) for _ in range(50)]
     try:
         time.sleep(1.0)
-        assert _threads(proc.pid) <= baseline + 8
+        # 8 handler threads at most, and the answer-deadline keeper (rest/deadline.py), which
+        # starts with the first answer the worker reads, maybe after the baseline was taken.
+        assert _threads(proc.pid) <= baseline + 8 + 1
     finally:
         for conn in stalled:
             conn.close()
