@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,24 @@ class Sandbox:
 
     def stats(self) -> dict[str, Any]:
         return self.admin("stats")
+
+    def sent(self, method: str) -> int:
+        """How many requests for ``method`` the portal has received."""
+        return self.stats()["by_method"].get(method, 0)
+
+    def once_sent(self, method: str, action: Callable[[], object]) -> threading.Thread:
+        """Run ``action`` in a thread as soon as the portal holds a request for ``method`` (its
+        answer delayed): a fixed pause fires before a slow start-up has sent anything."""
+
+        def wait_then_act() -> None:
+            deadline = time.monotonic() + 60
+            while self.sent(method) == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            action()
+
+        thread = threading.Thread(target=wait_then_act, daemon=True)
+        thread.start()
+        return thread
 
     def rest(
         self, method: str, params: dict[str, Any] | None = None, *, http: str = "post_json"
@@ -127,6 +146,17 @@ def launch(*args: str) -> Sandbox:
         oauth=info["oauth"],
         admin_token=info["admin_token"],
     )
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[Any]:
+    """The broker tests' second and third OS users (broker_support.Accounts), made once per
+    module that asks for them and removed after it."""
+    from broker_support import Accounts
+
+    made = Accounts.create()
+    yield made
+    made.remove()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ import os
 import resource
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,10 +45,6 @@ def _faults(portal: Sandbox, *rules: dict[str, Any]) -> None:
 
 def _leads(portal: Sandbox, title: str) -> list[dict[str, Any]]:
     return portal.rest("crm.lead.list", {"filter": {"TITLE": title}}).json()["result"]
-
-
-def _sent(portal: Sandbox, method: str) -> int:
-    return portal.stats()["by_method"].get(method, 0)
 
 
 def _bomb(method: str, *, after: bool) -> dict[str, Any]:
@@ -96,7 +91,7 @@ def test_a_gzip_bomb_answering_a_write_is_exit_7_within_bounded_memory(
     _faults(portal)
     again = cli("crm.lead.add", "--params", params, "--confirm-write")
     assert again.code == 0, again.err
-    assert len(_leads(portal, "bombed")) == 1 and _sent(portal, "crm.lead.add") == 1
+    assert len(_leads(portal, "bombed")) == 1 and portal.sent("crm.lead.add") == 1
 
 
 def test_a_gzip_bomb_answering_a_read_is_exit_6_and_not_retried(portal: Sandbox, cli: Cli) -> None:
@@ -105,7 +100,7 @@ def test_a_gzip_bomb_answering_a_read_is_exit_6_and_not_retried(portal: Sandbox,
     print("DBG", portal.stats())
     assert run.code == 6, run.err
     assert run.error()["code"] == "ANSWER_TOO_LARGE"
-    assert _sent(portal, "user.current") == 1  # the same request would get the same answer
+    assert portal.sent("user.current") == 1  # the same request would get the same answer
 
 
 def test_answers_are_capped_decoded_by_the_setting(portal: Sandbox, tmp_path: Path) -> None:
@@ -153,21 +148,6 @@ def test_a_gzip_bomb_from_the_token_server_is_refused_unread(
 # --- F6: a local failure after the write left -------------------------------------------------
 
 
-def _once_sent(portal: Sandbox, method: str, action: Any) -> threading.Thread:
-    """Run ``action`` as soon as the portal has received ``method`` (it holds the answer back):
-    a fixed delay fired before a slow start-up had sent anything, on a loaded machine."""
-
-    def wait_then_act() -> None:
-        deadline = time.monotonic() + 60
-        while _sent(portal, method) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        action()
-
-    thread = threading.Thread(target=wait_then_act, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_audit_log_swapped_for_a_fifo_mid_write_is_exit_7(portal: Sandbox, cli: Cli) -> None:
     first = cli("user.current")  # the audit log exists
     assert first.code == 0, first.err
@@ -181,7 +161,7 @@ def test_audit_log_swapped_for_a_fifo_mid_write_is_exit_7(portal: Sandbox, cli: 
     _faults(portal, {"method": "crm.lead.add", "error": None, "delay_ms": 1500})
     params = json.dumps({"fields": {"TITLE": "fifo"}})
     args = ("crm.lead.add", "--params", params, "--confirm-write", "--idempotency-key", "fifo1")
-    swapper = _once_sent(portal, "crm.lead.add", swap)
+    swapper = portal.once_sent("crm.lead.add", swap)
     run = cli(*args)
     swapper.join()
     assert run.code == 7, run.err
@@ -196,7 +176,7 @@ def test_audit_log_swapped_for_a_fifo_mid_write_is_exit_7(portal: Sandbox, cli: 
     again = cli(*args, "--output", "result")
     assert again.code == 0, again.err
     assert [int(again.json())] == [int(lead["ID"]) for lead in _leads(portal, "fifo")]
-    assert _sent(portal, "crm.lead.add") == 1
+    assert portal.sent("crm.lead.add") == 1
 
 
 def test_a_tls_error_while_the_answer_comes_is_exit_7_and_sent_once(
@@ -218,7 +198,7 @@ def test_a_tls_error_while_the_answer_comes_is_exit_7_and_sent_once(
             "crm.lead.add", "--params", '{"fields": {"TITLE": "tls-mid"}}', "--confirm-write"
         )
         assert refused.code == 6 and refused.error()["code"] == "TLS_FAILED", refused.err
-        assert _sent(portal, "crm.lead.add") == 0
+        assert portal.sent("crm.lead.add") == 0
         # ... a record broken once the request left is not.
         run = cli(
             "crm.lead.add",
@@ -233,7 +213,7 @@ def test_a_tls_error_while_the_answer_comes_is_exit_7_and_sent_once(
     assert error["code"] == "NETWORK_ERROR" and not error["retryable"]
     assert "not sent" not in run.err
     # The portal ran it once: it was not taken for a failed handshake and sent again.
-    assert len(_leads(portal, "tls-mid")) == 1 and _sent(portal, "crm.lead.add") == 1
+    assert len(_leads(portal, "tls-mid")) == 1 and portal.sent("crm.lead.add") == 1
 
 
 @pytest.fixture
@@ -266,7 +246,7 @@ def test_redis_lost_after_the_write_was_sent_is_exit_7(
     _faults(portal, {"method": "crm.lead.add", "error": None, "delay_ms": 2000})
     params = json.dumps({"fields": {"TITLE": "redis-mid"}})
     args = ("crm.lead.add", "--params", params, "--confirm-write", "--idempotency-key", "mid1")
-    stopper = _once_sent(portal, "crm.lead.add", lambda: os.kill(pid, signal.SIGSTOP))
+    stopper = portal.once_sent("crm.lead.add", lambda: os.kill(pid, signal.SIGSTOP))
     run = cli(*args)
     stopper.join()
     os.kill(pid, signal.SIGCONT)
@@ -281,7 +261,7 @@ def test_redis_lost_after_the_write_was_sent_is_exit_7(
     time.sleep(4.2)
     again = cli(*args)
     assert again.code == 0, again.err
-    assert len(_leads(portal, "redis-mid")) == 1 and _sent(portal, "crm.lead.add") == 1
+    assert len(_leads(portal, "redis-mid")) == 1 and portal.sent("crm.lead.add") == 1
 
 
 def test_redis_unreachable_before_sending_stays_exit_6(portal: Sandbox, tmp_path: Path) -> None:
@@ -289,7 +269,7 @@ def test_redis_unreachable_before_sending_stays_exit_6(portal: Sandbox, tmp_path
     run = cli("crm.lead.add", "--params", '{"fields": {"TITLE": "x"}}', "--confirm-write")
     assert run.code == 6, run.err
     assert run.error()["code"] == "STATE_BACKEND_UNREACHABLE"
-    assert _sent(portal, "crm.lead.add") == 0
+    assert portal.sent("crm.lead.add") == 0
 
 
 # --- F9: corrupt Redis keys -------------------------------------------------------------------

@@ -20,10 +20,6 @@ def cli(portal: Sandbox, tmp_path: Path) -> Cli:
     return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
 
 
-def _sent(portal: Sandbox, method: str) -> int:
-    return portal.stats()["by_method"].get(method, 0)
-
-
 def test_writes_above_the_approval_level_are_refused_not_pretended(
     portal: Sandbox, cli: Cli
 ) -> None:
@@ -36,7 +32,7 @@ def test_writes_above_the_approval_level_are_refused_not_pretended(
     run = approving("--execute-plan", planned.json()["plan"]["id"])
     assert run.code == 3 and run.error()["code"] == "APPROVAL_UNENFORCEABLE"
     assert "plain CLI mode cannot enforce" in run.error()["message"]
-    assert _sent(portal, "crm.lead.add") == 0
+    assert portal.sent("crm.lead.add") == 0
     assert approving("user.current").code == 0  # reads are not held up
 
 
@@ -47,7 +43,7 @@ def test_the_destructive_level_holds_only_destructive_calls(portal: Sandbox, cli
     assert added.code == 0
     gone = deletes("crm.lead.delete", "--params", f'{{"id": {lead}}}', "--confirm-destructive")
     assert gone.code == 3 and gone.error()["code"] == "APPROVAL_REQUIRED"
-    assert _sent(portal, "crm.lead.delete") == 0
+    assert portal.sent("crm.lead.delete") == 0
 
 
 def test_a_decision_binds_the_digest_is_final_and_never_the_makers(tmp_path: Path) -> None:

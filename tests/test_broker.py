@@ -31,13 +31,6 @@ pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and use
 
 
 @pytest.fixture(scope="module")
-def accounts() -> Iterator[Accounts]:
-    made = Accounts.create()
-    yield made
-    made.remove()
-
-
-@pytest.fixture(scope="module")
 def broker(accounts: Accounts, sandbox_proc: Sandbox) -> Iterator[Broker]:
     started = Broker(accounts, sandbox_proc, "main")
     yield started
@@ -52,10 +45,6 @@ def agent(accounts: Accounts, broker: Broker, portal: Sandbox) -> Agent:
 def _leads(portal: Sandbox, title: str) -> int:
     found = portal.rest("crm.lead.list", {"filter": {"TITLE": title}}).json()["result"]
     return len(found)
-
-
-def _sent(portal: Sandbox, method: str) -> int:
-    return portal.stats()["by_method"].get(method, 0)
 
 
 def _plan(agent: Agent, title: str) -> str:
@@ -97,7 +86,7 @@ def test_the_agent_gets_the_brokers_policy_whatever_its_environment(
             "user.current",
         )
         assert last["origin"]["uid"] == pwd.getpwnam(agent.accounts.agent).pw_uid
-    assert _sent(portal, "crm.lead.add") == 0 and _sent(portal, "im.notify.system.add") == 0
+    assert portal.sent("crm.lead.add") == 0 and portal.sent("im.notify.system.add") == 0
     # ... but the agent's own files reach the broker as stdin, read with the agent's rights.
     params = agent.accounts.agent_home / "params.json"
     agent.python(f"open({str(params)!r}, 'w').write('{{\"id\": 1}}')")
@@ -141,7 +130,7 @@ def test_the_agent_holds_no_secret_and_cannot_read_the_brokers_state(
     finally:
         waiting.send_signal(signal.SIGINT)  # relayed to the broker's worker: it stops waiting
     interrupted = agent.finish(waiting)
-    assert interrupted.code == 130 and _sent(portal, "crm.lead.add") == 0
+    assert interrupted.code == 130 and portal.sent("crm.lead.add") == 0
     # Everything the agent's account can read under the test's folders, the broker's included.
     readable = agent.python(
         "import os, sys\n"
@@ -183,7 +172,7 @@ def test_a_write_waits_for_a_human_and_runs_exactly_once(
     assert printed[1] == str(SCRIPT) and "--env-file" in printed  # the broker's own env file
     waiting = agent.popen(*printed[2:], "--output", "result")  # run as printed
     time.sleep(1.5)
-    assert waiting.poll() is None and _sent(portal, "crm.lead.add") == 0  # still waiting
+    assert waiting.poll() is None and portal.sent("crm.lead.add") == 0  # still waiting
     # The agent holds no channel to approve: the admin socket is the operator group's.
     self_approval = broker.admin("approve", plan_id, "--yes", who="agent")
     assert self_approval.code == 4 and "BROKER_UNREACHABLE" in self_approval.err
@@ -192,7 +181,7 @@ def test_a_write_waits_for_a_human_and_runs_exactly_once(
     assert '"plan": {' in approved.out and '"verdict": "approved"' in approved.out  # shown first
     ran = agent.finish(waiting)
     assert ran.code == 0, ran.err
-    assert _leads(portal, "approved once") == 1 and _sent(portal, "crm.lead.add") == 1
+    assert _leads(portal, "approved once") == 1 and portal.sent("crm.lead.add") == 1
     # The decision is a line of the broker's keyed chain: who (the approver's uid), plan, digest.
     decided, executed = [line for line in broker.audit_lines() if line["plan_id"] == plan_id][-2:]
     assert decided["outcome"] == "approved" and executed["outcome"] == "ok"
@@ -201,7 +190,7 @@ def test_a_write_waits_for_a_human_and_runs_exactly_once(
     assert decided["ts"] <= executed["ts"]
     again = agent("--execute-plan", plan_id)
     assert again.code == 5 and again.error()["code"] == "PLAN_SPENT"
-    assert _sent(portal, "crm.lead.add") == 1
+    assert portal.sent("crm.lead.add") == 1
 
 
 def test_declined_or_never_approved_sends_nothing(
@@ -215,7 +204,7 @@ def test_declined_or_never_approved_sends_nothing(
     assert pending.code == 3 and pending.error()["code"] == "APPROVAL_PENDING"
     assert pending.error()["retryable"] is True
     assert broker.admin("approve", declined, "--yes").code == 5  # a decision is final
-    assert _sent(portal, "crm.lead.add") == 0
+    assert portal.sent("crm.lead.add") == 0
     decisions = [line for line in broker.audit_lines() if line["plan_id"] == declined]
     assert [line["outcome"] for line in decisions] == ["planned", "denied", "refused"]
 
@@ -247,7 +236,7 @@ def test_an_approved_plan_edited_afterwards_is_refused(
     _resign(plans / f"{resigned}.json", broker.state / "plan.key", {"fields": {"TITLE": "Z"}})
     stale = agent("--execute-plan", resigned)
     assert stale.code == 5 and stale.error()["code"] == "APPROVAL_STALE"
-    assert _sent(portal, "crm.lead.add") == 0
+    assert portal.sent("crm.lead.add") == 0
 
 
 def test_whoever_writes_the_store_cannot_approve_a_plan(
@@ -267,7 +256,7 @@ def test_whoever_writes_the_store_cannot_approve_a_plan(
     (plans / f"{plan_id}.decision").write_text(json.dumps(forged))
     refused = agent("--execute-plan", plan_id)
     assert refused.code == 5 and refused.error()["code"] == "APPROVAL_TAMPERED", refused.err
-    assert _sent(portal, "crm.lead.add") == 0 and _leads(portal, "self-approved") == 0
+    assert portal.sent("crm.lead.add") == 0 and _leads(portal, "self-approved") == 0
 
 
 def test_the_broker_refuses_a_redis_store_without_a_password(
@@ -428,7 +417,7 @@ def test_one_approval_runs_a_bulk_plan_once_and_an_edited_one_is_refused(
     plan_id = bulk("bulk")
     waiting = agent.popen("--execute-plan", plan_id)
     time.sleep(1.0)
-    assert waiting.poll() is None and _sent(portal, "crm.lead.add") == 0
+    assert waiting.poll() is None and portal.sent("crm.lead.add") == 0
     assert broker.admin("approve", plan_id, "--yes").code == 0  # one approval for 3 calls
     ran = agent.finish(waiting)
     assert ran.code == 0, ran.err

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,35 +23,10 @@ pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and use
 
 
 @pytest.fixture(scope="module")
-def accounts() -> Iterator[Accounts]:
-    made = Accounts.create()
-    yield made
-    made.remove()
-
-
-@pytest.fixture(scope="module")
 def broker(accounts: Accounts, sandbox_proc: Sandbox) -> Iterator[Broker]:
     started = Broker(accounts, sandbox_proc, "signals", B24_APPROVAL="off")
     yield started
     started.stop()
-
-
-def _sent(portal: Sandbox, method: str) -> int:
-    return portal.stats()["by_method"].get(method, 0)
-
-
-def _when_sent(portal: Sandbox, method: str, action: Any) -> threading.Thread:
-    """Run ``action`` once the portal holds ``method``'s request (its answer is delayed)."""
-
-    def wait_then_act() -> None:
-        deadline = time.monotonic() + 60
-        while _sent(portal, method) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        action()
-
-    thread = threading.Thread(target=wait_then_act, daemon=True)
-    thread.start()
-    return thread
 
 
 def _signals(proc: Any, signum: int, times: int) -> None:
@@ -75,7 +49,7 @@ def test_a_relayed_signal_after_the_write_left_still_leaves_its_audit_line(
     call = agent.popen(
         "crm.lead.add", "--params", json.dumps({"fields": {"TITLE": title}}), "--confirm-write"
     )
-    signaller = _when_sent(portal, "crm.lead.add", lambda: _signals(call, signum, times))
+    signaller = portal.once_sent("crm.lead.add", lambda: _signals(call, signum, times))
     _out, err = call.communicate(timeout=120)
     signaller.join()
     time.sleep(2.0)  # the portal's held answer: the write runs whether anyone waits or not

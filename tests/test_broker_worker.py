@@ -36,13 +36,6 @@ pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and use
 EVENTS = 120
 
 
-@pytest.fixture(scope="module")
-def accounts() -> Iterator[Accounts]:
-    made = Accounts.create()
-    yield made
-    made.remove()
-
-
 @pytest.fixture
 def broker(accounts: Accounts, portal: Sandbox) -> Iterator[Broker]:
     oauth = portal.oauth

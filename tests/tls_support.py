@@ -35,6 +35,13 @@ def certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def _shut(*ends: socket.socket) -> None:
+    """End both directions of each socket, so the thread on the other side stops too."""
+    for end in ends:
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+
+
 def _pipe(source: socket.socket, target: socket.socket) -> None:
     try:
         while chunk := source.recv(65536):
@@ -42,9 +49,7 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for end in (source, target):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
+        _shut(source, target)
 
 
 def _break_answer(backend: socket.socket, client: ssl.SSLSocket) -> None:
@@ -57,9 +62,7 @@ def _break_answer(backend: socket.socket, client: ssl.SSLSocket) -> None:
     except OSError:
         pass
     finally:
-        for end in (backend, client):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
+        _shut(backend, client)
 
 
 class TlsFront:
