@@ -13,7 +13,7 @@ import pytest
 from broker_support import PYTHON, Accounts, Broker, can_make_users
 from conftest import Sandbox
 from mcp_support import SERVER, Host, answering
-from test_broker import accounts, broker  # noqa: F401 - the broker tests' own fixtures
+from test_broker import broker  # noqa: F401 - the broker tests' own fixture
 
 pytestmark = pytest.mark.skipif(
     not can_make_users() or shutil.which("runuser") is None, reason="needs root and useradd"
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_the_mcp_server_in_front_of_the_broker_holds_no_secret_and_a_person_approves(
-    accounts: Accounts,  # noqa: F811 - the fixture imported above
+    accounts: Accounts,
     broker: Broker,  # noqa: F811
     portal: Sandbox,
 ) -> None:
