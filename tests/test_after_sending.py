@@ -97,7 +97,6 @@ def test_a_gzip_bomb_answering_a_write_is_exit_7_within_bounded_memory(
 def test_a_gzip_bomb_answering_a_read_is_exit_6_and_not_retried(portal: Sandbox, cli: Cli) -> None:
     _faults(portal, {**_bomb("user.current", after=False), "times": 5})
     run = cli.finish(cli.popen_with(_limit_memory, "user.current"))
-    print("DBG", portal.stats())
     assert run.code == 6, run.err
     assert run.error()["code"] == "ANSWER_TOO_LARGE"
     assert portal.sent("user.current") == 1  # the same request would get the same answer

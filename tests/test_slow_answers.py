@@ -105,3 +105,17 @@ def test_a_read_whose_answer_trickles_is_cut_as_transient(portal: Sandbox, slow_
     error = run.error()
     assert error["code"] == "ANSWER_TIMEOUT" and error["retryable"], error
     assert portal.stats()["by_method"]["user.current"] == 2  # a read is retried, then given up
+
+
+@pytest.mark.parametrize("value", ["1e10", "86401"])
+def test_an_answer_timeout_past_a_day_is_refused_not_a_dead_deadline_keeper(
+    portal: Sandbox, tmp_path: Path, value: str
+) -> None:
+    """A wait past the thread library's limit (about 9e9 s) killed the deadline keeper with a
+    traceback, and no later deadline of the process was kept; past a day is refused now."""
+    cli = Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    run = cli.with_env(B24_ANSWER_TIMEOUT=value)("user.current")
+    assert run.code == 4, run.err
+    assert len(run.err.strip().splitlines()) == 1 and "Traceback" not in run.err
+    assert "B24_ANSWER_TIMEOUT" in run.err
+    assert cli.with_env(B24_ANSWER_TIMEOUT="86400")("user.current").code == 0

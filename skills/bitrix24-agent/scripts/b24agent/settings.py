@@ -106,6 +106,9 @@ WIDENING_FLAGS = ("allow-unlisted", "no-audit", "no-mask-secrets", "no-idempoten
 APPROVAL_LEVELS = ("off", "destructive", "writes")
 
 DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
+#: ``B24_ANSWER_TIMEOUT``'s ceiling (a day): a wait longer than the thread library can take
+#: (about 9e9 s) killed the deadline keeper, and every later deadline of the process with it.
+MAX_ANSWER_TIMEOUT_S = 86400.0
 #: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
 MIN_SECRET_LEN = 8
 _WEBHOOK_PATH = re.compile(r"^/rest/(\d+)/([^/\s]+)/?$")
@@ -256,14 +259,21 @@ class _Env:
         except (ValueError, TypeError):
             raise self.fail(name, expected) from None
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
         def parse(text: str) -> float:
             number = float(text)
             if not number >= minimum or number == float("inf"):
                 raise ValueError(text)
+            if maximum is not None and number > maximum:
+                raise ValueError(text)
             return number
 
-        return self.parsed(name, default, parse, f"a number >= {minimum:g}")
+        wanted = f"a number >= {minimum:g}"
+        if maximum is not None:
+            wanted = f"a number from {minimum:g} to {maximum:g}"
+        return self.parsed(name, default, parse, wanted)
 
     def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
         def parse(text: str) -> int:
@@ -696,7 +706,9 @@ def load_settings(
         burst=env.integer("B24_RATE_LIMITER_BURST", 50, minimum=1),
         connect_timeout=env.number("B24_CONNECT_TIMEOUT", 10.0, minimum=0.1),
         read_timeout=env.number("B24_READ_TIMEOUT", 65.0, minimum=0.1),
-        answer_timeout=env.number("B24_ANSWER_TIMEOUT", 300.0, minimum=0.1),
+        answer_timeout=env.number(
+            "B24_ANSWER_TIMEOUT", 300.0, minimum=0.1, maximum=MAX_ANSWER_TIMEOUT_S
+        ),
         max_answer_mb=env.integer("B24_MAX_ANSWER_MB", 128, minimum=1),
         max_retries=env.integer("B24_MAX_RETRIES", 4),
         retry_base_s=env.number("B24_RETRY_BASE_SEC", 0.5),

@@ -167,6 +167,9 @@ class _Record:
     idempotency_key: str | None = None
     started: float = field(default_factory=time.monotonic)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Set once the line is being written (signals held): an interruption after that needs
+    #: no line of its own, and one before it does.
+    audit_started: bool = False
 
     @classmethod
     def of(cls, request: CallRequest) -> _Record:
@@ -287,13 +290,13 @@ class Pipeline:
         try:
             policy.check_widening(widening_flags(request.guards), self._settings.allowed_flags)
             outcome = self._run(request, record)
+            # Inside the try: a relayed signal that strikes after the portal answered but before
+            # the line is being written is audited as the interruption, not lost.
+            if outcome.stream is None:
+                self._audit_success(request, record)
         except BaseException as exc:
-            known = self._as_error(exc, record)
-            self._audit(request, record, known)
-            _raise_as(known, exc)
-        if outcome.stream is None:
-            self._audit_success(request, record)
-        else:
+            self._audit_failure(request, record, exc)
+        if outcome.stream is not None:
             outcome.stream = self._audited(outcome.stream, request, record)
         return outcome
 
@@ -595,10 +598,13 @@ class Pipeline:
             failed = self._as_error(exc, record)
             _raise_as(failed, exc)
         finally:
-            if failed is None:
-                self._audit_success(request, record)
-            else:
-                self._audit(request, record, failed)
+            try:
+                if failed is None:
+                    self._audit_success(request, record)
+                else:
+                    self._audit(request, record, failed)
+            except BaseException as exc:
+                self._audit_failure(request, record, exc)
 
     def _as_error(self, exc: BaseException, record: _Record) -> BaseException:
         """``exc`` as the error it means for the caller. Interruptions pass through. Before any
@@ -614,6 +620,15 @@ class Pipeline:
         if self._client is None or self._client.writes_out == 0:
             return exc if isinstance(exc, B24Error) else local_failure(exc)
         return exc if settled else _unknown_after_write(exc, record)
+
+    def _audit_failure(self, request: CallRequest, record: _Record, exc: BaseException) -> NoReturn:
+        """Audit ``exc`` and raise what it means; if it struck once the line was being written
+        (a signal held until then, or the log itself failing), it passes on as it is."""
+        if record.audit_started:
+            raise exc
+        known = self._as_error(exc, record)
+        self._audit(request, record, known)
+        _raise_as(known, exc)
 
     def _audit_success(self, request: CallRequest, record: _Record) -> None:
         """The audit line of a request that ended well; a log that fails now, after a write
@@ -658,6 +673,7 @@ class Pipeline:
         )
         try:
             with _signals_held():
+                record.audit_started = True
                 log.write(event)
         except OSError as failure:
             reason = failure.strerror or type(failure).__name__

@@ -25,6 +25,9 @@ from typing import Any
 
 __all__ = ["Cut", "cut_at"]
 
+#: The keeper's longest single wait (seconds); it looks at its heap again after that.
+MAX_WAIT_S = 3600.0
+
 
 class Cut:
     """One answer's deadline, watched from ``cut_at``'s start to its end."""
@@ -84,7 +87,8 @@ class _Keeper:
                     continue
                 left = self._heap[0][0] - time.monotonic()
                 if left > 0:
-                    self.lock.wait(left)
+                    # Capped: a wait past threading.TIMEOUT_MAX raises and would end this thread.
+                    self.lock.wait(min(left, MAX_WAIT_S))
                     continue
                 cut = heapq.heappop(self._heap)[2]
                 cut.passed = True
