@@ -57,6 +57,12 @@ class Cli:
         )
         self.runs: list[Run] = []
 
+    @classmethod
+    def on_webhook(cls, portal: Any, tmp_path: Path) -> Cli:
+        """A CLI on ``portal``'s webhook (a conftest.Sandbox), every call in its own process
+        (no warm server), so a test sees exactly what one run does."""
+        return cls(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+
     def with_env(self, **env: str) -> Cli:
         """The same folders and run log, with more variables set."""
         clone = Cli(self.tmp_path, {})

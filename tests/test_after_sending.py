@@ -68,7 +68,7 @@ def _limit_memory() -> None:
 
 @pytest.fixture
 def cli(portal: Sandbox, tmp_path: Path) -> Cli:
-    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    return Cli.on_webhook(portal, tmp_path)
 
 
 # --- F4: huge answers --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from conftest import Sandbox
 
 @pytest.fixture
 def cli(portal: Sandbox, tmp_path: Path) -> Cli:
-    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    return Cli.on_webhook(portal, tmp_path)
 
 
 def test_writes_above_the_approval_level_are_refused_not_pretended(

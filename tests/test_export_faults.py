@@ -100,7 +100,7 @@ def test_cli_export_of_20000_leads_with_page_faults_and_concurrent_deletes(
 ) -> None:
     portal.admin("seed", {"crm.lead": 20_000})
     _page_faults(portal, 0.02, seed=2026)
-    cli = Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    cli = Cli.on_webhook(portal, tmp_path)
     deleter = _Deleter(portal, list(range(1, 20_001, 5)), seed=9)
     deleter.start()
     run = cli(

@@ -25,7 +25,7 @@ from conftest import Sandbox
 
 @pytest.fixture
 def cli(portal: Sandbox, tmp_path: Path) -> Cli:
-    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    return Cli.on_webhook(portal, tmp_path)
 
 
 def _audit_lines(cli: Cli) -> list[dict[str, Any]]:

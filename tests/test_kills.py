@@ -95,7 +95,7 @@ def test_a_batch_file_killed_five_times_and_rerun_creates_each_record_once(
 def test_fifty_killed_calls_leave_an_audit_chain_that_verifies(
     portal: Sandbox, tmp_path: Path
 ) -> None:
-    cli = Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    cli = Cli.on_webhook(portal, tmp_path)
     assert cli("user.current").code == 0
     rng = random.Random(50)
     killed = launched = 0

@@ -101,7 +101,7 @@ def test_an_urllib3_older_than_2_6_is_refused_before_anything_is_sent(
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "sitecustomize.py").write_text("import urllib3\nurllib3.__version__ = '2.5.0'\n")
-    cli = Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    cli = Cli.on_webhook(portal, tmp_path)
     run = cli("user.current", PYTHONPATH=str(fake))
     assert run.code == 4, run.err
     error = run.error()

@@ -113,7 +113,7 @@ def test_an_answer_timeout_past_a_day_is_refused_not_a_dead_deadline_keeper(
 ) -> None:
     """A wait past the thread library's limit (about 9e9 s) killed the deadline keeper with a
     traceback, and no later deadline of the process was kept; past a day is refused now."""
-    cli = Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+    cli = Cli.on_webhook(portal, tmp_path)
     run = cli.with_env(B24_ANSWER_TIMEOUT=value)("user.current")
     assert run.code == 4, run.err
     assert len(run.err.strip().splitlines()) == 1 and "Traceback" not in run.err
