@@ -235,13 +235,17 @@ class Broker:
             self.process.terminate()
             self.process.wait(timeout=30)
 
-    def admin(self, *args: str, who: str = "operator") -> Run:
-        """``b24-broker ARGS`` run by the operator (or by the agent, who must fail)."""
+    def admin(
+        self, *args: str, who: str = "operator", socket: Path | None = None, **env: str
+    ) -> Run:
+        """``b24-broker ARGS`` run by the operator (or by the agent, who must fail), on the
+        broker's admin socket unless another is named."""
         account = self.accounts.as_operator() if who == "operator" else self.accounts.as_agent()
         python, python_env = _python()
+        where = str(socket or self.admin_socket)
         proc = subprocess.run(
-            [python, "-m", "b24agent.broker", *args, "--admin-socket", str(self.admin_socket)],
-            env={"PATH": PATH, "HOME": "/", **python_env},
+            [python, "-m", "b24agent.broker", *args, "--admin-socket", where],
+            env={"PATH": PATH, "HOME": "/", **python_env, **env},
             cwd="/",
             capture_output=True,
             text=True,

@@ -396,6 +396,38 @@ def test_the_caller_refuses_a_broker_of_its_own_user_or_not_the_named_one(
         assert report.read_text() == "0"  # not one byte of the call reached it
 
 
+def test_the_approver_refuses_an_admin_socket_not_served_by_the_broker(
+    accounts: Accounts, broker: Broker
+) -> None:
+    """``b24-broker`` checks who serves the admin socket before it sends anything: the broker's
+    user (B24_BROKER_USER) or, unset, the person's own. Before, a socket the agent planted where
+    the approver looks got the request and could answer with plans of its making."""
+    for who, expected in ((accounts.as_agent(), None), (accounts.as_worker(), accounts.operator)):
+        proc, sock, report = _impostor(accounts, who, f"admin-{who['user']}")
+        named = {"B24_BROKER_USER": expected} if expected else {}
+        refused = broker.admin("approve", "p-any", "--yes", socket=sock, **named)
+        proc.wait(timeout=30)
+        assert refused.code == 4, refused.err
+        error = json.loads(refused.err)["error"]
+        assert (
+            error["code"] == "BROKER_UNTRUSTED"
+            and str(pwd.getpwnam(who["user"]).pw_uid) in (error["message"])
+        )
+        assert report.read_text() == "0"  # not one byte reached it
+        assert refused.out == ""
+    # The real broker answers (no such plan) for its user by name, and for the operator itself.
+    for named in ({"B24_BROKER_USER": accounts.operator}, {}):
+        answered = broker.admin("show", "p-" + "A" * 32, **named)
+        assert json.loads(answered.err)["error"]["code"] == "PLAN_NOT_FOUND", answered.err
+    elsewhere = broker.admin("show", "p-" + "A" * 32, B24_BROKER_USER=accounts.worker)
+    assert elsewhere.code == 4 and "BROKER_UNTRUSTED" in elsewhere.err, elsewhere.err
+    # A server the person named that closes without an answer: one clear line, exit 6.
+    proc, sock, report = _impostor(accounts, accounts.as_agent(), "admin-silent")
+    silent = broker.admin("list", socket=sock, B24_BROKER_USER=accounts.agent)
+    proc.wait(timeout=30)
+    assert silent.code == 6 and json.loads(silent.err)["error"]["code"] == "BROKER_NO_ANSWER"
+
+
 def test_one_approval_runs_a_bulk_plan_once_and_an_edited_one_is_refused(
     agent: Agent, portal: Sandbox, broker: Broker
 ) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from b24agent.cli.warm import rehearsal
 from b24agent.cli.warm import wire as warm_wire
 from cli_support import SCRIPT, Cli, Run, check
 from conftest import Sandbox
@@ -230,6 +233,76 @@ def test_a_taken_worker_is_replaced_when_its_call_is_over_not_while_it_runs(
     while worker in _children(server) or len(_children(server)) != 2:
         assert time.monotonic() < deadline, _children(server)
         time.sleep(0.05)
+
+
+def _server_pid(runtime: Path) -> int:
+    """The warm server's parent: the process that listens on the socket (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(_sockets(runtime)[0]))
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[:4], sys.byteorder)
+
+
+def _rehearsing(server: int) -> tuple[int, Path] | None:
+    """A spare of ``server`` caught rehearsing: its pid and its throwaway folder (its cwd)."""
+    for child in _children(server):
+        try:
+            folder = Path(os.readlink(f"/proc/{child}/cwd"))
+        except OSError:
+            continue
+        if folder.parent == Path(rehearsal.SCRATCH):
+            return child, folder
+    return None
+
+
+needs_scratch = pytest.mark.skipif(
+    not os.access(rehearsal.SCRATCH, os.W_OK | os.X_OK), reason="rehearsals use the temp folder"
+)
+
+
+@needs_scratch
+def test_a_spare_killed_while_it_rehearses_leaves_no_folder(cli: Cli, runtime: Path) -> None:
+    """A taken spare's successor rehearses once the call is over; killed then, its folder used
+    to stay in /dev/shm for good. The server, reaping it, removes it."""
+    _warm(cli, runtime)
+    server = _server_pid(runtime)
+    caught = None
+    for _ in range(20):
+        assert cli("user.current").code == 0
+        deadline = time.monotonic() + 2
+        while caught is None and time.monotonic() < deadline:
+            caught = _rehearsing(server)
+        if caught is not None:
+            break
+    assert caught is not None, "no spare was seen rehearsing"
+    spare, folder = caught
+    os.kill(spare, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # a spare dying without a call stops the server
+    while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{server}").exists()
+    assert not folder.exists(), sorted(folder.rglob("*"))
+
+
+@needs_scratch
+def test_a_starting_server_removes_folders_only_of_processes_gone(cli: Cli, runtime: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = Path(rehearsal.SCRATCH, f"{rehearsal.PREFIX}{dead.pid}-test")
+    running = Path(rehearsal.SCRATCH, f"{rehearsal.PREFIX}{os.getpid()}-test")
+    try:
+        for folder in (left, running):
+            folder.mkdir()
+            (folder / "limiter.json").write_text("{}")
+        _warm(cli, runtime)
+        deadline = time.monotonic() + SERVER_START_S  # it listens first, then warms up
+        while left.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left.exists()
+        assert (running / "limiter.json").exists()  # this test's process still runs
+    finally:
+        for folder in (left, running):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _children(pid: int) -> set[int]:

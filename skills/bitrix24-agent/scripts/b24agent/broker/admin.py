@@ -11,19 +11,27 @@ the uid that made the plan. One JSON line in, one JSON line out:
 ``approve`` carries the digest ``show`` returned, so what is approved is what the person saw.
 Each decision is a line of the broker's keyed audit chain: the approver's uid (SO_PEERCRED), the
 plan, its digest, the verdict and the time.
+
+The person's side (``ask``) checks who serves the socket before sending anything (SO_PEERCRED),
+as ``b24`` does for a brokered call: it must run as ``B24_BROKER_USER`` (a name or uid) or, when
+that is unset, as the person's own user. Another local user's socket, planted where the person
+looks, would otherwise show a plan of its making and take "approve" or "deny" for an answer that
+never reaches the broker.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
-from ..errors import B24Error, ConfigError, UsageError
+from ..cli.warm.brokered import UNKNOWN_USER_HINT, broker_uid
+from ..errors import B24Error, ConfigError, OutcomeUnknownError, TransientError, UsageError
 from ..guard.approval import DecisionStore, audit_decision
 from ..guard.plans import PlanStore
 from ..settings import load_settings
-from .calls import peer
+from .calls import peer, peer_ids
 
 __all__ = ["ask", "serve_admin"]
 
@@ -104,6 +112,7 @@ def ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
         conn.settimeout(READ_TIMEOUT_S)
         try:
             conn.connect(path)
+            _check_server(path, peer_ids(conn)[1])
             conn.sendall((json.dumps(request) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
@@ -118,10 +127,49 @@ def ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
                 hint="run this as a member of the broker's approvers group, with "
                 "--admin-socket naming the socket b24-broker serve made",
             ) from None
-    answer = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise _no_answer(path, request)
     if "error" in answer:
         raise _RemoteError(answer["error"], int(answer.get("exit_code", 1)))
     return answer
+
+
+def _no_answer(path: str, request: dict[str, Any]) -> B24Error:
+    """The socket closed without a whole answer: a decision sent may or may not be recorded."""
+    if request["op"] in ("approve", "deny"):
+        return OutcomeUnknownError(
+            f"the broker's admin socket {path} gave no answer to {request['op']}: the decision "
+            "may or may not be recorded",
+            code="BROKER_NO_ANSWER",
+            hint=f"b24-broker show {request.get('plan')} tells whether it was",
+        )
+    return TransientError(
+        f"the broker's admin socket {path} gave no answer", code="BROKER_NO_ANSWER"
+    )
+
+
+def _check_server(path: str, uid: int) -> None:
+    """Refuse a socket not served by the broker's user (see the module docstring)."""
+    try:
+        expected = broker_uid()
+    except KeyError:
+        raise ConfigError(
+            f"B24_BROKER_USER names no user on this host: {os.environ.get('B24_BROKER_USER')!r}",
+            code="CONFIG_INVALID",
+            hint=UNKNOWN_USER_HINT,
+        ) from None
+    if uid == (os.getuid() if expected is None else expected):
+        return
+    named = "this user" if expected is None else f"B24_BROKER_USER={os.environ['B24_BROKER_USER']}"
+    raise ConfigError(
+        f"refused the broker's admin socket {path}: it is served by uid {uid}, not by {named}",
+        code="BROKER_UNTRUSTED",
+        hint="nothing was sent; " + UNKNOWN_USER_HINT,
+    )
 
 
 class _RemoteError(B24Error):

@@ -25,7 +25,8 @@ examples:
   b24-broker approve p-3f9aQk...      # shows the plan and its preview, then asks
   b24-broker deny p-3f9aQk...
 The admin commands find the socket from --admin-socket, or admin.sock next to the socket
-B24_BROKER names. Exit codes as b24's (b24 --help).
+B24_BROKER names, and use it only if it is served by B24_BROKER_USER (a name or uid), or by
+you when that is unset (exit 4 otherwise). Exit codes as b24's (b24 --help).
 """
 
 

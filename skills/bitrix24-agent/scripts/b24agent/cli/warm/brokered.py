@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from .launch import ServedCall, say
 
-__all__ = ["Brokered", "call", "forward", "read_by_caller"]
+__all__ = ["Brokered", "broker_uid", "call", "forward", "read_by_caller"]
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 4
@@ -97,20 +97,31 @@ def _served(where: str, argv: list[str], stdio: tuple[int, int, int]) -> ServedC
     )
 
 
-def _expected_uid() -> int | None:
-    """``B24_BROKER_USER`` as a uid (None: not set); a name no account has is refused."""
+#: What a B24_BROKER_USER that names no account is told.
+UNKNOWN_USER_HINT = "set B24_BROKER_USER to the account b24-broker runs as (a name or a uid)"
+
+
+def broker_uid() -> int | None:
+    """``B24_BROKER_USER`` as a uid (None: not set); KeyError when it names no account. The
+    broker's admin commands (``b24-broker approve``...) check their server against it too."""
     named = os.environ.get("B24_BROKER_USER") or None
     if named is None or named.isdigit():
         return None if named is None else int(named)
     import pwd
 
+    return pwd.getpwnam(named).pw_uid
+
+
+def _expected_uid() -> int | None:
+    """``broker_uid``; a name no account has is refused."""
     try:
-        return pwd.getpwnam(named).pw_uid
+        return broker_uid()
     except KeyError:
+        named = os.environ.get("B24_BROKER_USER")
         raise _Refusal(
             "CONFIG_INVALID",
             f"B24_BROKER_USER names no user on this host: {named!r}",
-            "set B24_BROKER_USER to the account b24-broker runs as (a name or a uid)",
+            UNKNOWN_USER_HINT,
             EXIT_CONFIG,
         ) from None
 

@@ -5,6 +5,14 @@ filelock's and jsonschema's caches, parses HTTP headers through ``email`` and re
 Measured on a worker, those first-time costs were half its 13 ms. So the server, once, runs the
 most common call (``user.current``) end to end against a stub portal on a loopback port, with a
 throwaway state folder and a webhook code that means nothing; its output goes nowhere.
+
+The throwaway folder is named after the process rehearsing (``b24-rehearsal-PID-...``), so a
+rehearsal killed before it could remove its folder does not leave it for good: the warm server
+removes the folders of each child it reaps (``sweep(pid)``, before the pid can be reused), and a
+server starting removes those of processes that no longer exist (``sweep()``), say of a server
+killed with its spares. Only folders of this user are touched, and never one whose process runs:
+processes are told apart by pid, so a process of this user in another pid namespace sharing the
+same scratch folder is the one case not covered.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ import contextlib
 import http.server
 import json
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 
-__all__ = ["rehearse"]
+__all__ = ["rehearse", "sweep"]
 
 #: What the stub portal answers to anything: a minimal success envelope.
 STUB_ANSWER = json.dumps(
@@ -32,6 +43,9 @@ STUB_CODE = "warmupwarmupwarmup"
 #: fsyncs cost nothing, and a spare rehearsing after each call (20-60 ms, most of it waiting
 #: for the disk under load) does not queue its fsyncs beside the next real call's.
 SCRATCH = "/dev/shm"
+#: The start of a throwaway folder's name; the rehearsing process's pid follows.
+PREFIX = "b24-rehearsal-"
+_NAMED = re.compile(re.escape(PREFIX) + r"([0-9]+)-")
 
 
 class _StubPortal(http.server.BaseHTTPRequestHandler):
@@ -68,7 +82,7 @@ def rehearse(calls: int = 2) -> None:
     saved_env, saved_streams, saved_argv = dict(os.environ), (sys.stdout, sys.stderr), sys.argv
     try:
         with (
-            tempfile.TemporaryDirectory(dir=_scratch()) as folder,
+            tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=_scratch()) as folder,
             open(os.devnull, "w") as nowhere,
             _chdir(folder),
         ):
@@ -87,6 +101,41 @@ def rehearse(calls: int = 2) -> None:
         portal.shutdown()
         portal.server_close()
         thread.join()  # the server forks next: it must be back to one thread
+
+
+def sweep(pid: int | None = None) -> None:
+    """Remove this user's throwaway folders left by process ``pid`` (a child just found dead,
+    not yet reaped), or with None by any process that no longer exists."""
+    where = _scratch() or tempfile.gettempdir()
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    for name in names:
+        named = _NAMED.match(name)
+        if named is None:
+            continue
+        owner = int(named.group(1))
+        left = owner == pid if pid is not None else not _exists(owner)
+        if not left:
+            continue
+        path = os.path.join(where, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _scratch() -> str | None:

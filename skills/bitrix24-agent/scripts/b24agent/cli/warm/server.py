@@ -106,6 +106,7 @@ def warm_up() -> None:
     import b24agent
 
     _import_tree(b24agent.__path__, "b24agent.")
+    rehearsal.sweep()  # what rehearsals of processes killed before left behind
     _rehearse()
     gc.collect()
     gc.freeze()
@@ -229,13 +230,17 @@ class _Server:
 
 
 def _reap() -> set[int]:
-    """Collect finished children; their pids."""
+    """Collect finished children; their pids. A child killed while it rehearsed left its
+    throwaway folder: it is removed while the dead child still holds its pid (not yet reaped),
+    so no process that took the pid since can lose its folder."""
     gone = set()
     while True:
         try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return gone
-        if pid == 0:
+        if found is None:
             return gone
-        gone.add(pid)
+        rehearsal.sweep(found.si_pid)
+        os.waitpid(found.si_pid, 0)
+        gone.add(found.si_pid)
