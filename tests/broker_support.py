@@ -336,3 +336,36 @@ class Agent:
         """Run Python ``code`` as the agent (what its process could read or do)."""
         out, err = (proc := self.popen_python(code)).communicate(timeout=60)
         return Run(proc.returncode, out, err)
+
+
+def oauth_broker(accounts: Accounts, portal: Sandbox, name: str) -> Broker:
+    """A broker holding the sandbox's OAuth app (the offline worker's calls need it) that lets
+    the worker's user drain the queue (``B24_BROKER_DRAINERS``)."""
+    oauth = portal.oauth
+    credentials = "".join(
+        f"{key}={value}\n"
+        for key, value in (
+            ("B24_DOMAIN", portal.url),
+            ("B24_AUTH_MODE", "oauth"),
+            ("B24_CLIENT_ID", oauth["client_id"]),
+            ("B24_CLIENT_SECRET", oauth["client_secret"]),
+            ("B24_ACCESS_TOKEN", oauth["access_token"]),
+            ("B24_REFRESH_TOKEN", oauth["refresh_token"]),
+            ("B24_OAUTH_SERVER", oauth["server"]),
+        )
+    )
+    return Broker(accounts, portal, name, credentials, B24_BROKER_DRAINERS=accounts.worker)
+
+
+def brokered_worker_env(broker: Broker, portal: Sandbox, home: Path) -> dict[str, str]:
+    """What the offline worker run through ``broker`` holds: the broker's socket, the portal's
+    address (not a secret) and its own state folder under ``home``; no credential."""
+    python_env = _python()[1]
+    return {
+        "PATH": PATH,
+        "HOME": str(home),
+        "B24_BROKER": f"unix:{broker.socket}",
+        "B24_DOMAIN": portal.url,
+        "B24_STATE_DIR": str(home / "state"),
+        **python_env,
+    }

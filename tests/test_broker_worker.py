@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker_support import PATH, PYTHON, Accounts, Agent, Broker, can_make_users
+from broker_support import (
+    PATH,
+    PYTHON,
+    Accounts,
+    Agent,
+    Broker,
+    brokered_worker_env,
+    can_make_users,
+    oauth_broker,
+)
 from cli_support import SCRIPT
 from conftest import Sandbox
 from test_worker_support import (
@@ -38,20 +47,7 @@ EVENTS = 120
 
 @pytest.fixture
 def broker(accounts: Accounts, portal: Sandbox) -> Iterator[Broker]:
-    oauth = portal.oauth
-    credentials = "".join(
-        f"{name}={value}\n"
-        for name, value in (
-            ("B24_DOMAIN", portal.url),
-            ("B24_AUTH_MODE", "oauth"),
-            ("B24_CLIENT_ID", oauth["client_id"]),
-            ("B24_CLIENT_SECRET", oauth["client_secret"]),
-            ("B24_ACCESS_TOKEN", oauth["access_token"]),
-            ("B24_REFRESH_TOKEN", oauth["refresh_token"]),
-            ("B24_OAUTH_SERVER", oauth["server"]),
-        )
-    )
-    started = Broker(accounts, portal, "drain", credentials, B24_BROKER_DRAINERS=accounts.worker)
+    started = oauth_broker(accounts, portal, "drain")
     yield started
     started.stop()
 
@@ -66,20 +62,11 @@ def _worker(
     """``offline_sync_worker.py ARGS`` as the worker's user (or the agent's), holding no
     credential: the broker's socket and the portal's address, nothing else."""
     assert PYTHON is not None
-    python, python_env = PYTHON
     home = accounts.worker_home if who == "worker" else accounts.agent_home
     account = accounts.as_worker() if who == "worker" else accounts.as_agent()
-    env = {
-        "PATH": PATH,
-        "HOME": str(home),
-        "B24_BROKER": f"unix:{broker.socket}",
-        "B24_DOMAIN": portal.url,
-        "B24_STATE_DIR": str(home / "state"),
-        **python_env,
-    }
     return subprocess.Popen(
-        [python, str(WORKER_SCRIPT), *args],
-        env=env,
+        [PYTHON[0], str(WORKER_SCRIPT), *args],
+        env=brokered_worker_env(broker, portal, home),
         cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

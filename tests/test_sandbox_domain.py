@@ -740,6 +740,34 @@ def test_online_event_reaches_local_handler(portal: Sandbox, receiver: Any) -> N
     assert form["auth[member_id]"] == portal.oauth["member_id"]
     assert form["event_handler_id"].isdigit() and form["ts"].isdigit()
     assert form["auth[client_endpoint]"] == f"{portal.url}/rest/"
+    assert "auth[access_token]" not in form and "auth[refresh_token]" not in form
+
+
+def test_the_queue_notice_carries_a_working_token_pair(portal: Sandbox, receiver: Any) -> None:
+    """on-offline-event.md shows ONOFFLINEEVENT with access and refresh tokens, and
+    events/index.md says the refresh token comes with it: the notice hands the app a pair."""
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/"
+    ok(app(portal, "event.bind", {"event": "ONOFFLINEEVENT", "handler": hook}))
+    bind_offline(portal, "ONCRMLEADADD")
+    add(portal, "lead", TITLE="queued")
+    assert portal.admin("events-delivered", {"wait": 10})["idle"] is True
+    [(_, _, body)] = receiver.received
+    form = {k: v[0] for k, v in parse_qs(body).items()}
+    assert form["event"] == "ONOFFLINEEVENT"
+    assert form["auth[application_token]"] == portal.oauth["application_token"]
+    access, refresh = form["auth[access_token]"], form["auth[refresh_token]"]
+    assert access != portal.oauth["access_token"] and int(form["auth[expires_in]"]) > 0
+    with_notice_token = {"auth": access}
+    answer = portal.session.post(f"{portal.url}/rest/profile", json=with_notice_token, timeout=30)
+    assert ok(answer)["ID"]
+    grant = {
+        "grant_type": "refresh_token",
+        "client_id": portal.oauth["client_id"],
+        "client_secret": portal.oauth["client_secret"],
+        "refresh_token": refresh,
+    }
+    renewed = portal.session.get(f"{portal.url}/oauth/token/", params=grant, timeout=30)
+    assert renewed.status_code == 200 and renewed.json()["refresh_token"] != refresh
 
 
 def test_online_delivery_is_never_retried(portal: Sandbox, receiver: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sys
@@ -521,13 +522,16 @@ def test_a_valid_notice_wakes_the_sleeping_worker(portal, state, tmp_path):
     _notice_setup(portal, proc)
     # Well before the 60 s sleep ends: only the notice can have woken it.
     seen = wait_for_lines(sink, 1, proc, timeout=20)
-    out, _ = terminate(proc)
+    out, err = terminate(proc)
 
     assert seen == 1
     summary = summary_of(out)
     assert summary["notices"] == 1 and summary["handled"] == 1
     assert jsonl(sink)[0]["event"]["EVENT_NAME"] == "ONCRMLEADADD"
     assert queue_rows(portal) == []
+    # The notice carried a fresh OAuth pair (64 hex digits each in the sandbox): neither the
+    # worker's output nor its sink shows it.
+    assert not re.search(r"[0-9a-f]{64}", out + err + sink.read_text())
 
 
 def test_replayed_payloads_carrying_a_wrong_token_are_neither_handled_nor_closed(

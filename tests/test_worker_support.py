@@ -229,11 +229,13 @@ def oauth_call(portal: Any, method: str, params: dict[str, Any] | None = None) -
     return body["result"]
 
 
-def queue_rows(portal: Any) -> list[dict[str, Any]]:
-    """Every row of the app's offline queue (event.offline.list, all pages)."""
+def queue_rows(portal: Any, connector: str | None = None) -> list[dict[str, Any]]:
+    """Every row of the app's offline queue (event.offline.list, all pages), or of the queue
+    of this ``auth_connector``."""
     rows: list[dict[str, Any]] = []
+    scope = {"auth_connector": connector} if connector else {}
     while True:
-        page = oauth_call(portal, "event.offline.list", {"start": len(rows)})
+        page = oauth_call(portal, "event.offline.list", {"start": len(rows), **scope})
         page = list(page.values()) if isinstance(page, dict) else page
         rows.extend(page)
         if len(page) < 50:

@@ -79,13 +79,15 @@ exit codes:
        event in hand finishes, done events are cleared, the rest stays checkpointed)
   1    the portal refused (ACCESS_DENIED: user is not an admin; WRONG_LICENSE: the plan lacks
        rest_offline_extended, needed for clear=0)
-  2    usage: bad flag, bad --handler / --handler-cmd
+  2    usage: bad flag, bad --handler / --handler-cmd; --listen through the broker (the
+       portal's notices carry the app's OAuth tokens; the worker there polls instead)
   3    the operator set B24_READ_ONLY=1: every mode writes (get reserves rows, clear deletes
        them, error flags dead letters), so the worker refuses before it sends anything; through
        the broker (B24_BROKER): its operator did not name this user in B24_BROKER_DRAINERS, or
        its ceiling refuses the queue's calls
   4    auth or configuration: missing/invalid B24_* settings, webhook auth (event.* needs
-       OAuth), rejected tokens, a corrupt state file (moved aside), an unwritable state folder
+       OAuth), rejected tokens, a corrupt checkpoint (moved aside) or DLQ line (left in place:
+       repair it), an unwritable state folder
   5    another worker already runs for this portal and state folder
   6    the portal kept failing (5xx, limits, network) after retries: safe to run again
   130  interrupted before the worker started
@@ -107,6 +109,16 @@ def _seconds(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def _connector(text: str) -> str:
+    """An ``auth_connector`` key; an empty one (an unset variable in a unit file) would read the
+    queue without a source instead, so it is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "the key is empty (the queue without a source needs no flag)"
+        )
+    return text
 
 
 def _retries(text: str) -> int:
@@ -153,6 +165,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--auth-connector",
+        type=_connector,
         metavar="KEY",
         help="read the queue of this event.bind auth_connector, e.g. --auth-connector sync1",
     )
@@ -205,7 +218,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--listen",
         metavar="[HOST:]PORT",
         help="continuous mode: accept ONOFFLINEEVENT notices here and wake at once (needs the "
-        "application token; bind the URL with event.bind), e.g. --listen 127.0.0.1:8470",
+        "application token; bind the URL with event.bind; not through the broker: the notices "
+        "carry the app's OAuth tokens), e.g. --listen 127.0.0.1:8470",
     )
     parser.add_argument("--env-file", help="read settings from this .env file, e.g. prod.env")
     parser.add_argument(
@@ -257,10 +271,21 @@ def _stderr_logging(level: str, mask: Callable[[str], str], stream: TextIO) -> I
         logger.removeHandler(handler)
 
 
-def _listen_address(spec: str, mode: str, token: str | None) -> tuple[str, int]:
-    """``[HOST:]PORT`` of --listen, refused where it cannot work or could be abused."""
+def _listen_address(spec: str, mode: str, token: str | None, broker: str | None) -> tuple[str, int]:
+    """``[HOST:]PORT`` of --listen, refused where it cannot work or could be abused.
+
+    Not through the broker: the portal's ONOFFLINEEVENT notice carries the app's access and
+    refresh tokens besides the application_token (on-offline-event.md; events/index.md,
+    "Parameter auth"), and a worker the broker serves is the one that holds no credential."""
     from ..errors import UsageError
 
+    if broker:
+        raise UsageError(
+            "--listen does not work through the broker (B24_BROKER): the portal's queue "
+            "notices carry the app's OAuth tokens, which this worker must not receive",
+            code="LISTEN_NOT_BROKERED",
+            hint="drop --listen: the worker polls the queue every --sleep seconds, e.g. --sleep 5",
+        )
     if mode != "continuous":
         raise UsageError("--listen only works in continuous mode (without --once/--drain)")
     if not token:
@@ -303,7 +328,7 @@ def _worker_error(exc: Exception) -> Exception:
             http_status=exc.http_status,
         )
 
-    if isinstance(exc, CorruptStateError):
+    if isinstance(exc, CorruptStateError) and exc.moved_to is not None:  # checkpoint, journal
         return exc.with_hint(
             "start the worker again: it adopts the reservations it held back from the "
             "portal (events it had already handled may be delivered once more)"
@@ -392,9 +417,9 @@ class _Run:
         broker = os.environ.get("B24_BROKER") or None  # the transport, as b24 reads it
         settings = self.settings(broker)
         mode = "replay" if args.replay_dlq else _mode(args)
-        listen = (
-            _listen_address(args.listen, mode, settings.application_token) if args.listen else None
-        )
+        listen = None
+        if args.listen:
+            listen = _listen_address(args.listen, mode, settings.application_token, broker)
         folder = settings.state_dir / "offline-worker"
         sink = args.sink or folder / "inbox.jsonl"
         stop, wake = threading.Event(), threading.Event()
@@ -413,6 +438,7 @@ class _Run:
             stack.callback(checkpoint.close)
             dlq = DeadLetterQueue(args.dlq_file or folder / "dlq.jsonl")
             stack.callback(dlq.close)
+            dlq.open_entries()  # a damaged DLQ stops every mode before anything is sent
             if broker:
                 from .warm.portal import BrokeredPortal
 

@@ -156,8 +156,10 @@ class EventBus:
 
     def _form(self, binding: dict[str, Any], name: str, data: dict[str, Any]) -> str:
         """The POST body: ``event``, ``event_handler_id``, ``data[...]``, ``ts`` and
-        ``auth[...]`` in PHP bracket form, as events/index.md shows it. No OAuth tokens: the
-        docs allow events without them, and handlers must not rely on them."""
+        ``auth[...]`` in PHP bracket form, as events/index.md shows it. OAuth tokens only in
+        the queue notice, which carries a working pair (on-offline-event.md; index.md: the
+        refresh token comes with onOfflineEvent): the docs allow other events without them
+        (an automation acted), and handlers must not rely on them."""
         portal = self._portal
         base = portal.base_url.rstrip("/")
         payload = {
@@ -175,6 +177,10 @@ class EventBus:
                 "status": "L",
             },
         }
+        if name == OFFLINE_NOTICE:
+            access, refresh = portal.oauth.issue()
+            lifetime = portal.config.token_lifetime_s
+            payload["auth"].update(access_token=access, expires_in=lifetime, refresh_token=refresh)
         return urlencode(flatten_params(payload))
 
     # --- delivery ---------------------------------------------------------------------------

@@ -95,7 +95,6 @@ class OAuthServer:
         if not (_same(client_id, creds.client_id) and _same(client_secret, creds.client_secret)):
             raise TokenError("invalid_client", "Invalid client credentials")
         now = time.time()
-        access, refresh = secrets.token_hex(32), secrets.token_hex(32)
         config = self._config()
         lifetime = config.token_lifetime_s
         with self._lock:
@@ -105,8 +104,7 @@ class OAuthServer:
             # Long-dead tokens are dropped; recently expired ones must still say expired_token.
             horizon = now - PURGE_AFTER_S
             self._access = {t: at for t, at in self._access.items() if at > horizon}
-            self._access[access] = now + lifetime
-            self._refresh[refresh] = now + REFRESH_LIFETIME_S
+            access, refresh = self._mint(now)
         return {
             "access_token": access,
             "expires": int(now + lifetime),
@@ -120,3 +118,16 @@ class OAuthServer:
             "user_id": config.oauth_user_id,
             "refresh_token": refresh,
         }
+
+    def issue(self) -> tuple[str, str]:
+        """A fresh (access, refresh) pair for an event that hands the app long-term access
+        (events/index.md, "Parameter auth": OnAppInstall, onOfflineEvent)."""
+        with self._lock:
+            return self._mint(time.time())
+
+    def _mint(self, now: float) -> tuple[str, str]:
+        """A new working pair; the caller holds the lock."""
+        access, refresh = secrets.token_hex(32), secrets.token_hex(32)
+        self._access[access] = now + self._config().token_lifetime_s
+        self._refresh[refresh] = now + REFRESH_LIFETIME_S
+        return access, refresh

@@ -50,8 +50,18 @@ def adopt_orphans(
     rows = rejected = 0
     for process_id, group in groups.items():
         refused = rejected_ids(application_token, group)
-        checkpoint.add(process_id, group, "adopted", rejected=refused)
+        checkpoint.add(process_id, group, _source(group), rejected=refused)
         rows += len(group)
         rejected += len(refused)
     checkpoint.forget_orphans()
     return Adopted(len(groups), rows, rejected)
+
+
+def _source(rows: list[dict[str, Any]]) -> str:
+    """How to work an adopted reservation. Rows flagged ``ERROR`` (event-offline-list.md) were
+    reserved by a ``--replay-dlq`` that died (``get`` with ``error=1``): they are dead letters
+    and are replayed as such, their DLQ entries closed; worked as fresh events, their entries
+    would stay open and the next replay would hand them over a second time."""
+    if rows and all(str(row.get("ERROR", "0")) == "1" for row in rows):
+        return "errors"
+    return "adopted"

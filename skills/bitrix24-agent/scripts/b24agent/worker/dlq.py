@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import CorruptStateError
 from ..state import JsonlWriter, read_jsonl
 from .delivery import Delivery
 
@@ -55,7 +56,20 @@ class DeadLetterQueue:
         self._append({"status": "replayed", "delivery_id": delivery_id, "at": time.time()})
 
     def open_entries(self) -> dict[str, dict[str, Any]]:
-        """delivery id -> latest ``dead`` record, for entries no ``replayed`` line closed."""
+        """delivery id -> latest ``dead`` record, for entries no ``replayed`` line closed.
+
+        A damaged line raises CorruptStateError and the file stays where it is: unlike the
+        checkpoint, whose loss costs a scan of the portal, it is the only copy of its dead
+        letters."""
+        try:
+            return self._read_open()
+        except CorruptStateError as exc:
+            raise exc.with_hint(
+                "repair or delete that line (one JSON object per line); the worker never "
+                "rewrites this file and keeps its dead letters until replayed"
+            ) from None
+
+    def _read_open(self) -> dict[str, dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
         for record in read_jsonl(self.path):
             key = str(record.get("delivery_id", ""))

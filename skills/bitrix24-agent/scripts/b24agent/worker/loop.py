@@ -411,9 +411,13 @@ class Worker:
             self._flush()
         self.checkpoint.record(reservation, event_id(row), result.outcome)
         if result.outcome == "done" and replay:
-            self.dlq.resolve(first.delivery_id)
-            self.summary.replayed += 1
+            self._close_dead_letter(first.delivery_id)
         return None
+
+    def _close_dead_letter(self, key: str) -> None:
+        """A replayed event is done: its DLQ entry is closed for good."""
+        self.dlq.resolve(key)
+        self.summary.replayed += 1
 
     def _replay_local(self, entry: dict[str, Any]) -> None:
         """A DLQ entry whose portal row is gone: handle it; nothing to clear on the portal.
@@ -426,8 +430,9 @@ class Worker:
         first = Delivery(entry["delivery_id"], self.portal, event, None, 1, "replay")
         result = self._attempt(first)
         if result.outcome == "done":
-            self.dlq.resolve(first.delivery_id)
-            self.summary.replayed += 1
+            if self.handler.buffered:
+                self._flush()  # the sink's line is on disk before the entry is closed
+            self._close_dead_letter(first.delivery_id)
         elif result.outcome == "dead":
             self._dead_letter(first, result)
 
