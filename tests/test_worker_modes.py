@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,24 +95,36 @@ class Place:
         return f"{self.python} {script} {out} {','.join(failing) or '-'}"
 
     def kill_at_reservation(self, args: tuple[str, ...], connector: str | None = None) -> None:
-        """Start the worker and SIGKILL it once the portal holds its first reserving request
-        (held back HELD_MS): the rows are reserved under a process id the worker never learns.
-        Locally that request is the batch that also scans for orphans (OfflineQueue.opening),
-        except for a connector's queue; through the broker it is a request of its own."""
-        method = "batch" if self.broker is None and connector is None else "event.offline.get"
-        before = self.portal.sent(method)
-        held = {"method": "event.offline.get", "error": None, "delay_ms": HELD_MS, "times": 1}
-        self.portal.admin("faults", {"rules": [held]})
+        """Kill the worker while its first reserving request is held: the rows are reserved
+        under a process id it never learns. Locally that request is the batch that also scans
+        for orphans (OfflineQueue.opening), except for a connector's queue; through the broker
+        it is a request of its own."""
+        seen = "batch" if self.broker is None and connector is None else "event.offline.get"
+
+        def reserved() -> bool:
+            return any(row["PROCESS_ID"] for row in queue_rows(self.portal, connector))
+
+        self.kill_while_held(args, "event.offline.get", seen, 1, reserved)
+
+    def kill_while_held(
+        self, args: tuple[str, ...], held: str, seen: str, nth: int, ran: Callable[[], bool]
+    ) -> None:
+        """Start the worker and SIGKILL it once the portal holds its ``nth`` ``seen`` request,
+        in which the ``held`` call is held back HELD_MS; then wait until ``ran`` says that
+        call did its work, which the worker never learns of."""
+        before = self.portal.sent(seen)
+        rule = {"method": held, "error": None, "delay_ms": HELD_MS, "times": 1}
+        self.portal.admin("faults", {"rules": [rule]})
         proc = self.popen(*args)
         deadline = time.monotonic() + 30
-        while self.portal.sent(method) == before:
+        while self.portal.sent(seen) < before + nth:
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the worker sent no reservation"
+            assert time.monotonic() < deadline, f"the worker sent no {seen}"
             time.sleep(0.01)
         proc.kill()
         proc.communicate(timeout=30)
-        while not any(row["PROCESS_ID"] for row in queue_rows(self.portal, connector)):
-            assert time.monotonic() < deadline, "the held reservation never ran"
+        while not ran():
+            assert time.monotonic() < deadline, f"the held {held} never ran"
             time.sleep(0.05)
 
     def leaked(self, *texts: str) -> list[str]:
@@ -135,16 +147,22 @@ def _place(kind: str, request: pytest.FixtureRequest, portal: Sandbox) -> Iterat
         folder.mkdir()
         yield Place(portal, folder, worker_env(portal, folder / "state"), sys.executable)
         return
+    broker = request.getfixturevalue("shared_broker")
+    accounts = broker.accounts
+    folder = accounts.owned_folder(accounts.worker_home / folder_name, accounts.worker, 0o700)
+    env = brokered_worker_env(broker, portal, folder)
+    yield Place(portal, folder, env, PYTHON[0], accounts.as_worker(), broker)
+
+
+@pytest.fixture(scope="module")
+def shared_broker(request: pytest.FixtureRequest, sandbox_proc: Sandbox) -> Iterator[Broker]:
+    """One broker for the module's tests (each test resets the portal it serves, and has a
+    folder of its own): starting one costs a second or two."""
     if not can_make_users() or PYTHON is None:
         pytest.skip("needs root and useradd")
-    accounts = request.getfixturevalue("accounts")
-    folder = accounts.owned_folder(accounts.worker_home / folder_name, accounts.worker, 0o700)
-    broker = oauth_broker(accounts, portal, folder_name)
-    try:
-        env = brokered_worker_env(broker, portal, folder)
-        yield Place(portal, folder, env, PYTHON[0], accounts.as_worker(), broker)
-    finally:
-        broker.stop()
+    broker = oauth_broker(request.getfixturevalue("accounts"), sandbox_proc, "modes")
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(params=["plain", "broker"])
@@ -166,6 +184,20 @@ def _queue_calls(portal: Sandbox) -> dict[str, int]:
     return {method: by_method.get(method, 0) for method in QUEUE_METHODS}
 
 
+def _queue_events(portal: Sandbox, count: int, connector: str | None) -> list[str]:
+    """Queue ``count`` events, in the queue without a source or in the ``connector``'s (bound
+    with event.bind, then raised by leads a webhook adds); their IDs, oldest first."""
+    if connector is None:
+        return seed_events(portal, count)
+    bind = {"event": "ONCRMLEADADD", "event_type": "offline", "auth_connector": connector}
+    oauth_call(portal, "event.bind", bind)
+    commands = {f"a{n}": f"crm.lead.add?fields[TITLE]=lead{n}" for n in range(count)}
+    assert portal.rest("batch", {"cmd": commands}).status_code == 200
+    ids = [str(row["ID"]) for row in queue_rows(portal, connector)]
+    assert len(ids) == count
+    return ids
+
+
 def test_auth_connector_drains_only_its_queue_once_across_a_kill(place: Place) -> None:
     """``--auth-connector`` reads that connector's queue (event-offline-get.md,
     event-offline-list.md) and nothing else: killed while its first reservation is held, the
@@ -173,12 +205,7 @@ def test_auth_connector_drains_only_its_queue_once_across_a_kill(place: Place) -
     connector's queue reaches the sink once, the queue without a source is not touched."""
     portal = place.portal
     others = seed_events(portal, 15)
-    bind = {"event": "ONCRMLEADADD", "event_type": "offline", "auth_connector": CONNECTOR}
-    oauth_call(portal, "event.bind", bind)
-    commands = {f"a{n}": f"crm.lead.add?fields[TITLE]=lead{n}" for n in range(20)}
-    assert portal.rest("batch", {"cmd": commands}).status_code == 200
-    ours = _ids(queue_rows(portal, CONNECTOR))
-    assert len(ours) == 20
+    ours = sorted(_queue_events(portal, 20, CONNECTOR))
     sink = place.folder / "inbox.jsonl"
     args = ("--drain", "--auth-connector", CONNECTOR, "--limit", "8", "--sink", str(sink))
 
@@ -198,25 +225,28 @@ def test_auth_connector_drains_only_its_queue_once_across_a_kill(place: Place) -
     assert place.leaked(result.stdout, result.stderr) == []
 
 
-def test_replay_killed_at_its_reservation_hands_each_dead_letter_over_once(place: Place) -> None:
-    """``--replay-dlq`` feeds the dead letters back (README): killed while it reserves the
-    portal's error rows, the next replay adopts them and hands each dead letter over once,
-    closes every DLQ entry, and a further replay repeats nothing; no event the first drain
-    delivered is replayed."""
+@pytest.mark.parametrize("connector", [None, CONNECTOR])
+def test_replay_killed_at_its_reservation_hands_each_dead_letter_over_once(
+    place: Place, connector: str | None
+) -> None:
+    """``--replay-dlq`` feeds the dead letters back (README; with ``--auth-connector``, those
+    of that queue, chains-core.md): killed while it reserves the portal's error rows, the next
+    replay adopts them and hands each dead letter over once, closes every DLQ entry, and a
+    further replay repeats nothing; no event the first drain delivered is replayed."""
     portal = place.portal
-    ids = seed_events(portal, 10)
+    ids = _queue_events(portal, 10, connector)
     failing = ids[1::3]
     handled, dlq = place.folder / "handled.jsonl", place.folder / "dlq.jsonl"
-    drain = place.run(
-        "--drain", "--handler-cmd", place.handler_cmd(handled, failing), "--dlq-file", str(dlq)
-    )
+    queue = ("--auth-connector", connector) if connector else ()
+    handler = place.handler_cmd(handled, failing)
+    drain = place.run("--drain", *queue, "--handler-cmd", handler, "--dlq-file", str(dlq))
     assert drain.returncode == 0, drain.stderr
     drained = summary_of(drain.stdout)
     assert drained["handled"] == 7 and drained["dead_lettered"] == drained["flagged"] == 3
     replayed = place.folder / "replayed.jsonl"
-    args = ("--replay-dlq", "--sink", str(replayed), "--dlq-file", str(dlq))
+    args = ("--replay-dlq", *queue, "--sink", str(replayed), "--dlq-file", str(dlq))
 
-    place.kill_at_reservation(args)
+    place.kill_at_reservation(args, connector)
     result = place.run(*args)
     again = place.run(*args)
 
@@ -225,10 +255,64 @@ def test_replay_killed_at_its_reservation_hands_each_dead_letter_over_once(place
     assert summary["replayed"] == 3 and summary["dlq_open"] == 0
     counts = handled_counts(replayed)
     assert sorted(counts) == sorted(failing) and duplicates(counts) == 0
-    assert open_dlq(dlq) == {} and queue_rows(portal) == []
+    assert open_dlq(dlq) == {} and queue_rows(portal, connector) == []
     assert again.returncode == 0, again.stderr
     assert summary_of(again.stdout)["replayed"] == 0 and handled_counts(replayed) == counts
     assert place.leaked(drain.stdout, drain.stderr, result.stdout, result.stderr) == []
+
+
+def test_a_drain_killed_while_its_clear_is_held_repeats_and_loses_nothing(place: Place) -> None:
+    """Killed while the portal holds the clear of its first reservation (locally in one batch
+    with the next get, which reserves rows the worker never sees): the next run clears what
+    its checkpoint recorded done and adopts the rest; every event reaches the sink once."""
+    portal = place.portal
+    ids = seed_events(portal, 12)
+    sink = place.folder / "inbox.jsonl"
+    args = ("--drain", "--limit", "5", "--sink", str(sink))
+    # Locally: the opening batch, then the batch with the clear; through the broker: the clear.
+    seen, nth = ("batch", 2) if place.broker is None else ("event.offline.clear", 1)
+
+    def ran() -> bool:  # the clear, and locally the get after it in the same batch
+        rows = queue_rows(portal)
+        return len(rows) <= 7 and (place.broker is not None or any(r["PROCESS_ID"] for r in rows))
+
+    place.kill_while_held(args, "event.offline.clear", seen, nth, ran)
+    result = place.run(*args)
+
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result.stdout)
+    assert summary["adopted"] == (5 if place.broker is None else 0)
+    counts = handled_counts(sink)
+    assert sorted(counts) == sorted(ids) and duplicates(counts) == 0
+    assert queue_rows(portal) == []
+    assert place.leaked(result.stdout, result.stderr) == []
+
+
+def test_once_works_one_reservation_at_a_time(place: Place) -> None:
+    """``--once`` (README): one reservation per run, cleared before it exits; the next run
+    takes the next rows, none twice. ``--event`` reserves only events of that name."""
+    portal = place.portal
+    ids = seed_events(portal, 12)  # ONCRMLEADUPDATE
+    sink = place.folder / "inbox.jsonl"
+
+    other = place.run("--once", "--event", "ONCRMDEALADD", "--sink", str(sink))
+    runs = [
+        place.run("--once", "--limit", "5", "--event", "onCrmLeadUpdate", "--sink", str(sink))
+        for _ in range(2)
+    ]
+
+    assert other.returncode == 0, other.stderr
+    assert summary_of(other.stdout)["reserved"] == 0
+
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        summary = summary_of(result.stdout)
+        assert summary["reserved"] == summary["handled"] == summary["cleared"] == 5
+        assert summary["queue_empty"] is False
+    counts = handled_counts(sink)
+    assert sorted(counts) == sorted(ids[:10]) and duplicates(counts) == 0
+    left = queue_rows(portal)
+    assert _ids(left) == sorted(ids[10:]) and not any(row["PROCESS_ID"] for row in left)
 
 
 def test_listen_through_the_broker_is_refused_before_anything_is_sent(brokered: Place) -> None:

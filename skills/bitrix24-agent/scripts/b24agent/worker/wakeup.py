@@ -1,11 +1,14 @@
 """An HTTP endpoint for ``ONOFFLINEEVENT`` notices, so a continuous worker need not poll often.
 
 The portal posts ``onOfflineEvent`` to an online handler when rows join the queue
-(on-offline-event.md). The notice carries no event data, only ``auth[application_token]``: this
-is where the offline-event flow carries the app's secret, so this is where the token is checked
-(constant time). A notice that fails the check is answered 403, logged and counted, and wakes
-nothing; a valid one ends the worker's sleep at once. Either way the notice is only a hint: the
-rows themselves are still fetched with the worker's own authenticated ``event.offline.get``.
+(on-offline-event.md). The notice carries no event data; its ``auth`` block holds the app's
+``application_token`` and also an access and a refresh token (events/index.md, "Parameter
+auth"), which nothing here reads, keeps or logs. Whoever takes notices receives a credential,
+so the CLI refuses ``--listen`` through the broker, whose worker holds none. The token is
+checked in constant time: a notice that fails the check is answered 403, logged and counted,
+and wakes nothing; a valid one ends the worker's sleep at once. Either way the notice is only a
+hint: the rows themselves are still fetched with the worker's own authenticated
+``event.offline.get``.
 
 The endpoint faces the network, so it is bounded: a request with a malformed ``Content-Length``
 gets a plain 400 (never a traceback), a connection that stalls is dropped after ``timeout``
