@@ -4,25 +4,62 @@ Bitrix24 is a PHP application: form bodies, query strings and the command string
 use PHP's bracket syntax (``fields[TITLE]=A``, ``select[]=ID``, ``filter[>ID]=5``), and its JSON
 follows PHP's array rules (an empty map is ``[]``; a map keyed ``0..n-1`` is a list). Both sides of
 this project speak that dialect through this one module so they cannot drift apart.
+
+It also holds the one JSON reader for text from outside (a portal's answer, the token server's,
+the caller's params and batch files): ``loads_strict``, which takes JSON as RFC 8259 has it and
+refuses what Python's reader adds (see there).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 __all__ = [
+    "STRICT_JSON",
     "build_batch_command",
     "decode_pairs",
     "decode_query",
     "encode_query",
     "flatten_params",
+    "loads_strict",
     "parse_batch_command",
     "php_map",
     "php_truthy",
     "phpify",
 ]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number past a float's range")
+    return value
+
+
+#: A decoder refusing ``NaN``, ``Infinity`` and numbers that overflow to them (``1e999``):
+#: Python's own reader takes these, and its writer then prints ``Infinity``, which is not JSON,
+#: so a portal sending one would make our stdout unreadable to jq or JSON.parse.
+STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` with ``STRICT_JSON``'s rules, and its other limits (nesting past the
+    recursion limit, integers past 4,300 digits, bytes that are not UTF-8) as ValueError;
+    JSONDecodeError and UnicodeDecodeError are ValueErrors too. So a caller catching ValueError
+    has every way a text can fail to be JSON, and a RecursionError never escapes to be taken
+    for a bug."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _scalar(value: Any) -> str:

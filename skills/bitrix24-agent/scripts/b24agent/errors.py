@@ -25,6 +25,10 @@ is "did not happen" or "may have happened" is decided once, in ``_classify``, fr
 kind and whether the call was a write; the retry loop (retrying.py) only reads ``retryable``.
 Messages and hints are built from codes and the portal's descriptions, never from URLs or
 credentials; the client masks every configured secret once more before an error leaves it.
+The portal's own text is cut to ``PORTAL_TEXT_MAX`` characters (its error code to
+``PORTAL_CODE_MAX``), with a marker saying how much was cut: a broken or hostile portal (or a
+proxy) can send megabytes there, which would pass the MCP result cap, make the CLI's one error
+line megabytes long and give a portal unbounded room to talk to the agent.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from typing import Any, ClassVar
 
 __all__ = [
+    "PORTAL_CODE_MAX",
+    "PORTAL_TEXT_MAX",
     "AccessDeniedError",
     "ApiError",
     "AuthError",
@@ -56,6 +62,7 @@ __all__ = [
     "TransientError",
     "UsageError",
     "ValidationError",
+    "clip",
     "error_from_line",
     "error_from_portal",
     "error_from_v3",
@@ -236,6 +243,23 @@ def error_from_line(exit_code: int, stderr: str) -> B24Error:
         found.details["exit_code"] = exit_code
         return found
     return kind(f"b24 ended with exit {exit_code}", code="BROKER_CALL_FAILED")
+
+
+# --- the portal's text ----------------------------------------------------------------------
+
+#: Characters of a portal's error description (v3: message and validation) an error keeps.
+PORTAL_TEXT_MAX = 2_000
+#: Characters of a portal's error code an error keeps (documented codes are under 60).
+PORTAL_CODE_MAX = 100
+#: Validation items of a v3 error named in the message; the rest are counted.
+_VALIDATION_SHOWN = 20
+
+
+def clip(text: str, most: int = PORTAL_TEXT_MAX) -> str:
+    """``text`` cut to ``most`` characters, saying how many more there were."""
+    if len(text) <= most:
+        return text
+    return f"{text[:most]}... ({len(text) - most} more characters cut)"
 
 
 # --- classification -------------------------------------------------------------------------
@@ -425,7 +449,8 @@ def error_from_portal(
 ) -> B24Error:
     """Turn a v2 error answer (``{"error", "error_description"}``) into the right exception."""
     kind, hint = _kind_of(code, description, http_status)
-    message = description.strip() or code or "the portal reported an error without a code"
+    code = clip(code, PORTAL_CODE_MAX)
+    message = clip(description.strip()) or code or "the portal reported an error without a code"
     return _build(kind, code, message, hint, http_status, write=write, details=details)
 
 
@@ -452,11 +477,13 @@ def error_from_v3(body: Mapping[str, Any], http_status: int | None, *, write: bo
     details: dict[str, Any] = {}
     if isinstance(validation, list) and validation:
         details["validation"] = validation
+        items = [item for item in validation if isinstance(item, Mapping)]
         fields = "; ".join(
             f"{item.get('field', '?')}: {item.get('message', '')}".strip()
-            for item in validation
-            if isinstance(item, Mapping)
+            for item in items[:_VALIDATION_SHOWN]
         )
+        if len(items) > _VALIDATION_SHOWN:
+            fields += f"; ... ({len(items) - _VALIDATION_SHOWN} more)"
         if fields:
             message = f"{message} ({fields})" if message else fields
     return error_from_portal(code, message, http_status, write=write, details=details)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..encoding import loads_strict
 from ..errors import UsageError, ValidationError
 
 __all__ = ["BatchLine", "read_batch_file", "read_params"]
@@ -42,20 +43,6 @@ def _read_source(spec: str, flag: str, stdin: TextIO) -> tuple[str, str]:
             code="INPUT_UNREADABLE",
             hint=f"check the path given to {flag}",
         ) from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def loads_strict(text: str) -> Any:
-    """``json.loads`` that refuses what JSON itself does not allow but Python's parser takes
-    (NaN, Infinity) and turns its other limits (nesting past the recursion limit, integers past
-    4,300 digits) into ValueError; JSONDecodeError is a ValueError too."""
-    try:
-        return json.loads(text, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 def _json_problem(exc: ValueError, *, lines: bool = True) -> str:

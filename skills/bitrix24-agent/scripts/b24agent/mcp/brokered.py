@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -149,13 +150,19 @@ class BrokeredToolBox(ToolBox):
                 assert process.stdin and process.stdout and process.stderr
                 process.stdin.write(json.dumps(params))
                 process.stdin.close()
+                # stderr is read while stdout is: a child blocked writing a full stderr pipe
+                # would never close stdout, and both sides would wait for ever.
+                stderr = process.stderr
+                err: list[str] = []
+                drain = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
+                drain.start()
                 rows = 0
                 for line in process.stdout:
                     handle.write(self._mask(line))
                     rows += 1
-                err = process.stderr.read()
+                drain.join()
                 if process.wait() != 0:
-                    raise error_from_line(process.returncode, err)
+                    raise error_from_line(process.returncode, "".join(err))
                 return rows
 
             path, rows = self.folder.write_lines(method, (), write)

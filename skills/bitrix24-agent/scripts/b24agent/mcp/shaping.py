@@ -7,7 +7,8 @@ text is budgeted by what it costs, not by its length in characters). A list answ
 many whole rows as fit and says so in ``truncated``: how many rows were shown and the ``start``
 that continues after them (or b24_export for every row). An answer with no row list to cut is
 saved whole to a file in the export folder and ``truncated`` names it. Errors become ``isError``
-results carrying our code, message and hint, the same object the CLI prints on stderr.
+results carrying our code, message and hint, the same object the CLI prints on stderr, and
+kept under ``MAX_BYTES`` too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
-from ..errors import B24Error
+from ..errors import B24Error, clip
 
 __all__ = ["MAX_BYTES", "error_result", "fit_rows", "ok_result", "to_text"]
 
@@ -44,9 +45,15 @@ def ok_result(document: Any, mask: Mask) -> CallToolResult:
 
 
 def error_result(error: B24Error, mask: Mask) -> CallToolResult:
-    """A tool error: ``{"error": {code, message, hint, retryable}}``, masked."""
+    """A tool error: ``{"error": {code, message, hint, retryable}}``, masked. The portal's
+    text in it is already cut (errors.py); should an error still pass ``MAX_BYTES``, each of
+    its texts is cut the same way, so no error result can pass the cap either."""
+    document = error.to_json()
+    if _size(document) > MAX_BYTES:
+        fields = document["error"].items()
+        document = {"error": {k: clip(v) if isinstance(v, str) else v for k, v in fields}}
     return CallToolResult(
-        content=[TextContent(type="text", text=mask(to_text(error.to_json())))], is_error=True
+        content=[TextContent(type="text", text=mask(to_text(document)))], is_error=True
     )
 
 

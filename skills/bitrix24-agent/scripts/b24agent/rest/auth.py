@@ -25,7 +25,6 @@ the Redis state backend (backends/):
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 import time
@@ -39,6 +38,7 @@ from filelock import Timeout as LockTimeout
 
 from ..backends import open_backend
 from ..backends.base import TokenHold
+from ..encoding import loads_strict
 from ..errors import AuthError, ConfigError, CorruptStateError, TransientError, error_from_portal
 from ..settings import Settings
 from .answers import read_capped
@@ -279,8 +279,8 @@ class OAuthAuth:
     def _parse_token_answer(reply: requests.Response, content: bytes | None) -> dict[str, Any]:
         """``content``: the answer's body, None when it passed TOKEN_ANSWER_MAX."""
         try:
-            body = json.loads(content) if content is not None else None
-        except (ValueError, UnicodeDecodeError):
+            body = loads_strict(content) if content is not None else None
+        except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")

@@ -23,6 +23,11 @@ An unknown method pages by offset with ``start``, up to 50 pages per batch, rows
 by id. Offsets shift when rows are added or removed meanwhile; that shows as a changed ``total``,
 and the export then stops (EXPORT_INCONSISTENT, retry later) instead of returning a set with
 holes. The id-chained path cannot repeat a row since ids only grow.
+
+A portal (or proxy) that does not let an export advance ends it, never loops it: by offset, a
+``next`` not past its page's ``start`` (list-methods-pecularities.md: ``next`` is the ``start`` of
+the following page) or a batch of pages with no row not seen before; by id, a batch whose last
+id did not grow, or a page whose ids do not rise (the pages are asked for ``ID ASC``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
-from ..errors import ApiError, B24Error, TransientError, UsageError
+from ..encoding import STRICT_JSON
+from ..errors import ApiError, B24Error, TransientError, UsageError, server_fault
 from .batching import MAX_COMMANDS
 from .inflight import Chain, Hooks
 from .results import BatchResult, CallResult
@@ -100,7 +107,7 @@ def _row_id(row: Any) -> int | None:
     value = row.get("ID", row.get("id"))
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -368,14 +375,14 @@ class _Export:
         first = self.client.call(self.method, {**self.params, start_name: 0})
         yield from self.take(unseen(rows_of(self.method, first.result, shape)))
         self.report()
-        start, total, attempt = first.next, first.total, 0
+        start, total, attempt = _advance(self.method, 0, first.next), first.total, 0
         while start is not None and not self.done():
             starts = [start + PAGE * k for k in range(self.pages_wanted())]
             starts = [s for s in starts if total is None or s < total] or [start]
             answer = self.client.batch(
                 {f"s{s}": (self.method, {**self.params, start_name: s}) for s in starts}
             )
-            start, failed = None, None
+            start, failed, fresh = None, None, 0
             for s in starts:
                 name = f"s{s}"
                 if name in answer.errors:
@@ -384,11 +391,15 @@ class _Export:
                 if total is not None and answer.totals.get(name, total) != total:
                     raise _shifted(self.method)
                 attempt = 0
-                yield from self.take(unseen(rows_of(self.method, answer.results[name], shape)))
-                start = answer.nexts.get(name)
+                rows = unseen(rows_of(self.method, answer.results[name], shape))
+                fresh += len(rows)
+                yield from self.take(rows)
+                start = _advance(self.method, s, answer.nexts.get(name))
                 if start is None or self.done():
                     break
             self.report()
+            if failed is None and start is not None and not fresh:
+                raise _stuck(self.method, "a batch of pages brought no row not seen before")
             if failed is not None:
                 attempt += 1
                 if not self.again(failed, attempt):
@@ -440,7 +451,6 @@ class _Guess:
 
 #: Places ``_peek_last_id`` tries: the page, and the other per-command maps that name it too.
 _PEEK_TRIES = 4
-_DECODER = json.JSONDecoder()
 
 
 def _peek_last_id(body: bytes, method: str, shape: ListShape, name: str) -> int | None:
@@ -458,9 +468,9 @@ def _peek_last_id(body: bytes, method: str, shape: ListShape, name: str) -> int 
         end = at
         try:
             text = body[at + len(key) :].decode().lstrip()
-            value, _ = _DECODER.raw_decode(text)
+            value, _ = STRICT_JSON.raw_decode(text)
             rows = rows_of(method, value, shape)
-        except (ValueError, UsageError):
+        except (ValueError, RecursionError, UsageError):
             continue
         return _row_id(rows[-1]) if len(rows) == PAGE else None
     return None
@@ -493,6 +503,8 @@ def _scan(
         ids = [_row_id(row) for row in rows]
         if None in ids:
             return _Scanned(pages, last, False, _inconsistent(method, "rows without a numeric id"))
+        if any(a >= b for a, b in pairwise(i for i in ids if i is not None)):
+            return _Scanned(pages, last, False, _inconsistent(method, "rows out of id order"))
         pages.append([r for r, i in zip(rows, ids, strict=True) if i is not None and i > last])
         last = max([last, *(i for i in ids if i is not None)])
         if len(rows) < PAGE:
@@ -508,6 +520,27 @@ def _inconsistent(method: str, what: str) -> ApiError:
         code="EXPORT_INCONSISTENT",
         hint="pass an explicit order (e.g. by date) to export with offset paging instead",
     )
+
+
+def _advance(method: str, start: int, following: int | None) -> int | None:
+    """The portal's ``next`` after the page at offset ``start``, which must lie past it."""
+    if following is not None and following <= start:
+        raise _stuck(method, f"the portal's next ({following}) did not move past start {start}")
+    return following
+
+
+def _stuck(method: str, what: str) -> B24Error:
+    """An offset export the portal does not let advance: paging on would loop for ever."""
+    error = server_fault(
+        "EXPORT_INCONSISTENT",
+        f"{method}: export stopped because {what}; paging on would never end",
+        None,
+        write=False,
+        hint="the portal (or a proxy on the way) answers pages that do not advance; rows "
+        "output before this error are good; repeat the export once the portal pages normally",
+    )
+    error.retryable = False  # the same pages would come again
+    return error
 
 
 def _shifted(method: str) -> B24Error:

@@ -5,9 +5,10 @@ Every failure is classified by what it proves about the call: refused before sen
 (connection refused, DNS, connect timeout) means the portal never saw it; a timeout, a dropped
 connection or an unreadable answer after sending means it may have run. Answers are read by
 their ``error`` string first, whatever the status (a 200 can carry an error). Malformed answers
-(HTML, truncated or wrong-shaped JSON, empty body) become errors that describe the answer's type
-and size, never its text: an HTML error page may echo the request URL and with it the webhook
-code. Messages never include the URL either, for the same reason.
+(HTML, truncated or wrong-shaped JSON, empty body, and what Python's reader takes but JSON does
+not have: ``NaN``, ``Infinity``, nesting past the recursion limit) become server faults that
+describe the answer's type and size, never its text: an HTML error page may echo the request URL
+and with it the webhook code. Messages never include the URL either, for the same reason.
 
 An answer is read as a stream and at most ``B24_MAX_ANSWER_MB`` of it once decoded (default 128
 MB, some forty times a 50-command batch of full list pages), so a huge answer or a gzip bomb is
@@ -48,6 +49,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from .. import __version__
+from ..encoding import loads_strict
 from ..errors import (
     B24Error,
     ConfigError,
@@ -426,10 +428,12 @@ def decode(
     if not content.strip():
         raise malformed("empty")
     try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        body = loads_strict(content)
+    except json.JSONDecodeError:
         html = content.lstrip()[:1] == b"<"
         raise malformed("an HTML page" if html else "not valid JSON (truncated?)") from None
+    except ValueError as exc:  # NaN/Infinity, nesting past the limit, not UTF-8 (encoding.py)
+        raise malformed(f"not plain JSON: {str(exc).split(';')[0][:100]}") from None
     if not isinstance(body, dict):
         raise malformed(f"JSON {type(body).__name__}, not an object")
     if "error" in body and body["error"] is not None:

@@ -1,0 +1,218 @@
+"""A portal that breaks the protocol on purpose (hostile_support.py), through the CLI, the library
+and the MCP tools: its error text is cut to a few KB, an export it does not let advance ends
+with EXPORT_INCONSISTENT, and an answer Python's reader takes but JSON does not have (NaN,
+Infinity, nesting past the recursion limit) is a malformed answer: a server fault, exit 6 for a
+read and 7 for a write, never "a bug of ours, nothing was sent" and never non-JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from b24agent import errors
+from b24agent.errors import B24Error, TransientError
+from b24agent.rest.client import Bitrix24Client
+from b24agent.settings import load_settings
+from cli_support import Cli, Run, check
+from hostile_support import FUSE_TEXT, HostilePortal, always, hostile, pages
+from mcp_support import Host
+
+#: Long enough to pass the MCP result cap (60,000 bytes) and a pipe's 64 KB many times over.
+HUGE = 1_000_000
+BIG_ERROR = json.dumps({"error": "ERROR_CORE", "error_description": "A" * HUGE}).encode()
+BIG_V3_ERROR = json.dumps(
+    {
+        "error": {
+            "code": "X",
+            "message": "m",
+            "validation": [{"field": "f", "message": "B" * 99}] * 20_000,
+        }
+    }
+).encode()
+DEEP = b'{"result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+DEEP_TIME = b'{"result": {"ID": "1"}, "time": ' + b'{"x":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+INFINITE_ID = b'{"result": [{"ID": Infinity, "NAME": "x"}], "total": 1, "time": {}}'
+OVERFLOWING = b'{"result": [{"ID": "1", "SUM": 1e999}], "total": 1, "time": {}}'
+NAN_TIME = b'{"result": {"ID": "1"}, "time": {"start": NaN}}'
+#: An error line with the portal's text cut: errors.PORTAL_TEXT_MAX (2,000) characters and a
+#: little more.
+ERROR_LINE_MAX = 3_000
+
+
+def _cli(portal: HostilePortal, tmp_path: Path) -> Cli:
+    return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
+
+
+def _bounded(cli: Cli, *args: str, seconds: float = 30) -> Run:
+    """A run that must end within ``seconds`` (the hostile portal's fuse ends the old loops
+    well before that; this is the guard should it not)."""
+    process = cli.popen(*args)
+    try:
+        out, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail(f"b24 {' '.join(args)} did not end within {seconds} s")
+    run = Run(process.returncode, out, err)
+    check(run)
+    return run
+
+
+def _client(portal: HostilePortal, tmp_path: Path) -> Bitrix24Client:
+    empty = tmp_path / "empty.env"
+    empty.touch()
+    env = {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(tmp_path / "state")}
+    overrides = {"retry_base_s": 0.01, "retry_max_s": 0.05}
+    return Bitrix24Client(load_settings(env_file=str(empty), environ=env, overrides=overrides))
+
+
+def _host(portal: HostilePortal, tmp_path: Path) -> Host:
+    env = {"B24_WEBHOOK_URL": portal.webhook_url, "B24_STATE_DIR": str(tmp_path / "state")}
+    return Host(env, tmp_path)
+
+
+# --- M1: the portal's error text is cut -------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [BIG_ERROR, BIG_V3_ERROR], ids=["v2", "v3"])
+def test_a_megabyte_error_text_becomes_a_short_error_line(tmp_path: Path, body: bytes) -> None:
+    with hostile(always(400, body)) as portal:
+        run = _bounded(_cli(portal, tmp_path), "user.current")
+    assert run.code == 1, run.err[:300]
+    assert len(run.err) < ERROR_LINE_MAX
+    assert "more characters cut" in run.error()["message"] or "more)" in run.error()["message"]
+
+
+def test_the_library_cuts_the_portals_text_in_every_error(tmp_path: Path) -> None:
+    batch_error = {"error": "ERROR_CORE", "error_description": "C" * HUGE}
+    batch = {
+        "result": {
+            "result": [],
+            "result_error": {"one": batch_error},
+            "result_total": [],
+            "result_next": [],
+            "result_time": [],
+        },
+        "time": {},
+    }
+    with (
+        hostile(always(400, BIG_ERROR)) as portal,
+        _client(portal, tmp_path) as client,
+        pytest.raises(B24Error) as plain,
+    ):
+        client.call("user.current")
+    with (
+        hostile(always(200, json.dumps(batch).encode())) as portal,
+        _client(portal, tmp_path) as client,
+    ):
+        result = client.batch({"one": ("user.current", {})})
+    for error in (plain.value, result.errors["one"]):
+        assert error.code == "ERROR_CORE"
+        assert len(error.message) < errors.PORTAL_TEXT_MAX + 100
+        assert error.message.endswith(f"({HUGE - errors.PORTAL_TEXT_MAX} more characters cut)")
+
+
+def test_an_mcp_tool_error_stays_under_the_result_cap(tmp_path: Path) -> None:
+    with hostile(always(400, BIG_ERROR)) as portal:
+        result = _host(portal, tmp_path).one("b24_call", {"method": "user.current"})
+    assert result.error and result.code == "ERROR_CORE"
+    assert len(result.text.encode()) < ERROR_LINE_MAX
+
+
+# --- M2: an export the portal does not let advance ends --------------------------------------
+
+SAME_ROWS = [{"ID": str(i), "NAME": f"s{i}"} for i in range(1, 51)]
+
+#: Offset paging (crm.status.list has no id shape): the portal's ``next`` and rows per start.
+STUCK = {
+    "next never moves": pages(lambda start: SAME_ROWS, lambda start: 50),
+    "next is zero": pages(lambda start: SAME_ROWS, lambda start: 0),
+    "next moves, rows repeat": pages(lambda start: SAME_ROWS, lambda start: start + 50),
+}
+
+
+@pytest.mark.parametrize("answer", list(STUCK.values()), ids=list(STUCK))
+def test_an_offset_export_the_portal_does_not_advance_ends(tmp_path: Path, answer: Any) -> None:
+    with hostile(answer) as portal, _client(portal, tmp_path) as client:
+        rows: list[Any] = []
+        with pytest.raises(TransientError) as ended:
+            rows.extend(client.iter_all("crm.status.list"))
+        sent = portal.requests
+    assert ended.value.code == "EXPORT_INCONSISTENT", ended.value
+    assert not ended.value.retryable
+    assert sent <= 3 and FUSE_TEXT not in ended.value.message
+    assert [row["ID"] for row in rows] == [row["ID"] for row in SAME_ROWS]  # each row once
+
+
+def test_the_cli_and_the_mcp_export_end_when_next_never_moves(tmp_path: Path) -> None:
+    with hostile(STUCK["next never moves"]) as portal:
+        run = _bounded(_cli(portal, tmp_path), "crm.status.list", "--all", "--output", "jsonl")
+        by_cli = portal.requests
+        export = _host(portal, tmp_path).one("b24_export", {"method": "crm.status.list"})
+    assert run.code == 6 and run.error()["code"] == "EXPORT_INCONSISTENT", run.err
+    assert by_cli <= 3
+    assert export.error and export.code == "EXPORT_INCONSISTENT", export.text
+
+
+def test_an_id_export_whose_pages_repeat_one_id_gives_no_row_twice(tmp_path: Path) -> None:
+    """The id-chained path (crm.lead.list): a portal answering 50 copies of one row."""
+    same = json.dumps([{"ID": "5", "TITLE": "t"}] * 50)
+    answer = pages(lambda start: json.loads(same), lambda start: None)
+    with hostile(answer) as portal, _client(portal, tmp_path) as client:
+        rows: list[Any] = []
+        with pytest.raises(B24Error) as ended:
+            rows.extend(client.iter_all("crm.lead.list"))
+    assert ended.value.code == "EXPORT_INCONSISTENT", ended.value
+    assert len(rows) == len({row["ID"] for row in rows})
+
+
+# --- M3: what JSON does not have is a malformed answer ---------------------------------------
+
+NOT_JSON = {"deep": DEEP, "deep time": DEEP_TIME, "Infinity": INFINITE_ID, "1e999": OVERFLOWING}
+
+
+@pytest.mark.parametrize("body", list(NOT_JSON.values()), ids=list(NOT_JSON))
+def test_a_read_of_an_answer_json_does_not_have_is_a_server_fault(
+    tmp_path: Path, body: bytes
+) -> None:
+    with hostile(always(200, body)) as portal:
+        cli = _cli(portal, tmp_path)
+        plain = _bounded(cli, "crm.status.list")
+        export = _bounded(cli, "crm.status.list", "--all")
+    for run in (plain, export):
+        assert run.code == 6, run.err[:500]
+        assert run.error()["code"] == "MALFORMED_RESPONSE"
+        assert "a bug" not in run.error()["hint"]
+        assert run.out == ""
+
+
+@pytest.mark.parametrize("body", [DEEP, INFINITE_ID], ids=["deep", "Infinity"])
+def test_a_write_answered_with_what_json_does_not_have_may_have_run(
+    tmp_path: Path, body: bytes
+) -> None:
+    with hostile(always(200, body)) as portal:
+        params = json.dumps({"fields": {"TITLE": "x"}})
+        run = _bounded(
+            _cli(portal, tmp_path), "crm.lead.add", "--params", params, "--confirm-write"
+        )
+    assert run.code == 7, run.err[:500]
+    assert run.error()["code"] == "MALFORMED_RESPONSE"
+    assert "a bug" not in run.error()["hint"]
+
+
+def test_the_library_and_the_mcp_tools_refuse_nan_and_deep_answers(tmp_path: Path) -> None:
+    for body in (NAN_TIME, DEEP):
+        with (
+            hostile(always(200, body)) as portal,
+            _client(portal, tmp_path) as client,
+            pytest.raises(TransientError) as refused,
+        ):
+            client.call("user.current")
+        assert refused.value.code == "MALFORMED_RESPONSE"
+    with hostile(always(200, INFINITE_ID)) as portal:
+        result = _host(portal, tmp_path).one("b24_call", {"method": "crm.status.list"})
+    assert result.error and result.code == "MALFORMED_RESPONSE", result.text
+    assert "Infinity" not in result.text.replace("Infinity is not", "")
