@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import ROOT
 
 SCRIPT = ROOT / "skills" / "bitrix24-agent" / "scripts" / "bitrix24_client.py"
@@ -87,12 +88,23 @@ class Cli:
             preexec_fn=preexec,
         )
 
-    def finish(self, proc: subprocess.Popen[str]) -> Run:
-        out, err = proc.communicate(timeout=120)
+    def finish(self, proc: subprocess.Popen[str], within: float = 120) -> Run:
+        """The run of ``proc``; one still running after ``within`` seconds is killed and
+        fails the test."""
+        try:
+            out, err = proc.communicate(timeout=within)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"b24 {' '.join(map(str, proc.args))}: still running after {within:g} s")
         run = Run(proc.returncode, out, err)
         check(run)
         self.runs.append(run)
         return run
+
+    def within(self, seconds: float, *args: str, **env: str) -> Run:
+        """A run that must end within ``seconds`` (one that hangs fails the test)."""
+        return self.finish(self.popen(*args, **env), seconds)
 
     def __call__(self, *args: str, **env: str) -> Run:
         return self.finish(self.popen(*args, **env))

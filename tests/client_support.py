@@ -30,6 +30,15 @@ def settings_for(
     portal: Sandbox, state: Path, *, oauth: bool = False, **overrides: Any
 ) -> Settings:
     env = oauth_env(portal, state) if oauth else webhook_env(portal, state)
+    return _settings(env, state, overrides)
+
+
+def settings_at(webhook_url: str, state: Path, **overrides: Any) -> Settings:
+    """Settings for a webhook at any address (a test's own server, a proxy before the sandbox)."""
+    return _settings({"B24_WEBHOOK_URL": webhook_url, **_state_env(state)}, state, overrides)
+
+
+def _settings(env: dict[str, str], state: Path, overrides: dict[str, Any]) -> Settings:
     empty = state / "empty.env"  # never pick up a developer's ./.env
     empty.parent.mkdir(parents=True, exist_ok=True)
     empty.touch()

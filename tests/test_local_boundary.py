@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from b24agent.settings import portal_key_of
-from cli_support import Cli, Run, check
+from cli_support import Cli
 from conftest import Sandbox
 
 ADD = ("crm.lead.add", "--params", json.dumps({"fields": {"TITLE": "boundary"}}))
@@ -35,22 +34,9 @@ def _folder(cli: Cli, portal: Sandbox) -> Path:
     return folder
 
 
-def _run(cli: Cli, *args: str, **env: str) -> Run:
-    proc = cli.popen(*args, **env)
-    try:
-        out, err = proc.communicate(timeout=NO_HANG_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail(f"b24 {' '.join(args)} hung on a state file")
-    run = Run(proc.returncode, out, err)
-    check(run)
-    return run
-
-
 def _refused(portal: Sandbox, cli: Cli, *args: str, **env: str) -> dict[str, str]:
     before = portal.stats()["requests"]
-    run = _run(cli, *args, **env)
+    run = cli.within(NO_HANG_S, *args, **env)
     assert run.code == 4, run.err
     assert portal.stats()["requests"] == before, "sent although the state was unsafe"
     error = run.error()
@@ -113,7 +99,7 @@ def test_state_folder_writable_by_others_is_refused(portal: Sandbox, cli: Cli) -
     error = _refused(portal, cli, "crm.lead.list")
     assert str(folder) in error["message"] and "0775" in error["message"]
     folder.chmod(0o700)
-    assert _run(cli, "crm.lead.list").code == 0
+    assert cli.within(NO_HANG_S, "crm.lead.list").code == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
@@ -145,7 +131,7 @@ def test_a_group_writable_folder_above_the_state_folder_is_refused(
     assert "0775" in error["message"] and "not sticky" in error["message"]
     assert list(shared.iterdir()) == [], "a folder was made below the unsafe one"
     shared.chmod(0o755)
-    assert _run(cli, "crm.lead.list").code == 0
+    assert cli.within(NO_HANG_S, "crm.lead.list").code == 0
 
 
 def test_a_link_into_a_group_writable_folder_is_refused(portal: Sandbox, tmp_path: Path) -> None:
@@ -164,7 +150,7 @@ def test_a_sticky_world_writable_folder_above_is_allowed_like_tmp(
     """Others may add entries to a sticky folder but never rename or remove ours."""
     sticky = _folder_with_mode(tmp_path / "tmp-like", 0o1777)
     state = sticky / "state"
-    assert _run(_cli_at(portal, tmp_path, state), "crm.lead.list").code == 0
+    assert _cli_at(portal, tmp_path, state).within(NO_HANG_S, "crm.lead.list").code == 0
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert [p.name for p in state.iterdir()] == [portal_key_of(portal.url)]
 
@@ -177,7 +163,7 @@ def test_folders_made_under_a_loose_umask_are_private(portal: Sandbox, tmp_path:
     assert run.code == 0, run.err
     made = [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "state"]
     assert [stat.S_IMODE(p.stat().st_mode) for p in made] == [0o700, 0o700, 0o700]
-    assert _run(cli, "crm.lead.list").code == 0
+    assert cli.within(NO_HANG_S, "crm.lead.list").code == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
@@ -202,4 +188,4 @@ def test_a_link_above_owned_by_another_user_is_refused(portal: Sandbox, tmp_path
     assert error["message"].startswith(f"{link} is a link above the state folder")
     assert not (ours / "state").exists()
     os.lchown(link, os.geteuid(), os.getegid())  # our own link to our own folder is fine
-    assert _run(_cli_at(portal, tmp_path, link / "state"), "crm.lead.list").code == 0
+    assert _cli_at(portal, tmp_path, link / "state").within(NO_HANG_S, "crm.lead.list").code == 0

@@ -41,6 +41,7 @@ from ..backends.base import TokenHold
 from ..encoding import loads_strict
 from ..errors import AuthError, ConfigError, CorruptStateError, TransientError, error_from_portal
 from ..settings import Settings
+from . import deadline
 from .answers import read_capped
 from .schemas import load_schema
 
@@ -256,16 +257,16 @@ class OAuthAuth:
             "refresh_token": refresh_token,
         }
         timeout = (self._settings.connect_timeout, min(self._settings.read_timeout, 30.0))
-        deadline = time.monotonic() + self._settings.answer_timeout
         try:
-            reply = self._session.get(
-                f"{self._settings.oauth_server}/oauth/token/",
-                params=params,
-                timeout=timeout,
-                stream=True,
-            )
-            with reply:
-                content = read_capped(reply, TOKEN_ANSWER_MAX, deadline)
+            with deadline.within(self._settings.answer_timeout) as cut:
+                reply = self._session.get(
+                    f"{self._settings.oauth_server}/oauth/token/",
+                    params=params,
+                    timeout=timeout,
+                    stream=True,
+                )
+                with reply:
+                    content = read_capped(reply, TOKEN_ANSWER_MAX, cut)
         except requests.RequestException as exc:
             raise TransientError(
                 f"the token server did not answer the refresh ({type(exc).__name__})",

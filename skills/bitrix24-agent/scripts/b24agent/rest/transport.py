@@ -13,9 +13,12 @@ and with it the webhook code. Messages never include the URL either, for the sam
 An answer is read as a stream and at most ``B24_MAX_ANSWER_MB`` of it once decoded (default 128
 MB, some forty times a 50-command batch of full list pages), so a huge answer or a gzip bomb is
 refused as a server fault (ANSWER_TOO_LARGE; exit 7 for a write) instead of filling memory.
-It must arrive whole within ``B24_ANSWER_TIMEOUT`` of sending (default 300 s;
-``B24_READ_TIMEOUT`` bounds each read only): past it the connection is cut and the call is a
-server fault too (ANSWER_TIMEOUT), so a portal trickling its answer cannot hold a call for ever.
+It must arrive whole, status line and headers included, within ``B24_ANSWER_TIMEOUT`` of
+sending (default 300 s; ``B24_READ_TIMEOUT`` bounds each read only): the deadline watches the
+connection from before the request's first byte (deadline.py, pools.py), and past it the
+connection is cut and the call is a server fault too (ANSWER_TIMEOUT), so a portal trickling its
+answer, or its headers, cannot hold a call for ever. A deadline that strikes before any of the
+body left (a connect or TLS handshake slower than it) is ANSWER_TIMEOUT "not sent".
 A request counts as sent from the moment it is handed to the wire: only a failure that proves it
 never left (no connection, or a TLS handshake that failed before any of it was written) takes
 that back, so anything else that goes wrong later, a TLS record broken mid-answer or even a bug,
@@ -38,14 +41,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from .. import __version__
@@ -60,8 +61,10 @@ from ..errors import (
     server_fault,
 )
 from ..settings import Settings, is_loopback_host
+from . import deadline
 from .answers import AnswerTimeout, read_capped
 from .auth import Credential
+from .pools import WatchedAdapter
 
 __all__ = ["Envelope", "Transport", "Watcher", "new_session"]
 
@@ -132,9 +135,10 @@ class _TellingBody:
 
 def new_session(pool_size: int = 10) -> requests.Session:
     """A keep-alive session. urllib3 must never resend on its own (Retry 0): only the retry
-    policy knows whether a call may be repeated."""
+    policy knows whether a call may be repeated. Its pools let the answer deadline watch each
+    connection from its first byte (pools.py)."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter = WatchedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
@@ -237,43 +241,37 @@ class Transport:
     ) -> tuple[requests.Response, bytes]:
         """The answer and its decoded body. Counted as sent before it goes (module docstring)."""
         body = _TellingBody(data, None if watcher is None else watcher.sent)
-        deadline = time.monotonic() + self._answer_timeout
         self._count(sent=1)
-        try:
-            reply = self.session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                stream=True,
-            )
-        except requests.RequestException as exc:
-            left = _reached_wire(exc, started=body.started)
-            if not left:
-                self._count(sent=-1)
-            raise network_error(exc, method=method, write=write, left=left) from None
-        with reply:
-            return reply, self._read(reply, deadline, method=method, write=write)
+        with deadline.within(self._answer_timeout) as cut:
+            try:
+                reply = self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                # Cut before any of the body went: the portal cannot have the whole request.
+                left = body.started if cut.passed else _reached_wire(exc, started=body.started)
+                if not left:
+                    self._count(sent=-1)
+                if cut.passed:
+                    raise self._timed_out(None, method=method, write=write, left=left) from None
+                raise network_error(exc, method=method, write=write, left=left) from None
+            with reply:
+                return reply, self._read(reply, cut, method=method, write=write)
 
     def _read(
-        self, reply: requests.Response, deadline: float, *, method: str, write: bool
+        self, reply: requests.Response, cut: deadline.Cut, *, method: str, write: bool
     ) -> bytes:
-        """The decoded body, at most ``B24_MAX_ANSWER_MB``, whole by ``deadline``; any failure
+        """The decoded body, at most ``B24_MAX_ANSWER_MB``, whole before ``cut``; any failure
         here is after sending."""
         try:
-            body = read_capped(reply, self._max_answer, deadline)
-        except AnswerTimeout:
-            raise server_fault(
-                "ANSWER_TIMEOUT",
-                f"{method}: the portal's answer did not arrive whole within "
-                f"{self._answer_timeout:g} s of sending (HTTP {reply.status_code}); the "
-                "connection was cut",
-                reply.status_code,
-                write=write,
-                hint="the portal or a proxy on the way is very slow; B24_ANSWER_TIMEOUT sets "
-                "how long an answer may take",
-            ) from None
+            body = read_capped(reply, self._max_answer, cut)
+        except AnswerTimeout as exc:
+            raise self._timed_out(exc.status, method=method, write=write) from None
         except requests.exceptions.ContentDecodingError:
             raise server_fault(
                 "MALFORMED_RESPONSE",
@@ -293,6 +291,31 @@ class Transport:
         if body is None:
             raise _too_large(reply, self._max_answer, method=method, write=write)
         return body
+
+    def _timed_out(
+        self, status: int | None, *, method: str, write: bool, left: bool = True
+    ) -> B24Error:
+        """The answer deadline passed: ``status`` is the answer's, None when it passed before
+        the headers were in; ``left``: whether any of the request's body had gone."""
+        if not left:
+            return not_sent(
+                "ANSWER_TIMEOUT",
+                f"{method}: could not reach the portal within {self._answer_timeout:g} s; the "
+                "call was not sent",
+                hint="check the network and B24_DOMAIN; B24_ANSWER_TIMEOUT sets how long a call "
+                "may take",
+            )
+        return server_fault(
+            "ANSWER_TIMEOUT",
+            f"{method}: the portal's answer did not arrive whole within "
+            f"{self._answer_timeout:g} s of sending"
+            + ("" if status is None else f" (HTTP {status})")
+            + "; the connection was cut",
+            status,
+            write=write,
+            hint="the portal or a proxy on the way is very slow; B24_ANSWER_TIMEOUT sets "
+            "how long an answer may take",
+        )
 
     def _follow(self, reply: requests.Response, url: str, method: str) -> str:
         """Where a redirect may be repeated (module docstring), or a ConfigError; nothing ran."""
