@@ -20,9 +20,9 @@ connection is cut and the call is a server fault too (ANSWER_TIMEOUT), so a port
 answer, or its headers, cannot hold a call for ever. A deadline that strikes before any of the
 body left (a connect or TLS handshake slower than it) is ANSWER_TIMEOUT "not sent".
 A request counts as sent from the moment it is handed to the wire: only a failure that proves it
-never left (no connection, or a TLS handshake that failed before any of it was written) takes
-that back, so anything else that goes wrong later, a TLS record broken mid-answer or even a bug,
-leaves a write "may have run" (``writes_out``), never "safe to repeat".
+never left (no connection, or a TLS handshake that failed or timed out before any of it was
+written) takes that back, so anything else that goes wrong later, a TLS record broken mid-answer
+or even a bug, leaves a write "may have run" (``writes_out``), never "safe to repeat".
 
 A renamed portal answers 302 with its new address (settings/how-to-call-rest-api/change-domen.md);
 the method did not run there. The same POST (same body, never turned into a GET) is sent once to
@@ -387,12 +387,13 @@ def network_error(
 
 def _reached_wire(exc: requests.RequestException, *, started: bool) -> bool:
     """False when the request provably never left: no TCP connection, or the TLS handshake
-    failed (the HTTP request is written only after it). A TLS error once the body ``started``
-    to go (a record the portal or a middlebox broke while answering) is not a handshake: the
-    request may have run."""
+    failed or timed out (the HTTP request is written only after it; urllib3 reports a handshake
+    past the connect timeout as a *read* timeout). A TLS error or a timeout once the body
+    ``started`` to go (a record the portal or a middlebox broke while answering, an answer
+    that never came) is not a handshake: the request may have run."""
     if started:
         return True
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+    if isinstance(exc, (requests.exceptions.Timeout, requests.exceptions.SSLError)):
         return False
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = getattr(exc.args[0] if exc.args else None, "reason", None)
