@@ -230,6 +230,19 @@ class Broker:
     def audit_file(self) -> Path:
         return self.portal_state / "audit.jsonl"
 
+    def worker_pids(self) -> list[int]:
+        """Processes the broker forked that are still running (one per call it serves)."""
+        parent = str(self.process.pid)
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == parent:
+                found.append(int(stat.parent.name))
+        return found
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -10,6 +10,7 @@ the portal ran.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from broker_support import Accounts, Agent, Broker, can_make_users
+from cli_support import SCRIPT
 from conftest import Sandbox
 
 pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and useradd")
@@ -62,3 +64,65 @@ def test_a_relayed_signal_after_the_write_left_still_leaves_its_audit_line(
     assert lines[0]["outcome"] == "error" and lines[0]["exit_code"] in (7, 130)
     # ... and the caller hears how it ended (exit 130, as after Ctrl-C).
     assert call.returncode == 130 and "Traceback" not in err, (call.returncode, err)
+
+
+#: A caller writing its own frame: crm.lead.add with ``ignored`` of its choosing, then prints how
+#: the worker's answer ended (its exit code, or ``LOST`` when the worker died).
+_OWN_FRAME = """
+import json, socket, sys
+sys.path.insert(0, {scripts!r})
+from b24agent.cli.warm import wire
+argv = ["b24", "crm.lead.add", "--params", {params!r}, "--confirm-write"]
+conn = socket.socket(socket.AF_UNIX)
+conn.connect({socket!r})
+fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+conn.sendmsg([wire.encode_request(argv, {{}}, "/", 0o077, {ignored!r})],
+             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+assert conn.recv(1) == wire.READY
+conn.sendall(wire.GO)
+answer = b""
+while not answer.endswith(b"\\n"):
+    more = conn.recv(64)
+    if not more:
+        break
+    answer += more
+print(answer[1:-1].decode() if answer.startswith(wire.EXITED) else "LOST", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ignored", [[signal.SIGTERM], [signal.SIGKILL]])
+def test_the_operators_sigterm_interrupts_a_call_whatever_the_caller_says_it_ignores(
+    accounts: Accounts, broker: Broker, portal: Sandbox, ignored: list[int]
+) -> None:
+    """review7 L1: the request's ``ignored`` field is the caller's word, and the broker's worker
+    is the operator's process. Before, ``[SIGTERM]`` made the worker ignore the SIGTERM that
+    ``systemctl stop`` sends every process of the unit (the call ran on, exit 0), and
+    ``[SIGKILL]`` killed the worker as it took the call (no audit line, the caller lost). Now
+    both are interrupted by the operator's SIGTERM like any call: exit 130, audited."""
+    agent = Agent(accounts, broker)
+    title = f"ignores {ignored[0]}"
+    assert agent("user.current").code == 0
+    before = len(broker.audit_lines())
+    portal.admin("faults", {"rules": [{"method": "crm.lead.add", "error": None, "delay_ms": 2000}]})
+    params = json.dumps({"fields": {"TITLE": title}})
+    code = _OWN_FRAME.format(
+        scripts=str(SCRIPT.parent),
+        params=params,
+        socket=str(broker.socket),
+        ignored=[int(signum) for signum in ignored],
+    )
+    caller = agent.popen_python(code)
+
+    def stop_the_workers() -> None:  # what systemd's stop does to every process of the unit
+        for pid in broker.worker_pids():
+            os.kill(pid, signal.SIGTERM)
+
+    stopper = portal.once_sent("crm.lead.add", stop_the_workers)
+    out, err = caller.communicate(timeout=120)
+    stopper.join()
+    time.sleep(2.5)  # the portal's held answer: the write runs whether anyone waits or not
+    portal.admin("faults", {"rules": []})
+    assert out.strip() == "130", (out, err)
+    lines = broker.audit_lines()[before:]
+    assert [(line["method"], line["outcome"]) for line in lines] == [("crm.lead.add", "error")]
+    assert lines[0]["exit_code"] in (7, 130), lines

@@ -85,11 +85,13 @@ def _take_stdio_interruptible_once(request: wire.Request, fds: list[int]) -> Non
     Ctrl-C interrupts it, never ended on the spot: a worker that died after a write left would
     write no audit line, and the operator's audit would miss a write the portal ran. Only the
     first signal interrupts; later ones are ignored, so a burst cannot break into the audit line
-    that the interruption itself writes."""
+    that the interruption itself writes.
+
+    The request's ``ignored`` field is not read: a caller that ignores a signal simply does not
+    relay it, and the operator's own SIGTERM (``systemctl stop``) interrupts every call."""
     take_stdio(request, fds)
     for sig in RELAYED:
-        if sig not in request.ignored:
-            signal.signal(sig, _interrupt_once)
+        signal.signal(sig, _interrupt_once)
 
 
 def _interrupt_once(_signum: int, _frame: object) -> None:

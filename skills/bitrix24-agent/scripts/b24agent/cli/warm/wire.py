@@ -188,7 +188,8 @@ class Request:
         self.env = env
         self.cwd = cwd
         self.umask = umask
-        #: Signals the caller ignores (``nohup``, a background job): the worker ignores them too.
+        #: Signals the caller ignores (``nohup``, a background job): a warm worker (same user)
+        #: ignores those of them it relays too; the broker's worker does not read this.
         self.ignored = ignored
 
 

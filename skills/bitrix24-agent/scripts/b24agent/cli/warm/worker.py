@@ -68,7 +68,11 @@ def serve(
 
 
 def take_stdio(request: wire.Request, fds: list[int]) -> None:
-    """Take the caller's stdin/stdout/stderr, argv and signal dispositions (nothing else)."""
+    """Take the caller's stdin/stdout/stderr and argv, with default signal handling.
+
+    Nothing else: which signals to ignore is the caller's to say only to a worker of its own
+    user (``_become_the_caller``); a broker's worker is the operator's process, and its reaction
+    to the operator's signals (``systemctl stop``) is not a caller's to choose."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -77,12 +81,12 @@ def take_stdio(request: wire.Request, fds: list[int]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    for sig in request.ignored:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
-    """Take the caller's folder, umask, environment and time zone, then its stdio."""
+    """Take the caller's folder, umask, environment and time zone, then its stdio and the
+    signals it ignores (``nohup``): only ones it could relay, so no number (SIGKILL) can make
+    this worker fail before it answers."""
     os.chdir(request.cwd)
     os.umask(request.umask)
     os.environ.clear()
@@ -90,6 +94,9 @@ def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
     time.tzset()
     tempfile.tempdir = None  # found again from this environment's TMPDIR
     take_stdio(request, fds)
+    for sig in RELAYED:
+        if sig in request.ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _same_user(conn: socket.socket) -> bool:
