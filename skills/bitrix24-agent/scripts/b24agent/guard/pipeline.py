@@ -113,6 +113,8 @@ class Guards:
     #: ``Plan.digest()`` of the plan a human approved (MCP elicitation): the plan runs only if
     #: it is still exactly that one.
     approved_plan: str | None = None
+    #: Only reads may run (MCP ``b24_call``): a write is refused here, so its line is audited.
+    reads_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,8 @@ class Pipeline:
                 code="EXPORT_OF_WRITE",
                 hint="make the call once, not as an export",
             )
+        if guards.reads_only:
+            policy.check_reads_only(assessment)
         policy.authorize(assessment, self._gates(guards), "plan" if guards.plan_only else "call")
         # The operator's named worker drains the queue unattended; anyone else never through
         # the broker (guard/drain.py). Its checkpoint, not idempotency, makes repeats safe.

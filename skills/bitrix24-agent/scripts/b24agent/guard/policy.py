@@ -51,6 +51,7 @@ __all__ = [
     "assess",
     "authorize",
     "check_packs",
+    "check_reads_only",
     "check_widening",
     "commands_of",
     "listed",
@@ -250,6 +251,19 @@ def _check_read_only(assessment: Assessment, gates: Gates) -> None:
             code="READ_ONLY",
             hint="reads still work; writes need the operator to unset B24_READ_ONLY and a run "
             "without --read-only",
+        )
+
+
+def check_reads_only(assessment: Assessment) -> None:
+    """Refuse anything that would change data where only reads run (MCP ``b24_call`` and
+    ``b24_export``): a write there goes through a plan, which a human may be asked to approve."""
+    if assessment.writes:
+        top = assessment.riskiest()
+        raise PolicyError(
+            f"{top.label} is a {assessment.risk} call; this tool runs reads only",
+            code="READS_ONLY",
+            hint="plan it with b24_plan, then run the plan with b24_execute_plan (a "
+            "human may be asked to approve it)",
         )
 
 

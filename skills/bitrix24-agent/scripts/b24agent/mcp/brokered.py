@@ -86,7 +86,7 @@ class BrokeredToolBox(ToolBox):
             flags = ["--rest-v3"] if api == "v3" else []
             args = [method, "--params", "-", *flags]
             body = json.loads(self._b24(args, json.dumps(params), self._env("b24_call", ctx)))
-            return fit_rows(body, int(params.get("start") or 0), self._spill)
+            return fit_rows(body, int(params.get("start") or 0), self._spill(self._mask))
 
         return self._brokered(work)
 
@@ -129,7 +129,7 @@ class BrokeredToolBox(ToolBox):
             out = self._b24(args, "", self._env("b24_execute_plan", ctx))
             lines = [json.loads(line) for line in out.splitlines() if line.strip()]
             body = lines[0] if len(lines) == 1 and "line" not in lines[0] else {"result": lines}
-            return {"plan_id": plan_id, "ran": True, **fit_rows(body, 0, self._spill)}
+            return {"plan_id": plan_id, "ran": True, **fit_rows(body, 0, self._spill(self._mask))}
 
         return self._brokered(work)
 

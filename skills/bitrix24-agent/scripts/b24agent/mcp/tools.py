@@ -20,7 +20,7 @@ from mcp.types import CallToolResult
 from .. import catalog
 from ..cli.common import as_b24_error
 from ..cli.output import Printer
-from ..errors import B24Error, PolicyError, UsageError
+from ..errors import B24Error, UsageError
 from ..guard import policy
 from ..guard.approval import audit_decision, needs_approval
 from ..guard.pipeline import Call, CallOutcome, CallRequest, Guards, Mode, Pipeline
@@ -49,16 +49,9 @@ def _start_of(params: Mapping[str, Any]) -> int:
 
 
 def reads_only(method: str, params: Mapping[str, Any]) -> None:
-    """Refuse a call that would change anything: b24_call and b24_export only read."""
-    assessment = policy.assess([(method, params, None)])
-    if assessment.writes:
-        top = assessment.riskiest()
-        raise PolicyError(
-            f"{top.label} is a {assessment.risk} call; b24_call runs reads only",
-            code="READS_ONLY",
-            hint="plan it with b24_plan, then run the plan with b24_execute_plan (a "
-            "human may be asked to approve it)",
-        )
+    """Refuse a call that would change anything before it is handed on (b24-mcp in front of a
+    broker: the refusal is the agent side's; its own pipeline checks ``Guards.reads_only``)."""
+    policy.check_reads_only(policy.assess([(method, params, None)]))
 
 
 def _per_call(outcomes: Iterable[CallOutcome]) -> dict[str, Any]:
@@ -70,6 +63,23 @@ def _per_call(outcomes: Iterable[CallOutcome]) -> dict[str, Any]:
             {**where, **item.error.to_json()} if item.error else {**where, "result": item.result}
         )
     return {"result": rows, "failed": sum(1 for row in rows if "error" in row)}
+
+
+def _batch_lines(calls: list[dict[str, Any]]) -> tuple[Call, ...]:
+    """``calls`` as a bulk plan's lines, each checked as a ``--batch-file`` line is (a method
+    name, params an object); UsageError naming the call otherwise."""
+    from ..rest.schemas import validate_batch_line  # jsonschema is only paid for when used
+
+    if not 1 <= len(calls) <= MAX_BATCH_CALLS:
+        raise UsageError(
+            f"b24_plan_batch takes 1 to {MAX_BATCH_CALLS} calls, got {len(calls)}",
+            code="USAGE",
+            hint=f"split the work into plans of at most {MAX_BATCH_CALLS} calls",
+        )
+    return tuple(
+        Call(*validate_batch_line(call, where=f"b24_plan_batch call {n}"), n)
+        for n, call in enumerate(calls, 1)
+    )
 
 
 class ToolBox:
@@ -99,22 +109,32 @@ class ToolBox:
         except Exception as exc:
             return error_result(as_b24_error(exc), mask)
 
-    def _spill(self, document: Any) -> dict[str, Any]:
-        """Save an answer too big to return; what the ``truncated`` marker says about it."""
-        text = self._mask(to_text(document))
-        path = self.folder.write_document("answer", text)
-        return {"saved_to": str(path), "hint": "read the file, or narrow the call (select, filter)"}
+    def _spill(self, mask: Callable[[str], str]) -> Callable[[Any], dict[str, Any]]:
+        """What saves an answer too big to return and says so in the ``truncated`` marker,
+        masking with ``mask``: the pipeline's, which knows the tokens refreshed since start."""
+
+        def save(document: Any) -> dict[str, Any]:
+            path = self.folder.write_document("answer", mask(to_text(document)))
+            return {
+                "saved_to": str(path),
+                "hint": "read the file, or narrow the call (select, filter)",
+            }
+
+        return save
 
     # --- reads ---------------------------------------------------------------------------------
     def call(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
         def work(pipeline: Pipeline) -> Any:
-            reads_only(method, params)
             request = CallRequest(
-                "call", (Call(method, params),), api=api, origin=self.origin("b24_call", ctx)
+                "call",
+                (Call(method, params),),
+                api=api,
+                guards=Guards(reads_only=True),  # refused inside the pipeline: audited
+                origin=self.origin("b24_call", ctx),
             )
             outcome = pipeline.run(request)
             assert outcome.response is not None
-            return fit_rows(outcome.response.body, _start_of(params), self._spill)
+            return fit_rows(outcome.response.body, _start_of(params), self._spill(pipeline.mask))
 
         return self._run(work)
 
@@ -147,19 +167,10 @@ class ToolBox:
         """A list of calls as one bulk plan (the guard's, as ``--plan-only --batch-file``): every
         call checked against packs and gates, a preview per record; it runs 50 calls a request,
         idempotent as a whole."""
-        if not 1 <= len(calls) <= MAX_BATCH_CALLS:
-            return error_result(
-                UsageError(
-                    f"b24_plan_batch takes 1 to {MAX_BATCH_CALLS} calls, got {len(calls)}",
-                    code="USAGE",
-                    hint=f"split the work into plans of at most {MAX_BATCH_CALLS} calls",
-                ),
-                self._mask,
-            )
-        lines = tuple(
-            Call(str(c.get("method") or ""), dict(c.get("params") or {}), n)
-            for n, c in enumerate(calls, 1)
-        )
+        try:
+            lines = _batch_lines(calls)
+        except UsageError as exc:  # a tool error naming the call, not the SDK's bare one
+            return error_result(exc, self._mask)
         return self._plan(ctx, "b24_plan_batch", "batch_file", lines, "v2")
 
     def _plan(
@@ -223,7 +234,11 @@ class ToolBox:
             else:
                 assert outcome.response is not None
                 body = outcome.response.body
-            return {"plan_id": plan.id, "ran": True, **fit_rows(body, 0, self._spill)}
+            return {
+                "plan_id": plan.id,
+                "ran": True,
+                **fit_rows(body, 0, self._spill(pipeline.mask)),
+            }
 
         return self._run(work)
 
