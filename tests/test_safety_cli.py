@@ -537,3 +537,31 @@ def test_rest_v3_write_resends_the_same_idempotency_key(portal: Sandbox, cli: Cl
 
 def _tasks(portal: Sandbox, title: str) -> list[dict[str, Any]]:
     return portal.rest("tasks.task.list", {"filter": {"TITLE": title}}).json()["result"]["tasks"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("B24_PLAN_TTL_SEC", "100000000000000000000"),
+        ("B24_PLAN_TTL_SEC", "604801"),
+        ("B24_APPROVAL_WAIT_SEC", "1e300"),
+        ("B24_APPROVAL_WAIT_SEC", "86401"),
+    ],
+)
+def test_a_plan_ttl_or_approval_wait_past_its_maximum_is_refused_before_anything(
+    portal: Sandbox, tmp_path: Path, variable: str, value: str
+) -> None:
+    """review7 L3: a TTL of 1e20 s was "a bug" (OverflowError, exit 4 INTERNAL_ERROR) with a
+    plan file left behind (file store) or "delete that Redis key"; an approval wait of 1e300 was
+    taken. Past a week (TTL) or a day (wait) each is CONFIG_INVALID now, one line, no plan."""
+    cli = Cli.on_webhook(portal, tmp_path).with_env(**{variable: value})
+    params = json.dumps({"fields": {"TITLE": "far off"}})
+    run = cli("crm.lead.add", "--params", params, "--plan-only")
+    assert run.code == 4 and len(run.err.strip().splitlines()) == 1, run.err
+    assert run.error()["code"] == "CONFIG_INVALID" and variable in run.err
+    assert not list(cli.state.glob("**/plans/*"))
+    at_most = {"B24_PLAN_TTL_SEC": "604800", "B24_APPROVAL_WAIT_SEC": "86400"}[variable]
+    assert (
+        cli.with_env(**{variable: at_most})("crm.lead.add", "--params", params, "--plan-only").code
+        == 0
+    )

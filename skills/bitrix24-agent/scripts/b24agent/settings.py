@@ -28,8 +28,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_READ_ONLY 0/1       the operator refuses every write and destructive call
   B24_ALLOW_FLAGS         widening flags the operator allows by name (WIDENING_FLAGS); none if unset
   B24_AUDIT_FILE  B24_AUDIT_PARAMS (digest|full)  B24_AUDIT_MAX_BYTES (rotate past this size)
-  B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC
-  B24_APPROVAL_WAIT_SEC   how long --execute-plan waits for a person's approval (broker)
+  B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC (at most a week)
+  B24_APPROVAL_WAIT_SEC   how long --execute-plan waits for a person's approval (broker; a day)
   B24_AUDIT_KEY_FILE      HMAC key of a keyed audit chain (the broker's; readable by it only)
   B24_PLAN_KEY_FILE       key that signs plans and approvals (the broker's; default: in the store)
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
@@ -109,6 +109,11 @@ DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 #: ``B24_ANSWER_TIMEOUT``'s ceiling (a day): a wait longer than the thread library can take
 #: (about 9e9 s) killed the deadline keeper, and every later deadline of the process with it.
 MAX_ANSWER_TIMEOUT_S = 86400.0
+#: ``B24_PLAN_TTL_SEC``'s ceiling (a week): a plan is reviewed and run in one sitting, and a
+#: far-off expiry overflowed the clock (file) or a Redis expiry (review7 L3).
+MAX_PLAN_TTL_S = 7 * 86400
+#: ``B24_APPROVAL_WAIT_SEC``'s ceiling (a day): a caller held longer has been forgotten.
+MAX_APPROVAL_WAIT_S = 86400.0
 #: Real webhook codes are 16+ characters and tokens 32+; a shorter value was cut when pasted.
 MIN_SECRET_LEN = 8
 _WEBHOOK_PATH = re.compile(r"^/rest/(\d+)/([^/\s]+)/?$")
@@ -275,14 +280,19 @@ class _Env:
             wanted = f"a number from {minimum:g} to {maximum:g}"
         return self.parsed(name, default, parse, wanted)
 
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         def parse(text: str) -> int:
             number = int(text)
-            if number < minimum:
+            if number < minimum or (maximum is not None and number > maximum):
                 raise ValueError(text)
             return number
 
-        return self.parsed(name, default, parse, f"an integer >= {minimum}")
+        wanted = f"an integer >= {minimum}"
+        if maximum is not None:
+            wanted = f"an integer from {minimum} to {maximum}"
+        return self.parsed(name, default, parse, wanted)
 
     def flag(self, name: str, default: bool) -> bool:
         def parse(text: str) -> bool:
@@ -692,8 +702,8 @@ def load_settings(
         audit_params=env.choice("B24_AUDIT_PARAMS", "digest", ("digest", "full")),
         audit_max_bytes=env.integer("B24_AUDIT_MAX_BYTES", 10 * 1024 * 1024, minimum=4096),
         plan_dir=env.path("B24_PLAN_FILE", state_dir / "plans", home),
-        plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1),
-        approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0),
+        plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1, maximum=MAX_PLAN_TTL_S),
+        approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0, maximum=MAX_APPROVAL_WAIT_S),
         broker_drainers=env.names("B24_BROKER_DRAINERS", ()),
         audit_key_file=env.optional_path("B24_AUDIT_KEY_FILE", home),
         plan_key_file=env.optional_path("B24_PLAN_KEY_FILE", home),
