@@ -80,12 +80,7 @@ conn.sendmsg([wire.encode_request(argv, {{}}, "/", 0o077, {ignored!r})],
              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
 assert conn.recv(1) == wire.READY
 conn.sendall(wire.GO)
-answer = b""
-while not answer.endswith(b"\\n"):
-    more = conn.recv(64)
-    if not more:
-        break
-    answer += more
+answer = conn.makefile("rb").readline()  # empty when the worker died
 print(answer[1:-1].decode() if answer.startswith(wire.EXITED) else "LOST", flush=True)
 """
 
