@@ -10,9 +10,7 @@ new pair waits in ``<store>.pending`` and the next process takes it over.
 from __future__ import annotations
 
 import os
-import resource
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,39 +21,10 @@ from b24agent.rest.auth import token_store_path
 from cli_support import Cli
 from client_support import client_for, oauth_env, settings_for
 from conftest import Sandbox
+from disk_support import file_size_limit, fill, small_tmpfs
 
 #: Enough for the seeded store (about 500 bytes) and the audit lines, less than a refresh needs.
 FSIZE_LIMIT = 3000
-
-
-def _tmpfs(where: Path) -> Iterator[Path]:
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(where)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN); the fsize case covers this")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def _fill(folder: Path) -> Path:
-    """Write a file until the filesystem has no byte left; returns it (delete to free)."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.fixture(params=["tmpfs", "fsize"])
@@ -66,13 +35,9 @@ def how(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def state_dir(how: str, tmp_path: Path) -> Iterator[Path]:
     if how == "tmpfs":
-        yield from _tmpfs(tmp_path / "small-disk")
+        yield from small_tmpfs(tmp_path / "small-disk")
     else:
         yield tmp_path / "state"
-
-
-def _limit_file_size() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
 
 
 def test_a_refresh_on_a_full_disk_keeps_the_refresh_token(
@@ -91,10 +56,10 @@ def test_a_refresh_on_a_full_disk_keeps_the_refresh_token(
     portal.admin("expire-tokens", {})
 
     if how == "tmpfs":
-        filler = _fill(state_dir)
+        filler = fill(state_dir)
         proc = cli.popen("user.current")
     else:
-        proc = cli.popen_with(_limit_file_size, "user.current")
+        proc = cli.popen_with(file_size_limit(FSIZE_LIMIT), "user.current")
     full = cli.finish(proc)
 
     assert full.code == 4, full.err

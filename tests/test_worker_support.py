@@ -86,8 +86,12 @@ def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 
 
 def run_worker(
-    env: dict[str, str], *args: str, timeout: float = 120
+    env: dict[str, str],
+    *args: str,
+    timeout: float = 120,
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run the worker to its end; ``preexec`` runs in the child first (a resource limit)."""
     return subprocess.run(
         [sys.executable, str(WORKER_SCRIPT), *args],
         env=env,
@@ -95,6 +99,7 @@ def run_worker(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec,
     )
 
 

@@ -504,13 +504,27 @@ def not_sent(code: str, message: str, *, hint: str = "") -> TransientError:
 
 
 def unexpected_after_sending(exc: BaseException) -> OutcomeUnknownError:
-    """A failure that is not ours to name (a bug) after a write request left: it may have run."""
+    """A failure that is not ours to name (a bug, or a local file that cannot be written, such
+    as a full disk) after a write request left: it may have run."""
+    if isinstance(exc, OSError):
+        return OutcomeUnknownError(
+            f"{_file_trouble(exc)}, after a write was sent",
+            code="LOCAL_IO_ERROR",
+            hint="free disk space or fix that path; the write was sent and may or may not have "
+            "happened: check the portal before repeating it",
+        )
     return OutcomeUnknownError(
         f"unexpected {type(exc).__name__}: {exc}",
         code="INTERNAL_ERROR",
         hint="a bug in bitrix24-agent (please report it); if the call was a write, it was sent "
         "and may or may not have happened: check the portal before repeating it",
     )
+
+
+def _file_trouble(exc: OSError) -> str:
+    """Which local file failed and why, never its content."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot use the local file{where}: {exc.strerror or type(exc).__name__}"
 
 
 def local_failure(exc: BaseException) -> B24Error:
@@ -521,10 +535,8 @@ def local_failure(exc: BaseException) -> B24Error:
     Anything else is a bug of ours, reported as one, with the news that nothing was sent.
     """
     if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
         return ConfigError(
-            f"cannot use the local file{where}: {exc.strerror or type(exc).__name__}; nothing "
-            "was sent to the portal",
+            f"{_file_trouble(exc)}; nothing was sent to the portal",
             code="LOCAL_IO_ERROR",
             hint="check that path (a folder or other non-file where a state file should be, "
             "its permissions, free disk space) and B24_STATE_DIR",

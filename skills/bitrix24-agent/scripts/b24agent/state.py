@@ -61,6 +61,26 @@ _PAGE = 4096
 _TAIL_CHUNK = 64 * 1024
 
 
+def _write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write every byte of ``data`` to ``fd`` (appended, or from ``offset``), or raise OSError.
+
+    Near a full disk (or at RLIMIT_FSIZE) one write puts down what fits and returns a short
+    count; the error comes only with the next write. A caller taking one write as the whole
+    record would count a cut record as stored.
+    """
+    written = os.write(fd, data) if offset is None else os.pwrite(fd, data, offset)
+    if written == len(data):
+        return
+    rest = memoryview(data)[written:]
+    while rest:
+        if offset is not None:
+            offset += written
+        written = os.write(fd, rest) if offset is None else os.pwrite(fd, rest, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        rest = rest[written:]
+
+
 def open_read(path: Path) -> BinaryIO:
     """A state file opened for reading (FileNotFoundError when absent)."""
     return os.fdopen(open_state_file(path, os.O_RDONLY), "rb")
@@ -136,7 +156,9 @@ def overwrite_json(path: Path, data: Any, *, durable: bool = True) -> bool:
     while the write is all or nothing: a killed process cannot tear one write within a page;
     with ``durable``, the content must also fit in one disk sector without growing the file,
     because a sector is written whole even in a power cut and the unchanged size needs no
-    journal (``fdatasync``), so the file holds the old content or the new, never a mix.
+    journal (``fdatasync``), so the file holds the old content or the new, never a mix. A
+    write refused part-way (a copy-on-write disk out of room) puts the old content back and
+    raises.
     """
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     try:
@@ -148,9 +170,15 @@ def overwrite_json(path: Path, data: Any, *, durable: bool = True) -> bool:
         room = size if durable else _PAGE
         if size > (_SECTOR if durable else _PAGE) or len(blob) > room:
             return False
-        os.pwrite(fd, blob.ljust(size, b" "), 0)
-        if durable:
-            os.fdatasync(fd)
+        before = os.pread(fd, size, 0)
+        try:
+            _write_all(fd, blob.ljust(size, b" "), 0)
+            if durable:
+                os.fdatasync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # all or nothing: the old content goes back
+                _write_all(fd, before, 0)
+            raise
     finally:
         os.close(fd)
     return True
@@ -285,11 +313,17 @@ class Reservation:
     def commit(self, data: Any) -> None:
         """Write ``data`` into the reserved room, then put it in place of ``path``."""
         blob = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        if len(blob) > self._size:
-            os.ftruncate(self._fd, len(blob))  # past the reservation: may still fit
-        os.pwrite(self._fd, blob, 0)
-        os.ftruncate(self._fd, len(blob))
-        os.fsync(self._fd)
+        try:
+            if len(blob) > self._size:
+                os.ftruncate(self._fd, len(blob))  # past the reservation: may still fit
+            _write_all(self._fd, blob, 0)
+            os.ftruncate(self._fd, len(blob))
+            os.fsync(self._fd)
+        except BaseException:
+            # Never put in place: a cut record in ``pending`` is removed by ``leftover``.
+            os.close(self._fd)
+            self._fd = -1
+            raise
         self.durable = True
         os.close(self._fd)
         self._fd = -1
@@ -349,6 +383,8 @@ class JsonlWriter:
         make_folder(path.parent)
         created = not os.path.lexists(path)
         self._fd = open_state_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
+        #: Where a failed append must still cut the file (its undo failed too), else None.
+        self._cut_to: int | None = None
         if created:
             fsync_dir(path.parent)
         _drop_torn_tail(self._fd)
@@ -363,10 +399,31 @@ class JsonlWriter:
         self.append_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")), sync=sync)
 
     def append_text(self, line: str, *, sync: bool = True) -> None:
-        """Write one already-encoded JSON line (the audit chain hashes its exact bytes)."""
-        os.write(self._fd, (line + "\n").encode("utf-8"))
-        if sync:
-            os.fsync(self._fd)
+        """Write one already-encoded JSON line (the audit chain hashes its exact bytes).
+
+        All or nothing: when the disk refuses part of the line (full, or a file size limit) or
+        the fsync fails, the file is cut back to its length before and fsynced, then the error
+        raised, so no caller counts a cut line as written and the next line starts on its own.
+        """
+        if self._cut_to is not None:  # an earlier failed append could not be undone then
+            self._cut_back(self._cut_to)
+        before = os.lseek(self._fd, 0, os.SEEK_END)  # the length (O_APPEND writes there)
+        try:
+            _write_all(self._fd, (line + "\n").encode("utf-8"))
+            if sync:
+                os.fsync(self._fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self._cut_back(before)
+            if isinstance(exc, OSError) and exc.filename is None:  # say which file refused
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+            raise
+
+    def _cut_back(self, length: int) -> None:
+        self._cut_to = length
+        os.ftruncate(self._fd, length)
+        os.fsync(self._fd)
+        self._cut_to = None
 
     def sync(self) -> None:
         os.fsync(self._fd)

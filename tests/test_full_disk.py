@@ -1,0 +1,191 @@
+"""A disk that takes only part of a record: the record is refused whole, never stored cut.
+
+Near a full disk (or at a file size limit) one write puts down what fits and returns a short
+count. Each state writer must then undo what it wrote and raise, so that nobody counts a cut
+record as stored: the offline worker clears at the portal only events its sink holds whole, a
+CLI call whose audit line could not be written fails (exit 4) with the chain as it was, and the
+next record after the room came back starts on a line of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from b24agent import state
+from b24agent.state import JsonlWriter, Reservation, read_json, read_jsonl, write_json_atomic
+from cli_support import Cli
+from conftest import Sandbox
+from disk_support import file_size_limit, fill, small_tmpfs
+from test_worker_support import queue_rows, run_worker, seed_events, worker_env
+
+#: More than the room left in every case below, so each such record is cut.
+BIG = "p" * 20_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from small_tmpfs(tmp_path / "small-disk", "128k")
+
+
+@contextlib.contextmanager
+def _capped(limit: int) -> Iterator[None]:
+    """This process may grow no file past ``limit`` bytes while the block runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _cut_appends(log: JsonlWriter, path: Path) -> None:
+    """Two appends the disk takes only part of (grouped, then fsynced): each raises and leaves
+    the file byte for byte as it was."""
+    before = path.read_bytes()
+    for sync in (False, True):
+        with pytest.raises(OSError) as refused:
+            log.append({"n": 1, "pad": BIG}, sync=sync)
+        assert refused.value.errno in (errno.EFBIG, errno.ENOSPC)
+        assert path.read_bytes() == before
+
+
+def test_an_append_past_a_file_size_limit_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    with JsonlWriter(path) as log:
+        log.append({"n": 0})
+        with _capped(path.stat().st_size + 3000):
+            _cut_appends(log, path)
+        log.append({"n": 2})  # the limit is lifted: the next line starts on its own
+    assert [record["n"] for record in read_jsonl(path)] == [0, 2]
+
+
+def test_an_append_to_a_full_disk_leaves_the_file_as_it_was(small_disk: Path) -> None:
+    path = small_disk / "log.jsonl"
+    with JsonlWriter(path) as log:
+        log.append({"n": 0})
+        filler = fill(small_disk, leave=4096)
+        _cut_appends(log, path)
+        filler.unlink()
+        log.append({"n": 2, "pad": BIG})
+    assert [record["n"] for record in read_jsonl(path)] == [0, 2]
+
+
+def test_a_reserved_record_cut_by_a_full_disk_is_never_put_in_place(small_disk: Path) -> None:
+    """A record larger than its reservation meets a full disk: the commit raises, the old file
+    stays, and the cut pending record is not taken over later."""
+    path = small_disk / "tokens.json"
+    write_json_atomic(path, {"old": True})
+    room = Reservation(path, 100)
+    fill(small_disk)
+    with pytest.raises(OSError):
+        room.commit({"new": BIG})
+    assert not room.durable
+    assert read_json(path) == {"old": True}
+    assert Reservation.leftover(path) is None
+
+
+def test_an_overwrite_the_disk_refuses_part_of_puts_the_old_content_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In place within the file's size a write needs no new room, except on a copy-on-write
+    disk: there the first write may be short and the next refused (simulated here)."""
+    path = tmp_path / "head.json"
+    write_json_atomic(path, {"hash": "a" * 64})
+    before = path.read_bytes()
+    real_pwrite, calls = os.pwrite, []
+
+    def short_then_full(fd: int, data: bytes, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 1:
+            return real_pwrite(fd, bytes(data)[:10], offset)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(state.os, "pwrite", short_then_full)
+    with pytest.raises(OSError):
+        state.overwrite_json(path, {"hash": "b" * 64})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "fsize"])
+def test_the_worker_clears_at_the_portal_only_events_its_sink_holds_whole(
+    portal: Sandbox, tmp_path: Path, how: str
+) -> None:
+    """The reviewer's case: the sink's disk fills in the middle of a reservation. Every event
+    ends whole in the sink or still on the portal (pending, or flagged after its DLQ line);
+    none is cleared with a cut line, and no line of the sink or the DLQ is cut."""
+    seeded = set(seed_events(portal, 60))
+    state_dir = tmp_path / "state"
+    env = worker_env(portal, state_dir)
+    args = ["--drain", "--limit", "10", "--max-retries", "0"]
+    if how == "tmpfs":
+        disk = small_tmpfs(tmp_path / "small-disk", "64k")
+        sink = next(disk) / "inbox.jsonl"
+        fill(sink.parent, leave=3 * 4096)
+        run = run_worker(env, *args, "--sink", str(sink))
+    else:
+        sink = tmp_path / "inbox.jsonl"
+        # Room for the state files of 10 events; the sink's 60 lines need about 25 KB.
+        run = run_worker(env, *args, "--sink", str(sink), preexec=file_size_limit(12_000))
+    try:
+        sunk, cut = _whole_and_cut(sink.read_text().splitlines())
+        dead, cut_dead = _whole_and_cut(_dlq_lines(state_dir))
+        left = {str(row["ID"]) for row in queue_rows(portal)}
+    finally:
+        if how == "tmpfs":
+            next(disk, None)  # unmounts
+    cleared = seeded - left
+    print(
+        f"\n{how}: exit {run.returncode}; sink: {len(sunk)} whole lines, {len(cut)} cut; DLQ: "
+        f"{len(dead)} whole lines, {len(cut_dead)} cut; portal: {len(cleared)} cleared, "
+        f"{len(left)} left; cleared without a whole sink line: {len(cleared - sunk)}"
+    )
+    assert run.returncode in (0, 4), run.stderr
+    assert "Traceback" not in run.stderr
+    assert 0 < len(sunk) < len(seeded)  # the disk really filled in the middle
+    assert cleared <= sunk
+    assert seeded == sunk | left
+    assert not cut and not cut_dead
+
+
+def _whole_and_cut(lines: list[str]) -> tuple[set[str], list[str]]:
+    """Event ids of the whole lines (sink deliveries or DLQ records), and the cut lines."""
+    whole, cut = set(), []
+    for line in lines:
+        try:
+            whole.add(str(json.loads(line)["event"]["ID"]))
+        except json.JSONDecodeError:
+            cut.append(line)
+    return whole, cut
+
+
+def _dlq_lines(state_dir: Path) -> list[str]:
+    return [line for path in state_dir.rglob("dlq.jsonl") for line in path.read_text().splitlines()]
+
+
+def test_a_call_whose_audit_line_is_cut_fails_and_leaves_the_chain_whole(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """Old behaviour: exit 0 with a cut line, which the next call cut off, so a call reported
+    audited had no line and the head named a hash the file no longer held."""
+    audit = tmp_path / "audit.jsonl"
+    cli = Cli.on_webhook(portal, tmp_path).with_env(B24_AUDIT_FILE=str(audit))
+    assert cli("user.current").code == 0
+    before = audit.read_bytes()
+
+    run = cli.finish(cli.popen_with(file_size_limit(len(before) + 100), "user.current"))
+    assert run.code == 4, run.err
+    assert run.error()["code"] == "AUDIT_UNWRITABLE"
+    assert audit.read_bytes() == before
+
+    assert cli("user.current").code == 0
+    assert cli("--verify-audit").code == 0
+    assert [line["outcome"] for line in read_jsonl(audit)] == ["ok", "ok"]
