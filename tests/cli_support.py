@@ -117,3 +117,15 @@ def check(run: Run) -> None:
     assert all(isinstance(line, dict) for line in lines), run.err
     if run.code != 0:
         assert set(run.error()) == ERROR_KEYS, run.err
+
+
+def lead_creates(path: Path, prefix: str, count: int) -> Path:
+    """A batch file of ``count`` crm.lead.add lines titled ``<prefix>-1`` .. ``<prefix>-N``."""
+    path.write_text(
+        "".join(
+            json.dumps({"method": "crm.lead.add", "params": {"fields": {"TITLE": f"{prefix}-{n}"}}})
+            + "\n"
+            for n in range(1, count + 1)
+        )
+    )
+    return path

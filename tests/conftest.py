@@ -88,6 +88,18 @@ class Sandbox:
         thread.start()
         return thread
 
+    def lead_titles(self, part: str) -> list[str]:
+        """The TITLE of every lead whose title holds ``part``, all pages (one per lead)."""
+        titles: list[str] = []
+        start: int | None = 0
+        while start is not None:
+            body = self.rest(
+                "crm.lead.list", {"filter": {"%TITLE": part}, "select": ["TITLE"], "start": start}
+            ).json()
+            titles.extend(row["TITLE"] for row in body["result"])
+            start = body.get("next")
+        return titles
+
     def rest(
         self, method: str, params: dict[str, Any] | None = None, *, http: str = "post_json"
     ) -> requests.Response:

@@ -14,13 +14,14 @@ import errno
 import json
 import os
 import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from b24agent import state
 from b24agent.state import JsonlWriter, Reservation, read_json, read_jsonl, write_json_atomic
-from cli_support import Cli
+from cli_support import Cli, lead_creates
 from conftest import Sandbox
 from disk_support import file_size_limit, fill, small_tmpfs
 from test_worker_support import queue_rows, run_worker, seed_events, worker_env
@@ -189,3 +190,25 @@ def test_a_call_whose_audit_line_is_cut_fails_and_leaves_the_chain_whole(
     assert cli("user.current").code == 0
     assert cli("--verify-audit").code == 0
     assert [line["outcome"] for line in read_jsonl(audit)] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize(("cap", "first_exit"), [(1_000, 4), (8_000, 7)])
+def test_a_batch_file_whose_journal_meets_a_full_disk_is_finished_once_by_a_rerun(
+    portal: Sandbox, tmp_path: Path, cap: int, first_exit: int
+) -> None:
+    """The journal refuses a note before the first request (nothing sent: exit 4, the key is
+    free again) or after it (exit 7, the key waits for the rerun); either way the rerun with
+    room again ends with each of the 120 records created once."""
+    cli = Cli.on_webhook(portal, tmp_path).with_env(B24_READ_TIMEOUT="1")
+    prefix = f"full-{cap}"
+    calls = lead_creates(tmp_path / "calls.jsonl", prefix, 120)
+    args = ("--batch-file", str(calls), "--confirm-write", "--idempotency-key", prefix)
+    full = cli.finish(cli.popen_with(file_size_limit(cap), *args))
+    assert full.code == first_exit, full.err
+    assert full.error()["code"] == "LOCAL_IO_ERROR"
+    time.sleep(1.2)  # past the read timeout: no request of the first run can still be running
+    again = cli(*args, "--output", "jsonl")
+    titles = portal.lead_titles(f"{prefix}-")
+    print(f"\njournal capped at {cap} B: exit {full.code}; rerun {again.code}, {len(titles)} leads")
+    assert again.code == 0, again.err
+    assert sorted(titles) == sorted(f"{prefix}-{n}" for n in range(1, 121))

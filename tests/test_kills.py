@@ -20,23 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from cli_support import Cli
+from cli_support import Cli, lead_creates
 from conftest import Sandbox
 
 LINES = 500
-
-
-def _titles(portal: Sandbox, prefix: str) -> Counter[str]:
-    found: Counter[str] = Counter()
-    start: int | None = 0
-    while start is not None:
-        body = portal.rest(
-            "crm.lead.list",
-            {"filter": {"%TITLE": prefix}, "select": ["ID", "TITLE"], "start": start},
-        ).json()
-        found.update(row["TITLE"] for row in body["result"])
-        start = body.get("next")
-    return found
 
 
 def _kill_after(cli: Cli, delay: float, *args: str) -> int | None:
@@ -61,24 +48,17 @@ def test_a_batch_file_killed_five_times_and_rerun_creates_each_record_once(
     cli = Cli(tmp_path, env)
     # Slow each create a little so the run spans enough time to be killed inside it.
     portal.admin("faults", {"rules": [{"method": "crm.lead.add", "error": None, "delay_ms": 8}]})
-    calls = tmp_path / "calls.jsonl"
-    calls.write_text(
-        "".join(
-            json.dumps({"method": "crm.lead.add", "params": {"fields": {"TITLE": f"kill-{n}"}}})
-            + "\n"
-            for n in range(1, LINES + 1)
-        )
-    )
+    calls = lead_creates(tmp_path / "calls.jsonl", "kill", LINES)
     rng = random.Random(13)
     killed, before = [], []
     for _ in range(5):
         moment = rng.uniform(0.5, 1.1)
         code = _kill_after(cli, moment, "--batch-file", str(calls), "--confirm-write")
         killed.append(code is None)
-        before.append(sum(_titles(portal, "kill-").values()))
+        before.append(len(portal.lead_titles("kill-")))
         time.sleep(1.5)  # the killed run's last requests are done on the portal by now
     final = cli("--batch-file", str(calls), "--confirm-write", "--output", "jsonl")
-    titles = _titles(portal, "kill-")
+    titles = Counter(portal.lead_titles("kill-"))
     print(
         f"\n500-line batch file, 5 random SIGKILLs (killed mid-run: {sum(killed)}; records after "
         f"each: {before}); rerun exit {final.code}: {len(titles)} records, "
@@ -147,4 +127,4 @@ def test_a_create_killed_in_flight_is_not_sent_again_while_the_portal_may_run_it
     time.sleep(3.0)
     late = cli(*args, "--idempotency-key", "flight-1")
     assert late.code == 0, late.err
-    assert sum(_titles(portal, "in-flight").values()) == 1
+    assert len(portal.lead_titles("in-flight")) == 1

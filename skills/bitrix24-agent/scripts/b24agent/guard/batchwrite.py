@@ -3,10 +3,11 @@
 The whole file runs under one idempotency key (idempotency.py): a finished run is replayed, not
 sent again. What a key's record alone cannot say is how far an interrupted run got, so a journal
 next to the record (``<record>.lines.jsonl``) notes each line as it is handed to the client (from
-then on it may have been sent) and again with its outcome. A run that was killed, stopped by an
-error, or left lines with an unknown outcome (a chunk that timed out) leaves the record
-outcome-unknown with its journal, and the rerun of the same file settles each line as a single
-write would be settled:
+then on it may have been sent) and again with its outcome. The notes are fsynced once per batch
+request, before it leaves, so "never handed over" stays true after a power cut too. A run that
+was killed, stopped by an error, or left lines with an unknown outcome (a chunk that timed out)
+leaves the record outcome-unknown with its journal, and the rerun of the same file settles each
+line as a single write would be settled:
 
 - a line with a recorded outcome keeps it and is not sent again (a "not run" failure, exit 6,
   is the exception: it provably did not happen, so it goes again);
@@ -53,9 +54,13 @@ _ORIGIN_MAX = 255
 Outcome = tuple[Any, B24Error | None]
 #: ``read_many(calls)``: the results of many reads, in order, 50 to a request.
 ReadMany = Callable[[Sequence[tuple[str, Mapping[str, Any]]]], list[Any]]
-#: ``send(calls)`` sends ``(method, params)`` pairs, pulled lazily, and yields
-#: ``(index, result, error)`` for each, ``index`` counting the pairs pulled.
-Sender = Callable[[Iterable[tuple[str, Mapping[str, Any]]]], Iterator[tuple[int, Any, Any]]]
+#: ``send(calls, noted)`` sends ``(method, params)`` pairs, pulled lazily, and yields
+#: ``(index, result, error)`` for each, ``index`` counting the pairs pulled; it calls
+#: ``noted()`` before each request leaves, once the pairs it carries were pulled.
+Sender = Callable[
+    [Iterable[tuple[str, Mapping[str, Any]]], Callable[[], None]],
+    Iterator[tuple[int, Any, Any]],
+]
 
 
 @dataclass(frozen=True)
@@ -110,17 +115,26 @@ class _Journal:
         return handed, known
 
     def note(self, entry: dict[str, Any]) -> None:
-        # Not fsynced per line: a kill keeps it (page cache); a power cut may lose notes, and
-        # a lost note makes a line "unknown", which is settled, never silently repeated.
+        """Note a line, not fsynced: a kill keeps it (page cache), a power cut may not."""
         if self._writer is None:
             self._writer = JsonlWriter(self.path)
         self._writer.append(entry, sync=False)
 
-    def close(self) -> None:
+    def sync(self) -> None:
+        """Make the notes so far durable: called once per request, before it leaves, so the
+        hand-over notes of every line sent survive a power cut (a line with no note is sent
+        again without a look-up). Outcome notes may still be lost then; a line handed over
+        without one is "unknown", which is settled, never silently repeated."""
         if self._writer is not None:
             self._writer.sync()
-            self._writer.close()
-            self._writer = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.sync()
+            finally:
+                self._writer.close()
+                self._writer = None
 
     def remove(self) -> None:
         self.close()
@@ -222,10 +236,14 @@ class _Run:
             for position in positions:
                 params, _ = self.wire(position)
                 self.journal.note({"h": position, "t": round(time.time(), 3)})
-                self.handed = True
                 yield self.calls[position].method, params
 
-        for index, result, error in sender(pulled()):
+        def noted() -> None:
+            """A request is about to leave: its lines' notes go to disk first."""
+            self.journal.sync()
+            self.handed = True
+
+        for index, result, error in sender(pulled(), noted):
             position = positions[index]
             self.outcomes[position] = (result, error)
             self.journal.note({"p": position, "o": _dumped(self.calls[position], result, error)})
@@ -284,7 +302,8 @@ def run_batch(
                 raise
             stopped = _stopped(len(run.outcomes), len(calls), exc)
     except BaseException:
-        journal.close()
+        with contextlib.suppress(OSError):  # the record below must be marked all the same
+            journal.close()
         if run.handed or ticket.status == "recover":
             store.mark_unknown(ticket)
         else:

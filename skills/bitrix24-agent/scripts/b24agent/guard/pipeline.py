@@ -561,12 +561,15 @@ class Pipeline:
         lines = [LineCall(c.line or i + 1, c.method, c.params) for i, c in enumerate(calls)]
         key = self._key(request, record, BATCH_FILE, batch_params(calls))
 
-        def send(pairs: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterator[tuple[int, Any, Any]]:
+        def send(
+            pairs: Iterable[tuple[str, Mapping[str, Any]]], noted: Callable[[], None]
+        ) -> Iterator[tuple[int, Any, Any]]:
             outcomes = self._get_client().call_many(
                 pairs,
                 progress=self._progress,
                 parallel=request.parallel,
                 params_checked=request.params_checked,
+                before_sending=noted,
             )
             return ((o.index, o.result, o.error) for o in outcomes)
 
