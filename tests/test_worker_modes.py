@@ -459,3 +459,29 @@ def test_a_replayed_dead_letter_is_durable_before_its_entry_closes(
     assert summary.replayed == 2 and open_dlq(dlq) == {}
     assert handler.flushed == ["d1", "d2"] and handler.unflushed == []
     assert handler.closed_too_early == []
+
+
+@pytest.mark.parametrize("address", ["tcp:127.0.0.1:9", "unix:relative.sock", "unix:"])
+def test_a_malformed_broker_address_is_refused_before_the_worker_starts(
+    portal: Sandbox, tmp_path: Path, address: str
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "B24_BROKER": address,
+        "B24_DOMAIN": portal.url,
+        "B24_STATE_DIR": str(tmp_path / "state"),
+    }
+    result = subprocess.run(
+        [sys.executable, str(WORKER_SCRIPT), "--drain"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 4 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert error_of(result.stderr)["code"] == "CONFIG_INVALID"
+    assert not (tmp_path / "state").exists()

@@ -386,6 +386,10 @@ class _Run:
         )
         self.mask = Redactor(settings.secrets()).mask
         _refuse_read_only(settings)
+        if broker:
+            from .warm.brokered import check_address
+
+            check_address(broker)
         if broker and not settings.base_url:
             raise ConfigError(
                 "B24_DOMAIN is not set: through the broker the worker still names its portal "

@@ -84,6 +84,18 @@ def _socket_path(spec: str) -> str:
     return path
 
 
+def check_address(spec: str) -> None:
+    """Raise the error (a B24Error) a call to ``spec`` would end in when ``spec`` is not a
+    broker address: a program that calls later (the offline worker) refuses before it takes
+    a lock or writes state."""
+    from ...errors import error_from_line
+
+    try:
+        _socket_path(spec)
+    except _Refusal as refusal:
+        raise error_from_line(refusal.exit_code, refusal.line) from None
+
+
 def _served(where: str, argv: list[str], stdio: tuple[int, int, int]) -> ServedCall:
     """The call, sent only to a broker this side trusts (see the module docstring)."""
     expected = _expected_uid()
