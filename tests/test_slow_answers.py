@@ -34,7 +34,7 @@ import pytest
 from b24agent.errors import B24Error
 from b24agent.rest.client import Bitrix24Client
 from cli_support import Cli
-from client_support import settings_at
+from client_support import settings_at, settings_for
 from conftest import Sandbox
 
 #: Seconds between two bytes of an answer's body.
@@ -110,11 +110,15 @@ class TrickleFront:
                     end_.close()
 
 
-def _front_webhook(portal: Sandbox, mode: str) -> str:
+def _front_url(portal: Sandbox, mode: str) -> str:
+    """The address of a new TrickleFront before ``portal``."""
     port = urlsplit(portal.url).port
     assert port is not None
-    front = TrickleFront(port, mode)
-    return portal.webhook_url.replace(f":{port}/", f":{front.port}/", 1)
+    return f"http://127.0.0.1:{TrickleFront(port, mode).port}"
+
+
+def _front_webhook(portal: Sandbox, mode: str) -> str:
+    return _front_url(portal, mode) + urlsplit(portal.webhook_url).path
 
 
 @pytest.fixture
@@ -207,6 +211,19 @@ def test_the_library_cuts_a_head_that_never_ends(portal: Sandbox, tmp_path: Path
     assert isinstance(outcome, B24Error), outcome
     assert outcome.code == "ANSWER_TIMEOUT" and outcome.retryable, outcome
     assert portal.sent("user.current") == 2  # retried as a read, then given up
+
+
+def test_a_token_refresh_whose_head_never_ends_is_cut(portal: Sandbox, tmp_path: Path) -> None:
+    """The token server's exchange is watched from before sending too (rest/auth.py)."""
+    front = _front_url(portal, "continue")
+    settings = settings_for(
+        portal, tmp_path, oauth=True, oauth_server=front, answer_timeout=1.5, max_retries=0
+    )
+    portal.admin("expire-tokens", {})
+    with Bitrix24Client(settings) as client:
+        outcome = _bounded_call(lambda: client.call("user.current"))
+    assert isinstance(outcome, B24Error), outcome
+    assert outcome.code == "TOKEN_SERVER_UNREACHABLE" and outcome.retryable, outcome
 
 
 def test_a_parallel_batch_whose_heads_never_end_is_cut_batch_by_batch(
