@@ -212,3 +212,30 @@ def test_a_batch_file_whose_journal_meets_a_full_disk_is_finished_once_by_a_reru
     print(f"\njournal capped at {cap} B: exit {full.code}; rerun {again.code}, {len(titles)} leads")
     assert again.code == 0, again.err
     assert sorted(titles) == sorted(f"{prefix}-{n}" for n in range(1, 121))
+
+
+def test_every_event_flagged_at_the_portal_keeps_a_whole_dead_letter(
+    portal: Sandbox, tmp_path: Path, small_disk: Path
+) -> None:
+    """The reviewer's DLQ case: every event fails (``false``) and the DLQ's disk fills. Old:
+    a cut entry, cut off by the next run, whose event was then flagged at the portal with no
+    entry left for ``--replay-dlq``. New: the first run stops (exit 4) with whole entries only;
+    after room comes back the second flags every event, each with its whole entry."""
+    seeded = set(seed_events(portal, 40))
+    dlq = small_disk / "dlq.jsonl"
+    env = worker_env(portal, tmp_path / "state")
+    args = ["--once", "--max-retries", "0", "--handler-cmd", "false", "--dlq-file", str(dlq)]
+    filler = fill(small_disk, leave=2 * 4096)
+    full = run_worker(env, *args)
+    _, cut_while_full = _whole_and_cut(dlq.read_text().splitlines())
+    filler.unlink()
+    again = run_worker(env, *args)
+    dead, cut = _whole_and_cut(dlq.read_text().splitlines())
+    print(
+        f"\nDLQ on a full disk: exit {full.returncode} ({len(cut_while_full)} cut entries); "
+        f"with room: exit {again.returncode}, {len(dead)} of {len(seeded)} events dead-lettered"
+    )
+    assert full.returncode == 4, full.stderr
+    assert again.returncode == 0, again.stderr
+    assert not cut_while_full and not cut
+    assert dead == seeded
