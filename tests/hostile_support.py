@@ -19,6 +19,13 @@ from typing import Any
 #: ``answer(path, body) -> (status, bytes)``: ``body`` is the request's JSON, decoded.
 Answer = Callable[[str, Any], tuple[int, bytes]]
 
+#: Long enough to pass the MCP result cap (60,000 bytes) and a pipe's 64 KB many times over.
+HUGE = 1_000_000
+BIG_ERROR = json.dumps({"error": "ERROR_CORE", "error_description": "A" * HUGE}).encode()
+#: An error line with the portal's text cut: errors.PORTAL_TEXT_MAX (2,000) characters and a
+#: little more.
+ERROR_LINE_MAX = 3_000
+
 FUSE_CODE = "ERROR_CORE"
 FUSE_TEXT = "hostile portal: fuse blown"
 

@@ -7,7 +7,6 @@ read and 7 for a write, never "a bug of ours, nothing was sent" and never non-JS
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,19 @@ from b24agent import errors
 from b24agent.errors import B24Error, TransientError
 from b24agent.rest.client import Bitrix24Client
 from b24agent.settings import load_settings
-from cli_support import Cli, Run, check
-from hostile_support import FUSE_TEXT, HostilePortal, always, hostile, pages
+from cli_support import Cli
+from hostile_support import (
+    BIG_ERROR,
+    ERROR_LINE_MAX,
+    FUSE_TEXT,
+    HUGE,
+    HostilePortal,
+    always,
+    hostile,
+    pages,
+)
 from mcp_support import Host
 
-#: Long enough to pass the MCP result cap (60,000 bytes) and a pipe's 64 KB many times over.
-HUGE = 1_000_000
-BIG_ERROR = json.dumps({"error": "ERROR_CORE", "error_description": "A" * HUGE}).encode()
 BIG_V3_ERROR = json.dumps(
     {
         "error": {
@@ -37,28 +42,10 @@ DEEP_TIME = b'{"result": {"ID": "1"}, "time": ' + b'{"x":' * 50_000 + b"1" + b"}
 INFINITE_ID = b'{"result": [{"ID": Infinity, "NAME": "x"}], "total": 1, "time": {}}'
 OVERFLOWING = b'{"result": [{"ID": "1", "SUM": 1e999}], "total": 1, "time": {}}'
 NAN_TIME = b'{"result": {"ID": "1"}, "time": {"start": NaN}}'
-#: An error line with the portal's text cut: errors.PORTAL_TEXT_MAX (2,000) characters and a
-#: little more.
-ERROR_LINE_MAX = 3_000
 
 
 def _cli(portal: HostilePortal, tmp_path: Path) -> Cli:
     return Cli(tmp_path, {"B24_WEBHOOK_URL": portal.webhook_url, "B24_SERVER": "off"})
-
-
-def _bounded(cli: Cli, *args: str, seconds: float = 30) -> Run:
-    """A run that must end within ``seconds`` (the hostile portal's fuse ends the old loops
-    well before that; this is the guard should it not)."""
-    process = cli.popen(*args)
-    try:
-        out, err = process.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail(f"b24 {' '.join(args)} did not end within {seconds} s")
-    run = Run(process.returncode, out, err)
-    check(run)
-    return run
 
 
 def _client(portal: HostilePortal, tmp_path: Path) -> Bitrix24Client:
@@ -80,7 +67,7 @@ def _host(portal: HostilePortal, tmp_path: Path) -> Host:
 @pytest.mark.parametrize("body", [BIG_ERROR, BIG_V3_ERROR], ids=["v2", "v3"])
 def test_a_megabyte_error_text_becomes_a_short_error_line(tmp_path: Path, body: bytes) -> None:
     with hostile(always(400, body)) as portal:
-        run = _bounded(_cli(portal, tmp_path), "user.current")
+        run = _cli(portal, tmp_path).within(30, "user.current")
     assert run.code == 1, run.err[:300]
     assert len(run.err) < ERROR_LINE_MAX
     assert "more characters cut" in run.error()["message"] or "more)" in run.error()["message"]
@@ -149,7 +136,7 @@ def test_an_offset_export_the_portal_does_not_advance_ends(tmp_path: Path, answe
 
 def test_the_cli_and_the_mcp_export_end_when_next_never_moves(tmp_path: Path) -> None:
     with hostile(STUCK["next never moves"]) as portal:
-        run = _bounded(_cli(portal, tmp_path), "crm.status.list", "--all", "--output", "jsonl")
+        run = _cli(portal, tmp_path).within(30, "crm.status.list", "--all", "--output", "jsonl")
         by_cli = portal.requests
         export = _host(portal, tmp_path).one("b24_export", {"method": "crm.status.list"})
     assert run.code == 6 and run.error()["code"] == "EXPORT_INCONSISTENT", run.err
@@ -180,8 +167,8 @@ def test_a_read_of_an_answer_json_does_not_have_is_a_server_fault(
 ) -> None:
     with hostile(always(200, body)) as portal:
         cli = _cli(portal, tmp_path)
-        plain = _bounded(cli, "crm.status.list")
-        export = _bounded(cli, "crm.status.list", "--all")
+        plain = cli.within(30, "crm.status.list")
+        export = cli.within(30, "crm.status.list", "--all")
     for run in (plain, export):
         assert run.code == 6, run.err[:500]
         assert run.error()["code"] == "MALFORMED_RESPONSE"
@@ -195,8 +182,8 @@ def test_a_write_answered_with_what_json_does_not_have_may_have_run(
 ) -> None:
     with hostile(always(200, body)) as portal:
         params = json.dumps({"fields": {"TITLE": "x"}})
-        run = _bounded(
-            _cli(portal, tmp_path), "crm.lead.add", "--params", params, "--confirm-write"
+        run = _cli(portal, tmp_path).within(
+            30, "crm.lead.add", "--params", params, "--confirm-write"
         )
     assert run.code == 7, run.err[:500]
     assert run.error()["code"] == "MALFORMED_RESPONSE"
@@ -216,3 +203,18 @@ def test_the_library_and_the_mcp_tools_refuse_nan_and_deep_answers(tmp_path: Pat
         result = _host(portal, tmp_path).one("b24_call", {"method": "crm.status.list"})
     assert result.error and result.code == "MALFORMED_RESPONSE", result.text
     assert "Infinity" not in result.text.replace("Infinity is not", "")
+
+
+def test_a_write_answered_as_deep_as_json_decodes_is_masked_and_printed(tmp_path: Path) -> None:
+    """900 levels decode (past some 990 the reader refuses); the write's answer is then masked
+    for its idempotency record, which recursed past Python's limit: exit 7 "a bug"."""
+    nested = b"[" * 900 + b"]" * 900
+    with hostile(
+        always(200, b'{"result": {"ID": "1", "X": ' + nested + b'}, "time": {}}')
+    ) as portal:
+        params = json.dumps({"id": 1, "fields": {"TITLE": "x"}})
+        run = _cli(portal, tmp_path).within(
+            30, "crm.lead.update", "--params", params, "--confirm-write"
+        )
+    assert run.code == 0, run.err[:500]
+    assert json.loads(run.out)["result"]["ID"] == "1"

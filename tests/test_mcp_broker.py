@@ -12,6 +12,7 @@ import anyio
 import pytest
 from broker_support import PYTHON, Accounts, Broker, can_make_users
 from conftest import Sandbox
+from hostile_support import BIG_ERROR, ERROR_LINE_MAX, always, hostile
 from mcp_support import SERVER, Host, answering
 from test_broker import broker  # noqa: F401 - the broker tests' own fixture
 
@@ -20,25 +21,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_the_mcp_server_in_front_of_the_broker_holds_no_secret_and_a_person_approves(
-    accounts: Accounts,
-    broker: Broker,  # noqa: F811
-    portal: Sandbox,
-) -> None:
+def _agent_host(accounts: Accounts, served: Broker, asked: list[str]) -> Host:
+    """b24-mcp as the agent's uid, in front of ``served``; its questions land in ``asked``."""
     assert PYTHON is not None
     python, python_env = PYTHON
     home = accounts.agent_home
     env = {
         **python_env,
         "HOME": str(home),
-        "B24_BROKER": f"unix:{broker.socket}",
+        "B24_BROKER": f"unix:{served.socket}",
         "B24_MCP_EXPORT_DIR": str(home / "exports"),
         "B24_PACKS": "all",  # the agent's side tries to widen; the broker's policy decides
         "B24_APPROVAL": "off",
     }
-    asked: list[str] = []
     host = Host(env, home, elicit=answering("accept", asked=asked))  # cwd: the agent's home
     host.command = ["runuser", "-u", accounts.agent, "--", python, str(SERVER)]
+    return host
+
+
+def test_the_mcp_server_in_front_of_the_broker_holds_no_secret_and_a_person_approves(
+    accounts: Accounts,
+    broker: Broker,  # noqa: F811
+    portal: Sandbox,
+) -> None:
+    asked: list[str] = []
+    host = _agent_host(accounts, broker, asked)
+    home = accounts.agent_home
 
     async def work(client: Any) -> Any:
         me = await host.call(client, "b24_call", {"method": "user.current"})
@@ -91,3 +99,28 @@ def test_the_mcp_server_in_front_of_the_broker_holds_no_secret_and_a_person_appr
         "b24_export",
     ]
     assert all(line["origin"]["claimed"]["via"] == "mcp" for line in called)
+
+
+def test_a_megabyte_portal_error_through_the_broker_is_cut_and_the_export_answers(
+    accounts: Accounts, sandbox_proc: Sandbox
+) -> None:
+    """Review 7, M1: b24_export read the child's stdout to its end before its stderr, so a
+    child writing an error line past the pipe's 64 KB never ended, and neither did the tool."""
+    with hostile(always(400, BIG_ERROR), fuse=100) as portal:
+        credentials = f"B24_WEBHOOK_URL={portal.webhook_url}\n"
+        broker = Broker(accounts, sandbox_proc, "hostile", credentials, B24_APPROVAL="off")
+        host = _agent_host(accounts, broker, [])
+
+        async def work(client: Any) -> Any:
+            with anyio.fail_after(60):
+                call = await host.call(client, "b24_call", {"method": "crm.lead.list"})
+                export = await host.call(client, "b24_export", {"method": "crm.lead.list"})
+                return call, export
+
+        try:
+            call, export = host.session(work)
+        finally:
+            broker.stop()
+    for result in (call, export):
+        assert result.error and result.code == "ERROR_CORE", result.text[:300]
+        assert len(result.text.encode()) < ERROR_LINE_MAX

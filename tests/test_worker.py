@@ -630,3 +630,40 @@ def test_stalled_notice_connections_are_dropped_after_the_idle_timeout():
         assert _raw_post(listener.url, b"Content-Length: 0\r\n").startswith(b"HTTP/1.0 403")
     finally:
         listener.close()
+
+
+def test_a_notice_nested_past_the_recursion_limit_is_refused_and_wakes_nothing():
+    """Review 7, M3: a notice whose form key nests 5,000 brackets deep (64 KB is room for
+    21,000) made decoding raise RecursionError: the connection was dropped unanswered."""
+    from b24agent.worker.wakeup import WakeListener
+
+    wake = threading.Event()
+    listener = WakeListener("127.0.0.1", 0, "token", wake)
+    listener.start()
+    body = b"event=ONOFFLINEEVENT&auth[application_token]=token&data" + b"[a]" * 5000 + b"=1"
+    try:
+        head = b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        with socket.create_connection(_address(listener.url), timeout=10) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + head)
+            answer = conn.recv(200)
+    finally:
+        listener.close()
+    assert answer.startswith(b"HTTP/1.0 403"), answer
+    assert not wake.is_set() and listener.rejected == 1
+
+
+def test_events_holding_what_json_does_not_have_are_not_handed_over(portal, state, tmp_path):
+    """Review 7, M3: an event.offline.get answer holding Infinity (or nested past the limit)
+    is a malformed answer, exit 6, and no event of it reaches the sink as non-JSON."""
+    seed_events(portal, 3)
+    row = '{"ID": "1", "EVENT_NAME": "ONCRMLEADUPDATE", "EVENT_DATA": {"FIELDS": {"ID": Infinity}}}'
+    body = '{"result": {"process_id": "p1", "events": [' + row + ']}, "time": {}}'
+    rule = {"method": "event.offline.get", "status": 200, "body": body}
+    portal.admin("faults", {"rules": [{**rule, "content_type": "application/json"}]})
+    sink = tmp_path / "inbox.jsonl"
+
+    result = run_worker(worker_env(portal, state), "--once", "--no-adopt", "--sink", str(sink))
+
+    assert result.returncode == 6, result.stderr
+    assert error_of(result.stderr)["code"] == "MALFORMED_RESPONSE"
+    assert not sink.exists() or "Infinity" not in sink.read_text()

@@ -101,14 +101,23 @@ class Redactor:
         return text
 
     def mask_obj(self, obj: Any) -> Any:
-        """A copy of a JSON-like object with secret keys and secret values masked."""
-        if isinstance(obj, Mapping):
-            return {
-                key: MASK if str(key).lower() in SECRET_KEYS else self.mask_obj(value)
-                for key, value in obj.items()
-            }
-        if isinstance(obj, (list, tuple)):
-            return [self.mask_obj(item) for item in obj]
-        if isinstance(obj, str):
-            return self.mask(obj)
-        return obj
+        """A copy of a JSON-like object with secret keys and secret values masked. A loop, not
+        recursion: a portal's answer may nest as deep as the JSON reader goes (some 990
+        levels), deeper than Python calls may, and a write's answer is masked after it ran."""
+        root: list[Any] = [None]
+        todo: list[tuple[Any, Any, Any]] = [(obj, root, 0)]  # (value, copy to fill, its slot)
+        while todo:
+            value, into, slot = todo.pop()
+            if isinstance(value, Mapping):
+                into[slot] = copied = dict.fromkeys(value)
+                for key, item in value.items():
+                    if str(key).lower() in SECRET_KEYS:
+                        copied[key] = MASK
+                    else:
+                        todo.append((item, copied, key))
+            elif isinstance(value, (list, tuple)):
+                into[slot] = listed = [None] * len(value)
+                todo.extend((item, listed, index) for index, item in enumerate(value))
+            else:
+                into[slot] = self.mask(value) if isinstance(value, str) else value
+        return root[0]

@@ -78,7 +78,7 @@ class WakeListener:
         """HTTP status for one notice body; counts it and wakes the worker when valid."""
         try:
             payload: dict[str, Any] = decode_query(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # not a form the portal sends
             payload = {}
         if not token_matches(self._token, payload):
             with self._lock:
