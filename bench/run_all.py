@@ -33,6 +33,7 @@ FULL: list[tuple[str, str]] = [
     ("5. Offline worker drain", "bench_worker_drain.py"),
     ("6. Eight processes sharing one portal", "bench_shared_limiter.py"),
     ("7. Redis state backend against the file backend, per call", "bench_state_backend.py"),
+    ("8. Warm server: the caller's confinement checked on each call", "bench_warm_check.py"),
 ]
 ANALYSIS_MARKER = "<!-- analysis -->"
 QUICK_ARGS: dict[str, list[str]] = {
@@ -43,6 +44,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_shared_limiter.py": ["--processes", "4", "--calls", "20"],
     "bench_worker_drain.py": ["--events", "20000"],
     "bench_state_backend.py": ["--calls", "100", "--rounds", "3"],
+    "bench_warm_check.py": ["--checks", "1000", "--rounds", "3"],
 }
 #: The full run's arguments where they differ from each script's defaults.
 FULL_ARGS: dict[str, list[str]] = {

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from b24agent.cli.warm import launch, wire
 
@@ -142,15 +143,15 @@ def main(mode: str) -> None:
         commands = helper[1]
         stamp = wire.code_stamp
 
-        def stamp_then_swap(*args: str) -> str:  # between the folder check and the connect
-            result = stamp(*args)
+        def stamp_then_swap(*args: Any, **kwargs: Any) -> str:  # between check and connect
+            result = stamp(*args, **kwargs)
             os.write(commands, b"i")
             time.sleep(0.005)  # the other user's renames land before the connect
             return result
 
         wire.code_stamp = stamp_then_swap
 
-    launch._start_server = lambda where: None  # no real server: the two above are the servers
+    launch._start_server = lambda *_: None  # no real server: the two above are the servers
     for _ in range(CALLS):
         where = wire.dial(scene.env)
         if where is not None:

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from b24agent.cli.warm import rehearsal
 from b24agent.cli.warm import wire as warm_wire
 from cli_support import SCRIPT, Cli, Run, check
+from confine_support import CONFINEMENTS, landlock_works, no_new_privs
 from conftest import Sandbox
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,8 +62,11 @@ def _warm(cli: Cli, runtime: Path) -> None:
         time.sleep(0.05)
 
 
-def _imports(cli: Cli, *args: str) -> tuple[Run, set[str]]:
-    """Run b24 with -X importtime: what the calling process itself imported."""
+def _imports(
+    cli: Cli, *args: str, preexec: Callable[[], None] | None = None
+) -> tuple[Run, set[str]]:
+    """Run b24 with -X importtime: what the calling process itself imported. ``preexec`` runs
+    in the child before exec (a confinement, see confine_support.py)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", str(SCRIPT), *args],
         capture_output=True,
@@ -70,6 +74,7 @@ def _imports(cli: Cli, *args: str) -> tuple[Run, set[str]]:
         env=cli.env,
         cwd=cli.cwd,
         timeout=60,
+        preexec_fn=preexec,
     )
     timings = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     other = "".join(f"{line}\n" for line in proc.stderr.splitlines() if line not in timings)
@@ -235,10 +240,10 @@ def test_a_taken_worker_is_replaced_when_its_call_is_over_not_while_it_runs(
         time.sleep(0.05)
 
 
-def _server_pid(runtime: Path) -> int:
+def _server_pid(runtime: Path, where: Path | None = None) -> int:
     """The warm server's parent: the process that listens on the socket (SO_PEERCRED)."""
     with socket.socket(socket.AF_UNIX) as probe:
-        probe.connect(str(_sockets(runtime)[0]))
+        probe.connect(str(where or _sockets(runtime)[0]))
         creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     return int.from_bytes(creds[:4], sys.byteorder)
 
@@ -324,6 +329,86 @@ def _process_in(folder: Path, *, besides: int) -> int:
                 continue
     assert len(found) == 1, found
     return found[0]
+
+
+@pytest.mark.parametrize("name", sorted(CONFINEMENTS))
+def test_a_sandboxed_call_runs_in_its_sandbox_not_in_a_server_started_outside(
+    name: str, portal: Sandbox, cli: Cli, runtime: Path
+) -> None:
+    """Review 7 H2: a caller under a seccomp filter refusing network sockets, or Landlock
+    refusing file writes (each with no_new_privs, as Codex confines commands), handed its write
+    to the server the person's own call had started, and the write ran there: exit 0, a lead
+    made. Now it runs in its own process and meets its sandbox, as with B24_SERVER=off."""
+    confine, code, exit_code = CONFINEMENTS[name]
+    if name == "no-writes" and not landlock_works():
+        pytest.skip("this kernel has no Landlock")
+    _warm(cli, runtime)
+    before = portal.stats()["requests"]
+    add = ("crm.lead.add", "--params", '{"fields": {"TITLE": "sandboxed"}}', "--confirm-write")
+    run, imported = _imports(cli, *add, preexec=confine)
+    assert run.code == exit_code and run.error()["code"] == code, run.err
+    assert "b24agent.cli.client" in imported  # it ran in the caller's own process
+    assert portal.stats()["requests"] == before  # nothing reached the portal
+    served, imported = _imports(cli, "user.current")  # the person's own calls keep the server
+    assert served.code == 0 and "b24agent.cli.client" not in imported
+
+
+#: A process that writes its own request frame to the socket ``sys.argv[1]`` (a user.current
+#: call, with this process's stdio) and prints what the server answers: READY or closed.
+INJECTED = """
+import socket, sys
+sys.path.insert(0, sys.argv[2])
+from b24agent.cli.warm import wire
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(sys.argv[1])
+frame = wire.encode_request(["b24", "user.current"], {}, "/", 0o077, [])
+try:
+    socket.send_fds(conn, [frame], [0, 1, 2])
+    print("READY" if conn.recv(1) == wire.READY else "closed")
+except OSError:  # the server closed first
+    print("closed")
+"""
+
+
+def test_the_server_reads_who_connects_and_refuses_a_confined_process(
+    cli: Cli, runtime: Path
+) -> None:
+    """The socket's name keeps a sandboxed b24 away from a server outside its sandbox, but any
+    process of the user may connect to the socket and write its own frame: the worker reads the
+    connecting process from the kernel and closes before READY (so nothing runs) unless it is
+    confined as the server is. no_new_privs alone is enough to differ."""
+    _warm(cli, runtime)
+    answers = {}
+    for name, preexec in (("unconfined", None), ("no_new_privs", no_new_privs)):
+        injected = subprocess.run(
+            [sys.executable, "-c", INJECTED, str(_sockets(runtime)[0]), str(SCRIPT.parent)],
+            preexec_fn=preexec,
+            env=cli.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        answers[name] = injected.stdout.strip() or injected.stderr
+    assert answers == {"unconfined": "READY", "no_new_privs": "closed"}
+
+
+def test_a_sandboxed_caller_keeps_the_warm_path_with_a_server_in_its_sandbox(
+    cli: Cli, runtime: Path
+) -> None:
+    """Its socket's name tells its confinement, so its first call starts a server inside its
+    sandbox (inheriting it) and its next calls are served there."""
+    _warm(cli, runtime)
+    outside = set(_sockets(runtime))
+    assert cli.finish(cli.popen_with(no_new_privs, "user.current")).code == 0
+    deadline = time.monotonic() + SERVER_START_S
+    while len(_sockets(runtime)) < 2:
+        assert time.monotonic() < deadline, "no server started in the sandbox"
+        time.sleep(0.05)
+    (inside,) = set(_sockets(runtime)) - outside
+    status = Path(f"/proc/{_server_pid(runtime, inside)}/status").read_text()
+    assert "NoNewPrivs:\t1" in status
+    served, imported = _imports(cli, "user.current", preexec=no_new_privs)
+    assert served.code == 0 and "b24agent.cli.client" not in imported
 
 
 def test_off_or_an_unsafe_folder_keeps_every_call_in_process(cli: Cli, runtime: Path) -> None:

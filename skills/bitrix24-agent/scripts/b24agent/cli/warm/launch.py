@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _signal
 import _socket
+import errno
 import os
 import sys
 
@@ -51,6 +52,11 @@ CANCELLED = (
     '"hint": "nothing was sent to the portal", "retryable": true}}\n'
 )
 EXIT_INTERRUPTED = 130
+#: What connect says when no server listens on the socket (none yet, or one that left): only
+#: then is one started. A seccomp filter refusing connect (EPERM) would refuse its bind too.
+NOBODY_LISTENS = (errno.ENOENT, errno.ECONNREFUSED)
+#: How the server's lock file is made: never through a link, never inherited by a child.
+LOCK_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Flags that never call the portal (help, version, catalog look-ups, installing the skill):
 #: they run here and neither use nor start a server.
 LOCAL_FLAGS = frozenset(
@@ -171,8 +177,8 @@ class ServedCall:
             self.sock.connect(self.through)
         except OSError as exc:
             self.failure = exc
-            if not self.brokered:
-                _start_server(self.where)
+            if not self.brokered and exc.errno in NOBODY_LISTENS:
+                _start_server(self.where, self.through)
             return None
         if not self.brokered and _peer_uid(self.sock) != os.getuid():
             return None  # another user's socket: it gets nothing, and the call runs here
@@ -261,8 +267,16 @@ def server_env(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _start_server(where: str) -> None:
-    """Start the server in the background for the next call; this call runs here meanwhile."""
+def _start_server(where: str, through: str) -> None:
+    """Start the server in the background for the next call; this call runs here meanwhile.
+
+    Not where it could not bind: a sandbox that forbids writing the folder (Landlock, a
+    read-only mount) would see a server started, and failing, on every call. The server's lock
+    file is made here first, as the server makes it, through the checked folder."""
+    try:
+        os.close(os.open(through + ".lock", LOCK_FLAGS, 0o600))
+    except OSError:
+        return
     import subprocess
 
     try:  # noqa: SIM105 - the import-light style of this module

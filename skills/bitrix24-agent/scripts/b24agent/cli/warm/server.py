@@ -11,7 +11,8 @@ rehearsal (a whole call of CPU, three fsyncs) made the call they overlapped 20-4
 busy two-core machine. Only when calls run side by side and no spare is left does the next one
 start at once, so a burst never waits for a call to end.
 
-Only the caller's own user can reach the socket (a 0700 folder; workers check SO_PEERCRED).
+Only the caller's own user can reach the socket (a 0700 folder; workers check SO_PEERCRED),
+and a worker serves only a caller confined as the server is (``confinement.py``).
 The parent only forks: a new spare for each one taken. After ``B24_SERVER_IDLE_SEC`` (default
 300) without a call it removes the socket and tells the spares to leave; a connection that was
 still queued then sees the socket close before any worker took it, and its caller runs the call
@@ -33,7 +34,7 @@ import time
 from filelock import FileLock
 
 from . import rehearsal, wire
-from .worker import serve_call
+from .worker import own_confinement, serve_call
 
 __all__ = ["main", "warm_up"]
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if listener is None:
         return 0  # another server answers on this socket
     warm_up()
+    own_confinement()  # read once here, so that no worker reads it on a call
     _Server(args[0], listener, idle_s).run()
     return 0
 

@@ -2,7 +2,7 @@
 and how one call is framed.
 
 ``b24`` imports this on every start, before anything else, so it uses only modules that are
-already loaded or built into the interpreter (``os``, ``sys``, ``_socket``): importing
+already loaded or built into the interpreter (``os``, ``sys``, ``_socket``) and ours: importing
 ``socket`` alone (enum, selectors) costs 7 ms and ``json`` 3 ms, against a 9 ms ``curl``.
 
 The socket sits in a folder only this user can enter. The caller opens that folder without
@@ -11,13 +11,16 @@ following a link, checks the open folder (owner, mode) and connects through it
 call; and before it sends anything it asks the kernel who listens (SO_PEERCRED, launch.py).
 The socket's name carries a stamp of the code (the interpreter, the package folder and every
 module's mtime), so after an upgrade or an edit the next call starts a fresh server and the old
-one exits when idle; no call runs stale code.
+one exits when idle; no call runs stale code. It carries the caller's confinement too
+(``confinement.py``), so a sandboxed caller gets a server of its own sandbox.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from . import confinement
 
 __all__ = [
     "DONE",
@@ -108,12 +111,14 @@ def private_folder(environ: os._Environ[str] | dict[str, str] = os.environ) -> s
     return _folder_path(environ)
 
 
-def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
+def code_stamp(package_dir: str = PACKAGE_DIR, confined: tuple[str, ...] = ()) -> str:
     """A short hash of what a server would run and where: the environment (``sys.prefix``, so
     ``python`` and ``python3`` of one venv agree), interpreter version and flags, the package
-    and its mtimes, and this process's namespaces and cgroup, so a caller in a container or
-    sandbox never reaches a server started outside it (nor the other way round)."""
-    parts = [sys.prefix, sys.version, str(sys.flags), package_dir, *_confinement()]
+    and its mtimes, and ``confined``, what confines this process (``confinement.py``: its
+    namespaces, cgroup, ``no_new_privs``, seccomp, LSM label...), so a caller in a container or
+    sandbox finds, or starts, a server confined as it is. The server checks that itself
+    (``worker.py``): a name is only a hint."""
+    parts = [sys.prefix, sys.version, str(sys.flags), package_dir, *confined]
     pending = [package_dir]
     while pending:
         with os.scandir(pending.pop()) as entries:
@@ -128,25 +133,14 @@ def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
     return f"{summed:08x}"
 
 
-def _confinement() -> list[str]:
-    """The namespaces (mount, network, pid, user) and cgroup of this process."""
-    found = []
-    for kind in ("mnt", "net", "pid", "user"):
-        try:
-            found.append(os.readlink(f"/proc/self/ns/{kind}"))
-        except OSError:
-            found.append(f"{kind}:?")
-    try:
-        with open("/proc/self/cgroup", "rb") as cgroup:
-            found.append(cgroup.read().decode(errors="replace"))
-    except OSError:
-        found.append("cgroup:?")
-    return found
-
-
 def _socket_name() -> str | None:
+    """None when this process's confinement cannot be read or a tracer holds it: the call
+    then runs here, inside whatever confines it."""
+    confined = confinement.of_self()
+    if confined is None or confinement.traced(confined):
+        return None
     try:
-        return f"b24-{code_stamp()}.sock"
+        return f"b24-{code_stamp(confined=confined)}.sock"
     except OSError:
         return None  # a module vanished mid-scan (an upgrade under way): run this call here
 

@@ -4,11 +4,15 @@ The worker was forked from the warm server and has accepted one connection. It b
 process the caller would have been: the caller's argv, environment, folder, umask and
 stdin/stdout/stderr (received as file descriptors), default signal handling. Then it runs
 ``b24agent.cli.client.main``, flushes, and sends the exit code back; the caller exits with it.
+
+It serves only a process of this user confined exactly as the server (``confinement.py``):
+a call from a sandbox runs in the caller's process, where the sandbox applies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -22,21 +26,62 @@ from collections.abc import Callable
 from ..client import main as run_call
 from ..common import as_b24_error
 from ..output import dump_line
-from . import wire
+from . import confinement, wire
 from .wire import EXITED, GO, READY
 
-__all__ = ["serve", "serve_call", "take_stdio"]
+__all__ = ["confined_as_this_server", "own_confinement", "serve", "serve_call", "take_stdio"]
 
 #: Longest request accepted: argv plus the environment (a real one is a few KB).
 MAX_REQUEST_BYTES = 1 << 20
+#: getsockopt option giving a pidfd of the connected peer (Linux 6.5; Python 3.11 lacks the name).
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 #: Signals a caller may pass on: it reacts to them as it would in its own process.
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def serve_call(conn: socket.socket) -> None:
-    """Serve the call on ``conn`` if it comes from this user and the caller says go."""
-    if _same_user(conn):
+    """Serve the call on ``conn`` if it comes from this user, confined exactly as this server,
+    and the caller says go. Otherwise the connection closes before READY, nothing has run, and
+    the caller runs the call itself, inside whatever confines it."""
+    pid, uid = _peer(conn)
+    if uid == os.getuid() and confined_as_this_server(conn, pid):
         serve(conn, _become_the_caller, lambda request: run_call(request.argv[1:]))
+
+
+@functools.cache
+def own_confinement() -> tuple[str, ...] | None:
+    """This server's confinement, read once in the parent (``server.main``) so that each
+    worker compares with it for free."""
+    return confinement.of_self()
+
+
+def confined_as_this_server(conn: socket.socket, pid: int) -> bool:
+    """Whether the connecting process is confined exactly as this server (``confinement.py``),
+    as the kernel shows it, whatever its request will say. With SO_PEERPIDFD (Linux 6.5) the
+    process that connected is pinned: if it still lives after its ``/proc`` entry was read, that
+    entry was its own, not that of a process given its pid since."""
+    own = own_confinement()
+    if own is None or pid <= 0:
+        return False  # unreadable, or a caller in a pid namespace this server cannot see
+    pidfd = _peer_pidfd(conn)
+    try:
+        seen = confinement.of_process(pid)
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        return False  # the connecting process is gone
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return seen == own
+
+
+def _peer_pidfd(conn: socket.socket) -> int | None:
+    """A pidfd of the process that connected, or None before Linux 6.5."""
+    try:
+        return conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        return None
 
 
 def serve(
@@ -99,10 +144,10 @@ def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def _same_user(conn: socket.socket) -> bool:
-    """The kernel's word on who connected (struct ucred: pid, uid, gid)."""
+def _peer(conn: socket.socket) -> tuple[int, int]:
+    """The kernel's word on who connected (struct ucred: pid, uid, gid): pid and uid."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    return int.from_bytes(creds[4:8], sys.byteorder) == os.getuid()
+    return int.from_bytes(creds[:4], sys.byteorder), int.from_bytes(creds[4:8], sys.byteorder)
 
 
 def _receive(conn: socket.socket) -> tuple[wire.Request, list[int]]:
