@@ -209,3 +209,99 @@ def test_lone_copy_reads_and_writes_the_sandbox(
     assert added.returncode == 0, added.stderr
     lead = portal.rest("crm.lead.get", {"id": json.loads(added.stdout)}).json()["result"]
     assert lead["TITLE"] == "from the lone copy"
+
+
+# --- --install-skill: only the skill, swapped in whole (review7 L6) -------------------------------
+
+#: A webhook as it would sit in an env file someone left in the skill folder.
+LEFT_BEHIND = "B24_WEBHOOK_URL=https://portal.example/rest/1/leftbehindcode123/\n"
+
+
+@pytest.fixture
+def cluttered_copy(tmp_path: Path) -> Path:
+    """A skill folder as a person leaves it: the MCP help's ``--env-file portal.env`` there,
+    an ``.env.local``, and a state folder with a token store inside."""
+    copy = tmp_path / "src" / "bitrix24-agent"
+    shutil.copytree(SKILL, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (copy / "portal.env").write_text(LEFT_BEHIND)
+    (copy / ".env.local").write_text(LEFT_BEHIND)
+    (copy / "scripts" / "portal.env").write_text(LEFT_BEHIND)
+    (copy / "state" / "portal").mkdir(parents=True)
+    (copy / "state" / "portal" / "tokens.json").write_text('{"access_token": "leftbehindcode123"}')
+    (copy / "scripts" / "b24agent" / ".state").mkdir()
+    (copy / "scripts" / "b24agent" / ".state" / "t.json").write_text('"leftbehindcode123"')
+    return copy
+
+
+def _install(copy: Path, skills: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    """``--install-skill skills`` run from ``copy`` (under ``wrapper``, e.g. strace)."""
+    script = copy / "scripts" / "bitrix24_client.py"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(skills.parent),
+        "PYTHONPATH": sysconfig.get_paths()["purelib"],
+        "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc renames: the swap's are the only ones
+        "B24_SERVER": "off",
+    }
+    command = [*wrapper, sys.executable, "-S", str(script), "--install-skill", str(skills)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _tracked(folder: Path) -> set[str]:
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part == "__pycache__" or part.endswith(".egg-info") for part in p.parts)
+        and not p.name.endswith(".pyc")
+    }
+
+
+def test_install_skill_copies_the_skill_and_no_env_file_or_state(
+    cluttered_copy: Path, tmp_path: Path
+) -> None:
+    """Before, only ``.env`` was skipped: portal.env, .env.local and a state folder holding a
+    webhook or tokens were copied into the runtime's skills folder, which it shows the model."""
+    skills = tmp_path / "skills"
+    done = _install(cluttered_copy, skills)
+    assert done.returncode == 0, done.stderr
+    installed = skills / "bitrix24-agent"
+    assert _tracked(installed) == _tracked(SKILL)
+    leaked = [
+        p for p in installed.rglob("*") if p.is_file() and "leftbehindcode123" in p.read_text()
+    ]
+    assert leaked == []
+
+
+def _can_trace() -> bool:
+    """strace is installed and may trace here (a container may forbid ptrace)."""
+    if shutil.which("strace") is None:
+        return False
+    return subprocess.run(["strace", "-qq", "-o", "/dev/null", "true"], check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_trace(), reason="needs strace and ptrace")
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_reinstall_that_fails_midway_leaves_a_whole_copy_installed(
+    failing: int, tmp_path: Path
+) -> None:
+    """strace makes the Nth rename of the reinstall fail (EIO). Before, the earlier copy was
+    renamed away, then the new one in: a failure of the second rename deleted the earlier copy
+    with the staging folder, and no skill was installed. Now the two are swapped in one step
+    (renameat2 RENAME_EXCHANGE): whatever fails, a whole copy is in place."""
+    skills = tmp_path / "skills"
+    assert _install(SKILL, skills).returncode == 0
+    renames = "rename,renameat,renameat2"
+    inject = (
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        f"-einject={renames}:error=EIO:when={failing}",
+    )
+    done = _install(SKILL, skills, *inject)
+    assert done.returncode in (0, 4) and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 1, done.stderr
+    assert _tracked(skills / "bitrix24-agent") == _tracked(SKILL)
+    assert sorted(p.name for p in skills.iterdir()) == ["bitrix24-agent"]  # nothing left over

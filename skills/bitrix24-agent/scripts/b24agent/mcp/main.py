@@ -21,7 +21,8 @@ EPILOG = """\
 examples:
   b24-mcp                                   # stdio: the MCP client starts it (see README)
   B24_MCP_TOKEN=... b24-mcp --http 127.0.0.1:8765
-  python3 scripts/mcp_server.py --env-file portal.env
+  python3 scripts/mcp_server.py --env-file ~/.config/bitrix24-agent/portal.env
+                                            # an env file never in the skill folder
 
 once running, errors are MCP tool errors carrying a code, a message and a hint.
 
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "B24_MCP_TOKEN), e.g. --http 127.0.0.1:8765",
     )
     parser.add_argument(
-        "--env-file", metavar="PATH", help="read settings from PATH, e.g. portal.env"
+        "--env-file",
+        metavar="PATH",
+        help="read settings from PATH, e.g. ~/.config/bitrix24-agent/portal.env (never inside "
+        "the skill folder: runtimes show it to the model)",
     )
     return parser
 
