@@ -3,6 +3,7 @@ id-chained export (every row exactly once, 2,500 rows per request) with its offs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,38 @@ def test_export_surfaces_page_errors(portal: Sandbox, tmp_path: Path) -> None:
     with pytest.raises(ApiError) as info:
         list(client.iter_all("crm.lead.list"))
     assert info.value.code == "ACCESS_DENIED"
+
+
+def test_a_halted_batch_missing_a_command_before_the_failure_may_have_run(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """review7 L8: the portal runs a batch's commands in order (batch.md) and halt stops it at
+    the first error, so a command before that one ran. An answer that drops it (a broken proxy,
+    a truncated answer) made it "not run" (BATCH_HALTED, retryable): its idempotency line freed
+    for a resend of a write that may have run. It is MALFORMED_RESPONSE now, outcome unknown
+    (exit 7); only the commands after the failure are BATCH_HALTED."""
+    answer = {
+        "result": {
+            "result": {},
+            "result_error": {"bad": {"error": "NOT_FOUND", "error_description": "Not found"}},
+            "result_total": [],
+            "result_next": [],
+            "result_time": [],
+        },
+        "time": {"start": 0, "finish": 0, "duration": 0, "processing": 0},
+    }
+    rule = {"method": "batch", "body": json.dumps(answer), "status": 200, "times": 1}
+    portal.admin("faults", {"rules": [{**rule, "content_type": "application/json"}]})
+    client = client_for(portal, tmp_path)
+    got = client.batch(
+        {
+            "add": ("crm.lead.add", {"fields": {"TITLE": "ran, answer lost"}}),
+            "bad": ("crm.lead.get", {"id": 999}),
+            "later": ("crm.lead.add", {"fields": {"TITLE": "never"}}),
+        },
+        halt=True,
+    )
+    assert isinstance(got.errors["bad"], NotFoundError)
+    assert got.errors["add"].code == "MALFORMED_RESPONSE", got.errors["add"]
+    assert got.errors["add"].exit_code == 7 and not got.errors["add"].retryable
+    assert got.errors["later"].code == "BATCH_HALTED" and got.errors["later"].retryable

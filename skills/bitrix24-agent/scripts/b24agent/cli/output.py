@@ -8,9 +8,10 @@ constant memory and a reader such as ``head`` sees rows page by page as they arr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.encoder
-import time
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
@@ -18,7 +19,7 @@ __all__ = ["Printer", "Progress", "dump_line"]
 
 Mask = Callable[[str], str]
 
-#: Longest a streamed line waits in the buffer before it is flushed (seconds).
+#: Longest a streamed line waits in the buffer before it is written and flushed (seconds).
 FLUSH_EVERY_S = 0.1
 #: Streamed lines masked and written together (one export page of 2,500 rows is a few blocks).
 LINES_PER_WRITE = 500
@@ -89,24 +90,54 @@ class Printer:
     def lines(self, items: Iterable[Any]) -> int:
         """Each item on its own line; returns how many were written.
 
-        Lines are masked and written in blocks of up to LINES_PER_WRITE, and flushed once
-        FLUSH_EVERY_S has passed and at the end, rather than one write and flush per row (which
-        cost an export of 100,000 leads a second). Masking a block equals masking its lines
-        one by one: no secret or secret-shaped match spans a newline. A reader of the pipe
-        still sees rows page by page, as the portal sends them.
+        Lines are masked and written in blocks of up to LINES_PER_WRITE rather than one write
+        and flush per row (which cost an export of 100,000 leads a second). Masking a block
+        equals masking its lines one by one: no secret or secret-shaped match spans a newline.
+        A reader of the pipe sees rows page by page, as the portal sends them: a block waits at
+        most FLUSH_EVERY_S, also while the next page is slow to come (a thread writes it then),
+        and what was received is written before an error or an interruption goes on up, so a
+        reader resuming from the last row printed loses nothing (review7 L5).
         """
         count = 0
         block: list[str] = []
-        flushed = time.monotonic()
-        for item in items:
-            block.append(dump_line(item))
-            count += 1
-            if len(block) >= LINES_PER_WRITE or time.monotonic() - flushed >= FLUSH_EVERY_S:
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def write_block() -> None:  # with ``lock`` held
+            if block:
                 self._write("\n".join(block) + "\n")
+                block.clear()
                 self._stream.flush()
-                block, flushed = [], time.monotonic()
-        if block:
-            self._write("\n".join(block) + "\n")
+
+        def write_held_blocks() -> None:
+            while not done.wait(FLUSH_EVERY_S):
+                with lock:
+                    try:
+                        write_block()
+                    except OSError:
+                        return  # the next write on the main thread meets it and reports it
+
+        writer = threading.Thread(target=write_held_blocks, name="b24-lines", daemon=True)
+        failed = True
+        try:
+            for item in items:
+                line = dump_line(item)
+                with lock:
+                    block.append(line)
+                    if len(block) >= LINES_PER_WRITE:
+                        write_block()
+                count += 1
+                if count == 1:
+                    writer.start()
+            failed = False
+        finally:
+            done.set()
+            if writer.is_alive():
+                writer.join()
+            # After a failure the rows still go out; a stdout that cannot take them (its
+            # reader left) must not hide the failure itself.
+            with lock, contextlib.suppress(*((OSError,) if failed else ())):
+                write_block()
         self._stream.flush()
         return count
 
@@ -115,7 +146,9 @@ class Printer:
 
         The document is written piece by piece, so memory stays flat however many items come.
         Nothing is written before the first item (or the end) arrives, so a stream that fails
-        at once leaves stdout empty rather than holding half a document.
+        at once leaves stdout empty rather than holding half a document; one that fails later
+        closes the document it started, so stdout still parses (``"incomplete": true`` in the
+        ``key`` form; the error on stderr and the exit code say what is missing).
         """
         compact = self._compact
         pad = "" if compact else "  " * (2 if key else 1)
@@ -124,18 +157,36 @@ class Printer:
         if key:
             opening = f'{{"{key}":[' if compact else f'{{\n  "{key}": ['
         count = 0
-        for item in items:
-            text = self._dump(item)
-            if pad:
-                text = pad + text.replace("\n", "\n" + pad)
-            self._write(sep + text if count else opening + first + text)
-            count += 1
-        end = "]" if compact or not count else "\n" + pad[:-2] + "]"
-        if key:
-            end += f',"total":{count}}}' if compact else f',\n  "total": {count}\n}}'
+        try:
+            for item in items:
+                text = self._dump(item)
+                if pad:
+                    text = pad + text.replace("\n", "\n" + pad)
+                self._write(sep + text if count else opening + first + text)
+                count += 1
+        except BaseException:
+            if count:
+                with contextlib.suppress(OSError):  # a reader gone must not hide the failure
+                    self._write(self._closing(count, key, incomplete=True) + "\n")
+                    self._stream.flush()
+            raise
+        end = self._closing(count, key, incomplete=False)
         self._write(end + "\n" if count else opening + end + "\n")
         self._stream.flush()
         return count
+
+    def _closing(self, count: int, key: str | None, *, incomplete: bool) -> str:
+        """What ends ``array``'s document after ``count`` items."""
+        compact = self._compact
+        end = "]" if compact or not count else "\n" + ("  " if key else "") + "]"
+        if key:
+            fields = {"total": count, **({"incomplete": True} if incomplete else {})}
+            sep, colon = (",", ":") if compact else (",\n  ", ": ")
+            end += "".join(
+                f'{sep}"{name}"{colon}{json.dumps(value)}' for name, value in fields.items()
+            )
+            end += "}" if compact else "\n}"
+        return end
 
 
 class Progress:

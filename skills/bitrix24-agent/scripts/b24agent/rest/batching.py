@@ -139,6 +139,12 @@ def _command_error(raw: Any, *, write: bool) -> B24Error:
     )
 
 
+def _first_failed(names: Sequence[str], failed: Mapping[str, Any]) -> int | None:
+    """Where a halted batch stopped: the first command, in ``cmd`` order, with an error. The
+    portal runs commands in that order (batch.md), so only those after it provably did not run."""
+    return next((index for index, name in enumerate(names) if name in failed), None)
+
+
 def parse_batch(
     call: CallResult,
     plan: BatchPlan,
@@ -164,15 +170,16 @@ def parse_batch(
         ) from None
     results: dict[str, Any] = {}
     errors: dict[str, B24Error] = {}
-    for name in plan.names:
+    halted_at = _first_failed(plan.names, maps["result_error"]) if halt else None
+    for index, name in enumerate(plan.names):
         write = is_write(plan.methods[name])
         if name in maps["result_error"]:
             errors[name] = _command_error(maps["result_error"][name], write=write)
         elif name in maps["result"]:
             results[name] = maps["result"][name]
-        elif halt and maps["result_error"]:
+        elif halted_at is not None and index > halted_at:
             errors[name] = halted_error()
-        else:
+        else:  # no halt, or before the failure: the portal ran it (in order), outcome unknown
             errors[name] = server_fault(
                 "MALFORMED_RESPONSE",
                 f"batch: command {name} ({plan.methods[name]}) is missing from the answer",
