@@ -91,24 +91,28 @@ def test_the_installed_distribution_declares_the_requirements_files() -> None:
     assert names == set(DISTRIBUTIONS.values()), "dependencies.py names every runtime package"
 
 
-def test_an_urllib3_older_than_2_6_is_refused_before_anything_is_sent(
-    portal: Sandbox, tmp_path: Path
+@pytest.mark.parametrize(
+    ("version", "code"), [("2.5.0", "DEPENDENCY_TOO_OLD"), ("3.0.0", "DEPENDENCY_TOO_NEW")]
+)
+def test_an_urllib3_outside_2_6_to_3_is_refused_before_anything_is_sent(
+    portal: Sandbox, tmp_path: Path, version: str, code: str
 ) -> None:
-    """The answer cap (B24_MAX_ANSWER_MB) holds only with urllib3 2.6+ (review6 L7): an older
-    one, which a pip that kept what was there may leave, is a configuration error, exit 4,
-    with the install line, before the request leaves. (The old version is faked: urllib3 2.8
-    reporting 2.5.0, set by a sitecustomize before our code runs.)"""
+    """The answer cap (B24_MAX_ANSWER_MB) holds only with urllib3 2.6+ (review6 L7), and the
+    answer deadline hooks urllib3 2's connection classes (rest/pools.py): an older urllib3,
+    which a pip that kept what was there may leave, or a new major version, is a configuration
+    error, exit 4, with the install line, before the request leaves. (The version is faked:
+    the installed urllib3 reporting another, set by a sitecustomize before our code runs.)"""
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "sitecustomize.py").write_text("import urllib3\nurllib3.__version__ = '2.5.0'\n")
+    (fake / "sitecustomize.py").write_text(f"import urllib3\nurllib3.__version__ = '{version}'\n")
     cli = Cli.on_webhook(portal, tmp_path)
     run = cli("user.current", PYTHONPATH=str(fake))
     assert run.code == 4, run.err
     error = run.error()
-    assert error["code"] == "DEPENDENCY_TOO_OLD", error
-    assert "urllib3 2.5.0" in error["message"] and "requirements.txt" in error["hint"]
+    assert error["code"] == code, error
+    assert f"urllib3 {version}" in error["message"] and "requirements.txt" in error["hint"]
     assert portal.stats()["by_method"].get("user.current", 0) == 0
-    assert cli("user.current").code == 0  # the real urllib3 (2.6 or later) passes
+    assert cli("user.current").code == 0  # the real urllib3 (2.6 up to 3) passes
 
 
 # --- --version -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 # requires-python = ">=3.10"
 # dependencies = [
 #   "requests>=2.31",
-#   "urllib3>=2.6",
+#   "urllib3>=2.6,<3",
 #   "python-dotenv>=1.0",
 #   "jsonschema>=4.18",
 #   "tenacity>=8.2",

@@ -26,6 +26,7 @@ __all__ = [
     "MCP_REQUIREMENTS",
     "REQUIREMENTS",
     "URLLIB3_AT_LEAST",
+    "URLLIB3_BELOW",
     "check_urllib3",
     "missing_dependency",
 ]
@@ -66,17 +67,30 @@ def missing_dependency(exc: ModuleNotFoundError) -> ConfigError | None:
 #: read of a "gzip, gzip" answer inflates without bound, so rest/answers.py's ceiling on the
 #: decoded size (B24_MAX_ANSWER_MB) would come too late. requests alone allows urllib3 1.26.
 URLLIB3_AT_LEAST = (2, 6)
+#: The first urllib3 we do not know: rest/pools.py hands each connection's socket to the
+#: answer deadline from inside urllib3 2's connection and pool classes, which a new major
+#: version may change; a deadline that silently stopped watching would let a portal hold a
+#: call for ever, so an unknown major version is refused rather than trusted.
+URLLIB3_BELOW = (3, 0)
 
 
 def check_urllib3(version: str) -> None:
-    """Refuse to talk HTTP with an urllib3 older than URLLIB3_AT_LEAST (exit 4, before any
-    request leaves), as for a missing package: a pip that kept an old urllib3 is not safe."""
+    """Refuse to talk HTTP with an urllib3 outside [URLLIB3_AT_LEAST, URLLIB3_BELOW) (exit 4,
+    before any request leaves), as for a missing package: a pip that kept an old urllib3, or
+    installed a new major version, is not known to be safe."""
     found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
     if found < URLLIB3_AT_LEAST:
         raise ConfigError(
             f"Python package urllib3 {version} is too old for {sys.executable}: 2.6 or later "
             "bounds how far a compressed answer inflates",
             code="DEPENDENCY_TOO_OLD",
+            hint=f"install the skill's packages: {install_commands()}",
+        )
+    if found >= URLLIB3_BELOW:
+        raise ConfigError(
+            f"Python package urllib3 {version} is newer than this version of bitrix24-agent "
+            f"knows for {sys.executable}: the answer deadline is tested with urllib3 2",
+            code="DEPENDENCY_TOO_NEW",
             hint=f"install the skill's packages: {install_commands()}",
         )
 
