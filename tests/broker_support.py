@@ -109,6 +109,11 @@ class Accounts:
         return f"b24wk{self.suffix}"
 
     @property
+    def intruder(self) -> str:
+        """A second agent's account (in the agents' group too)."""
+        return f"b24in{self.suffix}"
+
+    @property
     def ops(self) -> str:
         return f"b24ops{self.suffix}"
 
@@ -136,6 +141,7 @@ class Accounts:
             (accounts.operator, accounts.ops),
             (accounts.agent, accounts.agents),
             (accounts.worker, accounts.agents),
+            (accounts.intruder, accounts.agents),
         ):
             _sh("useradd", "--no-create-home", "--shell", nologin, "-g", primary, user)
         _sh("usermod", "-a", "-G", accounts.agents, accounts.operator)
@@ -144,7 +150,7 @@ class Accounts:
         return accounts
 
     def remove(self) -> None:
-        for user in (self.operator, self.agent, self.worker):
+        for user in (self.operator, self.agent, self.worker, self.intruder):
             subprocess.run(["userdel", user], capture_output=True, timeout=60)
         for group in (self.ops, self.agents):
             subprocess.run(["groupdel", group], capture_output=True, timeout=60)
@@ -164,6 +170,9 @@ class Accounts:
 
     def as_worker(self) -> dict[str, Any]:
         return {"user": self.worker, "group": self.agents, "extra_groups": []}
+
+    def as_intruder(self) -> dict[str, Any]:
+        return {"user": self.intruder, "group": self.agents, "extra_groups": []}
 
 
 class Broker:
@@ -298,13 +307,22 @@ class Broker:
 
 
 class Agent:
-    """The agent's ``b24``: its own uid, B24_BROKER, and an environment that tries to widen."""
+    """The agent's ``b24``: its own uid, B24_BROKER, and an environment that tries to widen
+    (``who``: another account's, say the intruder's, with ``home`` its working folder)."""
 
-    def __init__(self, accounts: Accounts, broker: Broker) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        broker: Broker,
+        who: dict[str, Any] | None = None,
+        home: Path | None = None,
+    ) -> None:
         self.accounts = accounts
+        self.who = who or accounts.as_agent()
+        self.home = home or accounts.agent_home
         self.env = {
             "PATH": PATH,
-            "HOME": str(accounts.agent_home),
+            "HOME": str(self.home),
             "B24_BROKER": f"unix:{broker.socket}",
             "B24_PACKS": "all",
             "B24_READ_ONLY": "0",
@@ -316,12 +334,12 @@ class Agent:
         return subprocess.Popen(
             [_python()[0], str(SCRIPT), *args],
             env=self.env,
-            cwd=self.accounts.agent_home,
+            cwd=self.home,
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            **self.accounts.as_agent(),
+            **self.who,
         )
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 120) -> Run:
@@ -338,11 +356,11 @@ class Agent:
         return subprocess.Popen(
             [_python()[0], "-c", code],
             env=self.env,
-            cwd=self.accounts.agent_home,
+            cwd=self.home,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            **self.accounts.as_agent(),
+            **self.who,
         )
 
     def python(self, code: str) -> Run:
@@ -382,3 +400,42 @@ def brokered_worker_env(broker: Broker, portal: Sandbox, home: Path) -> dict[str
         "B24_STATE_DIR": str(home / "state"),
         **python_env,
     }
+
+
+def hold_calls(agent: Agent, broker: Broker, count: int = 64) -> tuple[subprocess.Popen[str], int]:
+    """``count`` calls by ``agent`` that read a stdin it never closes, so each served one holds
+    a broker worker until the holder is killed; the holder, and how many were served (the rest
+    were closed unserved)."""
+    holder = agent.popen_python(
+        "import os, socket, sys, time\n"
+        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+        "from b24agent.cli.warm import wire\n"
+        "stdin, _never_written = os.pipe()\n"
+        "null = os.open(os.devnull, os.O_WRONLY)\n"
+        "fds = b''.join(fd.to_bytes(4, sys.byteorder) for fd in (stdin, null, null))\n"
+        "argv = ['b24', 'crm.lead.list', '--params', '-']\n"
+        "held = []\n"
+        f"for _ in range({count}):\n"
+        "    c = socket.socket(socket.AF_UNIX)\n"
+        f"    c.connect({str(broker.socket)!r})\n"
+        "    c.settimeout(10)\n"
+        "    try:\n"
+        "        c.sendmsg([wire.encode_request(argv, {}, '/', 0o077, [])],\n"
+        "                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])\n"
+        "        ready = c.recv(1) == wire.READY\n"
+        "    except TimeoutError:  # left in the backlog: the broker takes no more calls\n"
+        "        break\n"
+        "    except OSError:  # closed unserved\n"
+        "        ready = False\n"
+        "    if ready:\n"
+        "        c.sendall(wire.GO)\n"
+        "        held.append(c)\n"
+        "print(len(held), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    assert holder.stdout is not None
+    line = holder.stdout.readline()
+    if not line.strip().isdigit():
+        holder.kill()
+        raise AssertionError(holder.communicate()[1])
+    return holder, int(line)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from b24agent.broker.service import MAX_CALLS_PER_USER
 from b24agent.fingerprint import canonical_json
-from broker_support import PYTHON, Accounts, Agent, Broker, can_make_users
+from broker_support import PYTHON, Accounts, Agent, Broker, can_make_users, hold_calls
 from cli_support import SCRIPT
 from conftest import Sandbox
 
@@ -510,35 +510,10 @@ def test_one_user_holding_its_calls_open_leaves_the_others_served(
     does. Only MAX_CALLS_PER_USER of them are served (the rest are closed unserved: nothing
     sent, exit 6 for a real ``b24``); the worker's account, another user, is still served at
     once. Before, the agent held every one of MAX_CALLS (64) and any other call waited."""
-    holder = agent.popen_python(
-        "import os, socket, sys, time\n"
-        f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-        "from b24agent.cli.warm import wire\n"
-        "stdin, _never_written = os.pipe()\n"
-        "null = os.open(os.devnull, os.O_WRONLY)\n"
-        "fds = b''.join(fd.to_bytes(4, sys.byteorder) for fd in (stdin, null, null))\n"
-        "argv = ['b24', 'crm.lead.list', '--params', '-']\n"
-        "held = []\n"
-        "for _ in range(64):\n"
-        "    c = socket.socket(socket.AF_UNIX)\n"
-        f"    c.connect({str(broker.socket)!r})\n"
-        "    try:\n"
-        "        c.sendmsg([wire.encode_request(argv, {}, '/', 0o077, [])],\n"
-        "                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])\n"
-        "        ready = c.recv(1) == wire.READY\n"
-        "    except OSError:  # closed unserved\n"
-        "        ready = False\n"
-        "    if ready:\n"
-        "        c.sendall(wire.GO)\n"
-        "        held.append(c)\n"
-        "print(len(held), flush=True)\n"
-        "time.sleep(300)\n"
-    )
+    holder, held = hold_calls(agent, broker)
     try:
-        assert holder.stdout is not None
-        line = holder.stdout.readline()
         # At most its share (a call of an earlier test may still hold one of it).
-        assert line and 0 < int(line) <= MAX_CALLS_PER_USER, (line, holder.communicate()[1])
+        assert 0 < held <= MAX_CALLS_PER_USER, held
         assert PYTHON is not None
         agent_python = PYTHON[0]
         worker = subprocess.run(

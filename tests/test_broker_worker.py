@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from b24agent.broker.service import MAX_CALLS, RESERVED_CALLS
 from broker_support import (
     PATH,
     PYTHON,
@@ -26,6 +27,7 @@ from broker_support import (
     Broker,
     brokered_worker_env,
     can_make_users,
+    hold_calls,
     oauth_broker,
 )
 from cli_support import SCRIPT
@@ -202,3 +204,33 @@ def test_the_worker_without_b24_domain_is_refused_before_anything_is_sent(
     assert done.returncode == 4 and error_of(done.stderr)["code"] == "CONFIG_MISSING"
     assert "B24_DOMAIN" in json.loads(done.stderr.strip().splitlines()[-1])["error"]["message"]
     assert os.path.exists(broker.socket)
+
+
+def test_two_agents_holding_their_calls_open_leave_the_drain_its_slots(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    """The agent and a second agent user each open 64 calls that read a stdin never closed.
+    Together they are served at most MAX_CALLS - RESERVED_CALLS; the named worker still drains
+    at once. Before, the first took 48 slots and the second the last 16 of 64, and the
+    worker's calls waited in the socket's backlog until one of them let go."""
+    holders = []
+    try:
+        for who in (
+            Agent(accounts, broker),
+            Agent(accounts, broker, accounts.as_intruder(), accounts.base),
+        ):
+            holders.append(hold_calls(who, broker))
+        assert sum(held for _, held in holders) <= MAX_CALLS - RESERVED_CALLS, holders
+        seed_events(portal, 20)
+        sink = accounts.worker_home / "held-inbox.jsonl"
+        worker = _worker(accounts, broker, portal, "--drain", "--sink", str(sink))
+        try:
+            out, err = worker.communicate(timeout=60)
+        finally:
+            worker.kill()
+        assert worker.returncode == 0, err
+        assert summary_of(out)["handled"] >= 20 and queue_rows(portal) == []
+    finally:
+        for holder, _ in holders:
+            holder.kill()
+            holder.wait(timeout=30)

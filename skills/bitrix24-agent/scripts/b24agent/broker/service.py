@@ -29,10 +29,11 @@ from urllib.parse import urlsplit
 
 from ..cli.warm.server import warm_up
 from ..errors import ConfigError
+from ..guard.drain import is_drainer
 from ..guard.keyfile import create_key
 from ..settings import load_settings
 from .admin import serve_admin
-from .calls import peer_ids, serve_brokered_call
+from .calls import peer, serve_brokered_call
 
 __all__ = ["Sockets", "serve"]
 
@@ -43,13 +44,17 @@ REAP_EVERY_S = 1.0
 MAX_CALLS = 64
 #: Calls of one user (the kernel's uid) served at once. A call may rightly last long (a stdin
 #: the caller keeps open, a plan waiting for approval), so without a share per user one agent
-#: holding its calls open would take every slot from the other users, the drain worker among
-#: them; a quarter stays theirs. A connection past it is closed unserved: the caller hears that
-#: nothing was sent (exit 6).
-MAX_CALLS_PER_USER = MAX_CALLS * 3 // 4
-#: Forked workers serving call connections, and whose call each serves (the admin socket's
-#: are not counted: only the approvers' group reaches it).
-_call_workers: dict[int, int] = {}
+#: holding its calls open would take every slot from the other users; half stays theirs.
+MAX_CALLS_PER_USER = MAX_CALLS // 2
+#: Slots only the drain workers (B24_BROKER_DRAINERS, as the broker's settings named them at
+#: start) may take: all other users together hold at most MAX_CALLS - RESERVED_CALLS, so even
+#: several agents holding their calls open leave the drain its share. The operator needs none:
+#: the admin socket's connections are not counted. A connection past a share is closed
+#: unserved: the caller hears that nothing was sent (exit 6).
+RESERVED_CALLS = MAX_CALLS // 4
+#: Forked workers serving call connections: whose call each serves (uid), and whether that
+#: user is a drain worker (the admin socket's are not counted: only the approvers reach it).
+_call_workers: dict[int, tuple[int, bool]] = {}
 
 
 class Sockets:
@@ -83,12 +88,13 @@ def serve(sockets: Sockets, env_file: str | None) -> int:
     warm_up()
     calls = _listen(sockets.calls, sockets.group)
     listeners = {calls: serve_brokered_call, _listen(sockets.admin, sockets.approvers): serve_admin}
+    drainers = settings.broker_drainers
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
         while not stopping:
-            _accept_one(listeners, calls)
+            _accept_one(listeners, calls, drainers)
             _reap()
     finally:
         for path in (sockets.calls, sockets.admin):
@@ -148,11 +154,13 @@ def _listen(path: str, group: str | None) -> socket.socket:
 
 
 def _accept_one(
-    listeners: dict[socket.socket, Callable[[socket.socket], None]], calls: socket.socket
+    listeners: dict[socket.socket, Callable[[socket.socket], None]],
+    calls: socket.socket,
+    drainers: tuple[str, ...],
 ) -> None:
     """Wait for a connection; hand it to a forked child that serves it and exits. The call
-    socket is not watched while MAX_CALLS workers are busy, and a caller whose user already has
-    MAX_CALLS_PER_USER calls served is not served."""
+    socket is not watched while MAX_CALLS workers are busy, and a caller past its share
+    (``_past_share``) is not served."""
     watched = [one for one in listeners if one is not calls or len(_call_workers) < MAX_CALLS]
     try:
         ready, _, _ = select.select(watched, [], [], REAP_EVERY_S)
@@ -163,10 +171,13 @@ def _accept_one(
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             continue
-        uid = peer_ids(conn)[1] if listener is calls else None
-        if uid is not None and list(_call_workers.values()).count(uid) >= MAX_CALLS_PER_USER:
-            conn.close()
-            continue
+        caller = None
+        if listener is calls:
+            who = peer(conn)
+            caller = who["uid"], is_drainer(who, drainers)
+            if _past_share(*caller):
+                conn.close()
+                continue
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -180,9 +191,19 @@ def _accept_one(
             except BaseException:
                 code = 1
             os._exit(code)
-        if uid is not None:
-            _call_workers[pid] = uid
+        if caller is not None:
+            _call_workers[pid] = caller
         conn.close()
+
+
+def _past_share(uid: int, drainer: bool) -> bool:
+    """Whether a call of ``uid`` would take more than its user's share, or (not a drain
+    worker's) one of the slots kept for the drain."""
+    served = list(_call_workers.values())
+    if sum(user == uid for user, _ in served) >= MAX_CALLS_PER_USER:
+        return True
+    others = sum(not kept for _, kept in served)
+    return not drainer and others >= MAX_CALLS - RESERVED_CALLS
 
 
 def _reap() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import PolicyError
 
-__all__ = ["DRAINING", "QUEUE", "allowed_drain"]
+__all__ = ["DRAINING", "QUEUE", "allowed_drain", "is_drainer"]
 
 #: The calls that take rows out of the queue (reserve, delete, release to the error pool).
 DRAINING = frozenset({"event.offline.get", "event.offline.clear", "event.offline.error"})
@@ -43,7 +43,7 @@ def allowed_drain(
     called = {method.lower() for method in methods}
     if not called & DRAINING:
         return False
-    if not _named(origin, drainers):
+    if not is_drainer(origin, drainers):
         who = origin.get("user") or "?"
         raise PolicyError(
             f"the operator has not allowed uid {origin.get('uid')} ({who}) to drain the offline "
@@ -55,8 +55,9 @@ def allowed_drain(
     return called <= QUEUE
 
 
-def _named(origin: Mapping[str, Any], drainers: Collection[str]) -> bool:
-    """Whether the kernel-reported caller is in the list: by uid, user name or group."""
+def is_drainer(origin: Mapping[str, Any], drainers: Collection[str]) -> bool:
+    """Whether the kernel-reported caller is in the list: by uid, user name or group (the
+    broker also keeps call slots for them)."""
     user = str(origin.get("user") or "").lower()
     for entry in drainers:
         if entry.isdigit() and int(entry) == origin.get("uid"):
