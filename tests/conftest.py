@@ -11,6 +11,7 @@ All three hand out a ``Sandbox``: ``url``, ``webhook_url``, ``webhook``, ``oauth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -221,3 +222,50 @@ def write_env(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o600)
     return path
+
+
+#: A stuck writer: holds the filelock named on its command line until its stdin closes.
+_LOCK_HOLDER = (
+    "import sys\n"
+    "from filelock import FileLock\n"
+    "lock = FileLock(sys.argv[1])\n"
+    "lock.acquire()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock_file: Path) -> Iterator[None]:
+    """``lock_file`` (a filelock) held by another process, as a stuck writer holds it, until
+    the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(lock_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def signal_once_answered(
+    portal: Sandbox, method: str, start: Callable[[], subprocess.Popen[str]], signum: int
+) -> tuple[subprocess.Popen[str], str, str, float]:
+    """``start()`` a call of ``method``; once the portal has it and a second has passed (its
+    answer in), send ``signum``. The process, its stdout and stderr, and how many seconds it
+    took to end after the signal."""
+    before = portal.sent(method)
+    proc = start()
+    while portal.sent(method) == before:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    signalled = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    return proc, out, err, time.monotonic() - signalled

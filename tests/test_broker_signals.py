@@ -9,17 +9,19 @@ the portal ran.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from broker_support import Accounts, Agent, Broker, can_make_users
 from cli_support import SCRIPT
-from conftest import Sandbox
+from conftest import Sandbox, lock_held_elsewhere, signal_once_answered
 
 pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and useradd")
 
@@ -121,3 +123,31 @@ def test_the_operators_sigterm_interrupts_a_call_whatever_the_caller_says_it_ign
     lines = broker.audit_lines()[before:]
     assert [(line["method"], line["outcome"]) for line in lines] == [("crm.lead.add", "error")]
     assert lines[0]["exit_code"] in (7, 130), lines
+
+
+def test_a_relayed_signal_while_the_audit_log_is_locked_ends_the_call_at_once(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    """Another process holds the broker's audit log (a stuck writer). The worker used to hold
+    the caller's SIGTERM until the lock's 60 s timeout; now the call ends at once, exit 130,
+    and its line joins the keyed chain at the next write."""
+    agent = Agent(accounts, broker)
+    assert agent("user.current").code == 0
+    before = len(broker.audit_lines())
+    with lock_held_elsewhere(Path(f"{broker.audit_file}.lock")):
+        start = functools.partial(agent.popen, "user.current")
+        call, _out, err, waited = signal_once_answered(
+            portal, "user.current", start, signal.SIGTERM
+        )
+        assert len(broker.audit_lines()) == before
+    assert waited < 3, waited
+    assert call.returncode == 130 and "Traceback" not in err, (call.returncode, err)
+    error = json.loads(err.strip().splitlines()[-1])["error"]
+    assert error["code"] == "INTERRUPTED" and "ended 'ok' (exit 0)" in error["message"]
+    assert agent("user.current").code == 0
+    lines = broker.audit_lines()[before:]
+    assert [(line["method"], line["outcome"], line["exit_code"]) for line in lines] == [
+        ("user.current", "ok", 0)
+    ] * 2
+    assert len({line["origin"]["pid"] for line in lines}) == 2  # the kept call's and the next
+    assert broker.operator_cli("--verify-audit").json()["keyed"] is True

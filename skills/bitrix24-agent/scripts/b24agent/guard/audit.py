@@ -5,6 +5,11 @@ trustworthy: each line is chained to the one before it (see ``auditchain``), so 
 or reordered line is caught by ``verify``. Lines are appended under a file lock, so many processes
 writing at once still form one chain. Param values are not logged by default (only their keys and
 a digest), because CRM data is personal data; ``params_mode="full"`` logs them, secrets masked.
+
+A line whose writer could not take the lock (its wait for a stuck holder interrupted, or timed
+out) is not dropped: it is kept as a file of its own in ``AUDIT_FILE.pending/`` and the next
+writer, holding the lock, appends it before its own line (in the order kept; its ``ts`` is
+still when it was made, so time may step back there).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import CorruptStateError
 from ..fingerprint import canonical_json, digest
 from ..redact import Redactor
-from ..state import JsonlWriter, file_lock, last_line
+from ..state import JsonlWriter, file_lock, last_line, move_aside, read_json, write_json_atomic
 from .auditchain import (
     GENESIS_HASH,
     chain_files,
@@ -33,6 +39,8 @@ from .auditchain import (
 from .keyfile import load_key
 
 if TYPE_CHECKING:
+    from filelock import FileLock
+
     from ..settings import Settings
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "AuditLog",
     "Outcome",
     "audit_key",
+    "kept_folder",
     "param_keys",
     "write_outside_a_call",
 ]
@@ -126,15 +135,25 @@ def _now_iso() -> str:
 
 
 def _last_line_of(path: Path) -> dict[str, str] | None:
-    """``prev`` and ``hash`` of the last whole line of ``path`` (a torn tail is skipped)."""
+    """``prev``, ``hash`` and ``request_id`` of the last whole line of ``path`` (a torn tail
+    is skipped)."""
     line = last_line(path)
     if not line:
         return None
     try:
         parsed = json.loads(line)
-        return {"prev": str(parsed["prev"]), "hash": str(parsed["hash"])}
-    except (ValueError, KeyError, TypeError):
+        return {
+            "prev": str(parsed["prev"]),
+            "hash": str(parsed["hash"]),
+            "request_id": str(parsed.get("request_id")),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def kept_folder(log: Path) -> Path:
+    """Where lines that could not take ``log``'s lock wait for the next writer."""
+    return log.with_name(log.name + ".pending")
 
 
 class AuditLog:
@@ -193,27 +212,71 @@ class AuditLog:
             entry["params"] = event.params
         return _valid_text(self._redactor.mask_obj(entry))
 
+    def lock(self) -> FileLock:
+        """The lock every writer of this log holds while it appends."""
+        return file_lock(self.path)
+
     def write(self, event: AuditEvent) -> dict[str, Any]:
-        """Append ``event`` as one chained line and return the line as written.
+        """Append ``event`` as one chained line and return the line as written."""
+        with self.lock():
+            return self.write_locked(event)
+
+    def write_locked(self, event: AuditEvent) -> dict[str, Any]:
+        """``write``, for a caller that holds ``lock()``: the lines kept for want of the lock
+        first, then ``event``'s."""
+        self._append_kept()
+        return self._append(self.entry(event))
+
+    def keep(self, event: AuditEvent) -> Path:
+        """Keep ``event``'s line for the next writer (this one could not take the lock); the
+        folder it waits in. OSError when it cannot be kept either."""
+        entry = self.entry(event)
+        folder = kept_folder(self.path)
+        write_json_atomic(folder / f"{time.time_ns():020d}-{entry['request_id']}.json", entry)
+        return folder
+
+    def _append_kept(self) -> None:
+        """Append the kept lines, oldest first. Each file goes once its line is on disk; a
+        writer killed in between left that line last in the chain, so it is not appended
+        twice. An unreadable one is moved aside for a person to read."""
+        folder = kept_folder(self.path)
+        try:
+            names = sorted(name for name in os.listdir(folder) if name.endswith(".json"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = folder / name
+            try:
+                entry = read_json(path)
+            except CorruptStateError:
+                continue
+            if not isinstance(entry, dict):
+                move_aside(path)
+                continue
+            last = self._last_line()
+            if last is None or last["request_id"] != str(entry.get("request_id")):
+                self._append(entry)
+            path.unlink(missing_ok=True)
+
+    def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Chain ``entry`` after the newest line and append it; the line as written.
 
         Order matters for crash safety: the line is on disk before the head names it, so a
         writer killed in between leaves the head one line behind, which ``verify`` accepts and
         the next writer repairs (``_last_hash``). A torn line is cut before anything else
         happens, so rotation can never carry a half line into the middle of the chain.
         """
-        entry = self.entry(event)
-        with file_lock(self.path):
-            log = JsonlWriter(self.path)  # cuts a torn tail left by a killed writer
-            try:
-                line = seal(entry, self._last_hash(), self._key)
-                text = canonical_json(line)
-                if self._rotate_if_needed(len(text.encode("utf-8")) + 1):
-                    log.close()
-                    log = JsonlWriter(self.path)
-                log.append_text(text)
-            finally:
+        log = JsonlWriter(self.path)  # cuts a torn tail left by a killed writer
+        try:
+            line = seal(entry, self._last_hash(), self._key)
+            text = canonical_json(line)
+            if self._rotate_if_needed(len(text.encode("utf-8")) + 1):
                 log.close()
-            write_head(self.path, line["hash"], self._key)
+                log = JsonlWriter(self.path)
+            log.append_text(text)
+        finally:
+            log.close()
+        write_head(self.path, line["hash"], self._key)
         return line
 
     def _last_hash(self) -> str:

@@ -17,7 +17,8 @@ calls the client and hands back an ``Outcome`` for the CLI to print. Stages of `
 4. idempotency  a write runs under a key, explicit or derived from the call itself, through
                 safewrite.run_write: replay, conflict, reconcile, or send once
 5. dispatch     client.call, client.iter_all (export) or client.call_many (batch file)
-6. audit        one hash-chained line per request, whatever the outcome (audit.AuditLog)
+6. audit        one hash-chained line per request, whatever the outcome (audit.AuditLog);
+                a line the log's lock kept out (interrupted, timed out) waits for the next write
 
 Plan execution does not take an idempotency key: the plan's one-time claim already makes it run
 at most once. Reads are never idempotency-tracked.
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+from filelock import Timeout
 
 from ..backends import open_backend
 from ..errors import (
@@ -53,9 +56,10 @@ from ..errors import (
 )
 from ..redact import Redactor
 from ..rest.idempotency_key import validate_idempotency_key
+from ..rest.interrupts import INTERRUPTS
 from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
-from ..state import check_state_file
+from ..state import LOCK_TIMEOUT_S, check_state_file
 from . import approval, drain, policy
 from .audit import AuditEvent, AuditLog, audit_key
 from .auditchain import check
@@ -679,11 +683,17 @@ class Pipeline:
             origin=request.origin,
         )
         try:
-            with _signals_held():
-                record.audit_started = True
-                log.write(event)
+            _write_when_free(log, event, record)
+        except KeyboardInterrupt:
+            if record.audit_started:
+                raise  # the line is on disk: the interruption passes on as it is
+            record.audit_started = True  # its line is kept: the interruption needs none
+            raise _interrupted_waiting(log, event, _keep(log, event)) from None
         except OSError as failure:
             reason = failure.strerror or type(failure).__name__
+            if not record.audit_started:  # the lock was never free
+                record.audit_started = True
+                reason = f"{reason}; {_keep(log, event)}"
             if exc is not None and isinstance(exc, B24Error):
                 exc.hint = f"{exc.hint} (the audit log {log.path} was not written: {reason})"
                 return
@@ -695,16 +705,63 @@ class Pipeline:
             ) from failure
 
 
-#: Signals that interrupt a call (Ctrl-C, and what the broker's worker takes from its caller).
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+#: How often a writer whose audit log is locked by another process tries again (seconds).
+LOCK_POLL_S = 0.05
+
+
+def _write_when_free(log: AuditLog, event: AuditEvent, record: _Record) -> None:
+    """Write ``event``'s line once the log's lock is free (filelock.Timeout after
+    LOCK_TIMEOUT_S). Signals are held while the lock is tried and, once it is taken, until the
+    line is on disk, but not between tries: an interruption while another process holds the
+    lock ends the wait at once (KeyboardInterrupt, the line not written) instead of waiting
+    for the holder, however long it is stuck."""
+    lock = log.lock()
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        with _signals_held():
+            with contextlib.suppress(Timeout):
+                lock.acquire(timeout=0)
+            if lock.is_locked:
+                record.audit_started = True
+                try:
+                    log.write_locked(event)
+                finally:
+                    lock.release()
+                return
+        if time.monotonic() >= deadline:
+            raise Timeout(lock.lock_file)
+        time.sleep(LOCK_POLL_S)
+
+
+def _keep(log: AuditLog, event: AuditEvent) -> str:
+    """Keep the line the log's lock kept out (``AuditLog.keep``); what became of it, said."""
+    try:
+        with _signals_held():
+            folder = log.keep(event)
+    except OSError as failure:
+        return f"its audit line could not be kept either: {failure.strerror or failure}"
+    return f"its audit line is kept in {folder} and joins the log at its next write"
+
+
+def _interrupted_waiting(log: AuditLog, event: AuditEvent, kept: str) -> Interrupted:
+    """The error of an interruption that came while another process held the audit log."""
+    return Interrupted(
+        f"interrupted while waiting for the audit log {log.path}, which another process "
+        f"holds locked; the call itself ended '{event.outcome}' (exit {event.exit_code}), and "
+        f"{kept}",
+        code="INTERRUPTED",
+        hint=f"what holds {log.path}.lock (a stuck b24, or its disk) keeps every call waiting; "
+        "if a write was in flight it may or may not have run: check before repeating it",
+    )
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """Hold this thread's interrupting signals while an audit line is written, so one that
-    comes then (a broker caller's, relayed to this thread) interrupts after the line is on disk
-    instead of cutting it short."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    comes then (a broker caller's, relayed to this thread, or Ctrl-C: the call's own threads
+    block them, ``rest.interrupts``) interrupts after the line is on disk instead of cutting it
+    short."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
     try:
         yield
     finally:

@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .interrupts import start_uninterrupted
+
 __all__ = ["Cut", "adopt", "let_go", "within"]
 
 #: The keeper's longest single wait (seconds); it looks at its heap again after that.
@@ -78,7 +80,7 @@ class _Keeper:
                 self._thread = threading.Thread(
                     target=self._run, name="b24-answer-deadline", daemon=True
                 )
-                self._thread.start()
+                start_uninterrupted(self._thread)
             elif self._heap[0][2] is cut:
                 self.lock.notify()
 

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
+from .interrupts import start_uninterrupted
+
 __all__ = ["Chain", "Hooks", "InFlight"]
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ class InFlight(Generic[T]):
         self._answer: T | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        start_uninterrupted(self._thread)
 
     def _run(self) -> None:
         try:
@@ -142,7 +144,7 @@ class Chain(Generic[S, T]):
         self._thread = threading.Thread(
             target=self._run, args=(first,), name="b24-chain", daemon=True
         )
-        self._thread.start()
+        start_uninterrupted(self._thread)
 
     def has_room(self) -> bool:
         """Whether the item being made will fit in the queue (only this chain puts)."""
