@@ -720,7 +720,7 @@ def _write_when_free(log: AuditLog, event: AuditEvent, record: _Record) -> None:
     while True:
         with _signals_held():
             with contextlib.suppress(Timeout):
-                lock.acquire(timeout=0)
+                lock.acquire(blocking=False)
             if lock.is_locked:
                 record.audit_started = True
                 try:
