@@ -303,7 +303,14 @@ class AuditLog:
         return head
 
     def _last_line(self) -> dict[str, Any] | None:
-        """The chain's newest whole line (``prev``, ``hash``), looking past an empty live file."""
+        """The chain's newest whole line (``prev``, ``hash``), looking past an empty live file.
+        The folder is listed for rotated files only then, not on every write."""
+        try:
+            live = _last_line_of(self.path)
+        except FileNotFoundError:
+            live = None
+        if live is not None:
+            return live
         for path in reversed(chain_files(self.path)):
             line = _last_line_of(path)
             if line is not None:
