@@ -586,7 +586,10 @@ def _check_audit_file(args: argparse.Namespace, settings: Settings) -> None:
 
     from ..guard.policy import check_widening
 
-    if os.path.realpath(settings.audit_file) != os.path.realpath(settings.operator_audit_file):
+    moved = settings.audit_file != settings.operator_audit_file  # the same path: no lookups
+    if moved and os.path.realpath(settings.audit_file) != os.path.realpath(
+        settings.operator_audit_file
+    ):
         source = "" if args.audit_file else f" (as {args.env_file} sets it)"
         check_widening(["audit-file"], settings.allowed_flags, source=source)
 
