@@ -438,6 +438,40 @@ def test_a_code_change_gives_a_new_socket(tmp_path: Path) -> None:
     assert warm_wire.code_stamp(str(package)) != first
 
 
+def test_the_stamp_leaves_out_only_modules_the_server_never_imports(tmp_path: Path) -> None:
+    package = tmp_path / "b24agent"
+    for folder in ("sandbox/methods", "cli", "backends"):
+        (package / folder).mkdir(parents=True)
+    served = [package / "cli" / "client.py", package / "backends" / "redis_scripts.py"]
+    unserved = [
+        package / "sandbox" / "methods" / "crm.py",
+        package / "cli" / "demo.py",
+        package / "backends" / "redis_store.py",
+    ]
+    for module in [*served, *unserved]:
+        module.write_text("x = 1\n")
+    first = warm_wire.code_stamp(str(package))
+    for module in unserved:  # read from disk by any call that needs them: no stale code
+        os.utime(module, ns=(1, 1))
+    assert warm_wire.code_stamp(str(package)) == first
+    for module in served:
+        os.utime(module, ns=(2, 2))
+        assert warm_wire.code_stamp(str(package)) != first
+        first = warm_wire.code_stamp(str(package))
+
+
+def test_the_warm_server_imports_none_of_the_modules_the_stamp_leaves_out() -> None:
+    """What makes leaving them out of the stamp safe: a warm server never holds their code."""
+    code = (
+        "import sys; from b24agent.cli.warm import server; server.warm_up(); "
+        "print([m for m in sys.modules if m.startswith(server.NOT_FOR_CALLS)])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
 _text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
 
 

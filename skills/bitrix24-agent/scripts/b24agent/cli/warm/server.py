@@ -43,18 +43,8 @@ DEFAULT_IDLE_S = 300.0
 SPARES = 2
 #: How often the parent checks on its spares and the idle deadline (seconds).
 CHECK_EVERY_S = 1.0
-#: Modules no ``b24`` call runs: the sandbox portal, the offline worker, the demo,
-#: the other front ends and the broker.
-NOT_FOR_CALLS = (
-    "b24agent.sandbox",
-    "b24agent.worker",
-    "b24agent.cli.demo",
-    "b24agent.cli.sandbox",
-    "b24agent.cli.worker",
-    "b24agent.broker",
-    # redis-py is imported only when B24_STATE_BACKEND names a Redis (and may be absent).
-    "b24agent.backends.redis_store",
-)
+#: The modules no ``b24`` call runs (wire.NOT_SERVED): never imported here.
+NOT_FOR_CALLS = tuple(f"b24agent.{name}" for name in wire.NOT_SERVED)
 
 
 def main(argv: list[str] | None = None) -> int:
