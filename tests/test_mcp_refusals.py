@@ -5,6 +5,8 @@ audit, and an answer saved to a file is masked with the tokens the server holds 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,41 @@ def test_an_answer_saved_to_a_file_is_masked_with_the_refreshed_token(
     saved = Path(got.data["truncated"]["saved_to"]).read_text()
     assert "x" * 1000 in saved and token not in saved
     assert "***" in saved
+
+
+def _made_here(folder: Path, name: str, size: int, age_s: float) -> Path:
+    """A file as ExportFolder names it, ``size`` bytes, last written ``age_s`` ago."""
+    path = folder / name
+    path.write_bytes(b"x" * size)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_the_export_folder_keeps_to_its_budget(portal: Sandbox, tmp_path: Path) -> None:
+    """review7 L4: every b24_export and spilled answer added a file, on the disk of the token
+    store and the audit chain, and none was ever removed. With B24_MCP_EXPORT_MAX_MB=1: files
+    older than a week and a killed server's stale .part go, the oldest go while the folder is
+    past its budget, a file that alone would pass it is refused and removed; a file the folder
+    did not make is left alone."""
+    exports = tmp_path / "exports"
+    exports.mkdir(mode=0o700)
+    stamp = "20261101T000000Z"
+    expired = _made_here(exports, f"answer-{stamp}-0000000a.json", 10, 8 * 86400)
+    stale = _made_here(exports, f"crm.lead.list-{stamp}-0000000b.jsonl.part", 10, 2 * 86400)
+    older = _made_here(exports, f"answer-{stamp}-0000000c.json", 600_000, 3600)
+    newer = _made_here(exports, f"answer-{stamp}-0000000d.json", 600_000, 60)
+    notes = _made_here(exports, "notes.txt", 10, 30 * 86400)
+    env = {"B24_MCP_EXPORT_DIR": str(exports), "B24_MCP_EXPORT_MAX_MB": "1"}
+    host = Host(server_env(portal, tmp_path / "state", **env), tmp_path)
+    portal.admin("seed", {"crm.lead": 10})
+    small = host.one("b24_export", {"method": "crm.lead.list"})
+    assert not small.error and small.data["rows"] == 10, small.text
+    assert [p.exists() for p in (expired, stale, older, newer, notes)] == [0, 0, 0, 1, 1]
+
+    portal.admin("seed", {"crm.lead": 6000})
+    big = host.one("b24_export", {"method": "crm.lead.list"})
+    assert big.error and big.code == "EXPORT_TOO_LARGE", big.text[:300]
+    assert not list(exports.glob("*.part"))
+    held = sum(p.stat().st_size for p in exports.iterdir())
+    assert held <= 1 << 20, held

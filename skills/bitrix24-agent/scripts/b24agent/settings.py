@@ -50,6 +50,7 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_BROKER_DRAINERS     the broker's: users, @groups, uids whose offline worker may drain the
                           event queue without per-call approval (guard/drain.py); unset: nobody
   B24_MCP_EXPORT_DIR      where b24-mcp's b24_export writes its JSONL files (default STATE/exports)
+  B24_MCP_EXPORT_MAX_MB   the most that folder holds (default 1024): oldest files go first
   B24_MCP_TOKEN*          the bearer token b24-mcp --http requires from every HTTP client
 
 The operator's ceiling (B24_READ_ONLY, B24_REQUIRE_PLAN, B24_PACKS, B24_METHOD_ALLOWLIST,
@@ -192,6 +193,8 @@ class Settings:
     retry_max_s: float = 20.0
     max_operating_wait_s: float = 60.0
     mcp_export_dir: Path = Path("exports")
+    #: The most the export folder holds; the oldest files go first (mcp/exports.py).
+    mcp_export_max_mb: int = 1024
     mcp_token: str | None = field(default=None, repr=False)
     #: "file", or a redis:// / rediss:// URL (may hold a password, so never in repr).
     state_backend: str = field(default="file", repr=False)
@@ -727,6 +730,7 @@ def load_settings(
         state_backend=_state_backend(env),
         worker_lease_s=env.number("B24_WORKER_LEASE_SEC", 30.0, minimum=1.0),
         mcp_export_dir=env.path("B24_MCP_EXPORT_DIR", state_dir / "exports", home),
+        mcp_export_max_mb=env.integer("B24_MCP_EXPORT_MAX_MB", 1024, minimum=1),
         mcp_token=env.secret("B24_MCP_TOKEN"),
     )
     return _apply_field_overrides(settings, overrides)

@@ -114,7 +114,7 @@ class Printer:
                 with lock:
                     try:
                         write_block()
-                    except OSError:
+                    except Exception:  # stdout gone, an export past its budget
                         return  # the next write on the main thread meets it and reports it
 
         writer = threading.Thread(target=write_held_blocks, name="b24-lines", daemon=True)

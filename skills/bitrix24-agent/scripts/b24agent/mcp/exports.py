@@ -4,6 +4,12 @@ They go only to the operator's folder (``B24_MCP_EXPORT_DIR``, default ``STATE/e
 agent picks no path, so a tool call cannot overwrite a file elsewhere. The folder is created
 0700; each file is created new (never following a symlink), 0600, written under a ``.part``
 name and renamed when complete, so a file with the final name is always whole.
+
+The folder shares its disk with the token store, the audit chain and the plans, and the model
+decides how often a file is made, so it has a budget (review7 L4): files older than KEEP_S are
+removed, and so are the oldest ones while the folder holds more than ``B24_MCP_EXPORT_MAX_MB``;
+a file that alone would pass that is refused (EXPORT_TOO_LARGE) and removed. ``.part`` files a
+killed server left are removed once STALE_PART_S old.
 """
 
 from __future__ import annotations
@@ -16,12 +22,44 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..state import fsync_dir
 
 __all__ = ["ExportFolder"]
+
+
+#: ``B24_MCP_EXPORT_MAX_MB``'s default: the most the folder holds (1 GiB).
+DEFAULT_MAX_BYTES = 1024 << 20
+#: Finished files older than this (a week) are removed when the next one is made.
+KEEP_S = 7 * 86400
+#: A ``.part`` file not written for this long (a day) belongs to no running export.
+STALE_PART_S = 86400
+#: What the budget counts and removes: the files this module names (``_name``), nothing else.
+_MADE_HERE = re.compile(r"^[A-Za-z0-9._-]+-\d{8}T\d{6}Z-[0-9a-f]{8}\.(?:jsonl?)(?:\.part)?$")
+
+
+class _Capped:
+    """The text stream of one new file, refusing to grow it past ``room`` bytes."""
+
+    def __init__(self, handle: TextIO, room: int) -> None:
+        self._handle = handle
+        self._room = room
+
+    def write(self, text: str) -> int:
+        self._room -= len(text.encode("utf-8", "surrogatepass"))
+        if self._room < 0:
+            raise UsageError(
+                "the file would pass the export folder's budget (B24_MCP_EXPORT_MAX_MB); it "
+                "was removed",
+                code="EXPORT_TOO_LARGE",
+                hint="narrow the export (filter, select), or ask the operator for a larger budget",
+            )
+        return self._handle.write(text)
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def _name(stem: str, suffix: str) -> str:
@@ -33,8 +71,33 @@ def _name(stem: str, suffix: str) -> str:
 class ExportFolder:
     """The operator's folder for files made by tools."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+
+    def _make_room(self, folder: Path) -> int:
+        """Remove expired files, stale ``.part`` files and, oldest first, finished files past the
+        budget; returns the room left for a new file."""
+        now = time.time()
+        kept: list[tuple[float, int, Path]] = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not _MADE_HERE.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                part = entry.name.endswith(".part")
+                if now - info.st_mtime > (STALE_PART_S if part else KEEP_S):
+                    Path(entry.path).unlink(missing_ok=True)
+                else:
+                    kept.append((-1.0 if part else info.st_mtime, info.st_size, Path(entry.path)))
+        used = sum(size for _, size, _ in kept)
+        for mtime, size, path in sorted(kept):
+            if used <= self.max_bytes:
+                break
+            if mtime >= 0:  # a .part is another export in progress: its own budget
+                path.unlink(missing_ok=True)
+                used -= size
+        return max(0, self.max_bytes - used)
 
     def _ready(self) -> Path:
         try:
@@ -60,7 +123,9 @@ class ExportFolder:
     @contextmanager
     def _create(self, stem: str, suffix: str) -> Iterator[tuple[TextIO, Path]]:
         """A new file opened for writing; renamed to its final name only if the block ends."""
-        final = self._ready() / _name(stem, suffix)
+        folder = self._ready()
+        room = self._make_room(folder)
+        final = folder / _name(stem, suffix)
         part = final.with_name(final.name + ".part")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
@@ -69,7 +134,7 @@ class ExportFolder:
             raise self._unusable(exc.strerror or type(exc).__name__) from None
         try:
             with handle:
-                yield handle, final
+                yield cast(TextIO, _Capped(handle, room)), final
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(part, final)

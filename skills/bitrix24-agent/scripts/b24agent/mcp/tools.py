@@ -88,7 +88,7 @@ class ToolBox:
     def __init__(self, settings: Settings, transport: str) -> None:
         self.settings = settings
         self.transport = transport
-        self.folder = ExportFolder(settings.mcp_export_dir)
+        self.folder = ExportFolder(settings.mcp_export_dir, settings.mcp_export_max_mb << 20)
         self._mask = Redactor(settings.secrets()).mask
 
     # --- the frame every tool runs in ----------------------------------------------------------
