@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from b24agent.cli.warm import rehearsal
+from b24agent.cli.warm import confinement, rehearsal
 from b24agent.cli.warm import wire as warm_wire
 from cli_support import SCRIPT, Cli, Run, check
 from confine_support import CONFINEMENTS, landlock_works, no_new_privs
@@ -413,6 +413,26 @@ def test_a_sandboxed_caller_keeps_the_warm_path_with_a_server_in_its_sandbox(
     assert served.code == 0 and "b24agent.cli.client" not in imported
 
 
+def test_a_host_with_an_lsm_label_keeps_the_warm_path(
+    cli: Cli, runtime: Path, tmp_path: Path
+) -> None:
+    """On AppArmor or SELinux hosts /proc/PID/attr/current is readable (review7b H-a: it was
+    decoded twice and every b24 start ended in a traceback). This host has no LSM, so each
+    process here reads its ``comm`` as its label instead (a sitecustomize, in the caller and,
+    through the environment, in the server it starts): calls still succeed, and are served."""
+    hook = tmp_path / "lsm"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "from b24agent.cli.warm import confinement\n"
+        "confinement.LABELS = ('comm', *confinement.LABELS[1:])\n"
+    )
+    cli.env["PYTHONPATH"] = f"{hook}{os.pathsep}{SCRIPT.parent}"
+    _warm(cli, runtime)
+    served, imported = _imports(cli, "user.current")
+    check(served)
+    assert served.code == 0 and "b24agent.cli.client" not in imported
+
+
 def test_off_or_an_unsafe_folder_keeps_every_call_in_process(cli: Cli, runtime: Path) -> None:
     assert cli("user.current", B24_SERVER="off").code == 0
     assert cli("user.current", B24_SERVER="off").code == 0
@@ -495,3 +515,32 @@ def test_requests_decode_to_what_was_encoded(
     assert warm_wire.frame_length(frame) == len(frame) - 4
     got = warm_wire.decode_request(frame[4:])
     assert (got.argv, got.env, got.cwd, got.umask, got.ignored) == (argv, env, cwd, umask, ignored)
+
+
+def _fake_proc(root: Path, label: str | None) -> int:
+    """A /proc/PID folder as the kernel shows one, ``attr/current`` holding ``label``."""
+    (root / "ns").mkdir(parents=True)
+    for kind in confinement.NAMESPACES:
+        os.symlink(f"{kind}:[4026531835]", root / "ns" / kind)
+    os.symlink("/", root / "root")
+    (root / "cgroup").write_text("0::/user.slice\n")
+    (root / "status").write_text("Name:\tpython3\nTracerPid:\t0\nUid:\t1000\nNoNewPrivs:\t0\n")
+    (root / "attr").mkdir()
+    if label is not None:
+        (root / "attr" / "current").write_text(label)
+    return os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+
+@pytest.mark.parametrize("label", ["unconfined\n", "system_u:system_r:unconfined_t:s0\x00"])
+def test_a_readable_lsm_label_is_part_of_the_description(tmp_path: Path, label: str) -> None:
+    """The label is read as text and kept whole, so two processes that differ only by their
+    AppArmor profile or SELinux context differ; without the file the LSM is absent."""
+    labelled, bare = _fake_proc(tmp_path / "a", label), _fake_proc(tmp_path / "b", None)
+    try:
+        with_label, without = confinement.describe(labelled), confinement.describe(bare)
+    finally:
+        os.close(labelled)
+        os.close(bare)
+    assert with_label is not None and without is not None
+    assert label in with_label and "attr/current:none" in without
+    assert with_label != without

@@ -90,7 +90,9 @@ def describe(proc: int) -> tuple[str, ...] | None:
         if _tracer(status):
             found.append(TRACED)
         found += [_label(proc, label) for label in LABELS]
-    except (OSError, ValueError):
+    except Exception:  # whatever /proc holds, "unknown" is the safe answer
+        # Unreadable or unexpected (a zombie, a foreign /proc, a kernel's new format): not known
+        # to be the same confinement, so no server takes the call and it runs in its process.
         return None
     return tuple(found)
 
@@ -140,7 +142,7 @@ def _tracer(status: str) -> bool:
 
 def _label(proc: int, name: str) -> str:
     try:
-        return _read(proc, name).decode(errors="replace")
+        return _read(proc, name)
     except OSError as exc:
         if exc.errno in NO_LABEL:
             return f"{name}:none"
