@@ -257,6 +257,14 @@ def test_whoever_writes_the_store_cannot_approve_a_plan(
     refused = agent("--execute-plan", plan_id)
     assert refused.code == 5 and refused.error()["code"] == "APPROVAL_TAMPERED", refused.err
     assert portal.sent("crm.lead.add") == 0 and _leads(portal, "self-approved") == 0
+    # The forged decision does not hide the other plans from the people who decide them.
+    other = _plan(agent, "still-pending")
+    listed = broker.admin("list")
+    assert listed.code == 0, listed.err
+    states = {plan["id"]: plan for plan in listed.json()["plans"]}
+    assert states[plan_id]["decision"] == "unreadable"
+    assert states[plan_id]["error"] == "APPROVAL_TAMPERED"
+    assert states[other]["decision"] == "pending"
 
 
 def test_the_broker_refuses_a_redis_store_without_a_password(

@@ -102,7 +102,13 @@ def _pending(plans: PlanStore) -> list[dict[str, Any]]:
         except B24Error:
             continue  # spent, expired or damaged: nothing to decide
         shown = {key: plan.summary()[key] for key in ("id", "method", "risk", "expires_at")}
-        listed.append({**shown, "made_by": plan.made_by, **_state(plans, plan_id)})
+        try:
+            state = _state(plans, plan_id)
+        except B24Error as exc:
+            # One changed or damaged decision file must not hide every other plan from the
+            # people who decide them: it is listed as what it is, and nothing runs on it.
+            state = {"decision": "unreadable", "error": exc.code}
+        listed.append({**shown, "made_by": plan.made_by, **state})
     return listed
 
 
