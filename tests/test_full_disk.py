@@ -14,6 +14,8 @@ import errno
 import json
 import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 from b24agent import state
 from b24agent.state import JsonlWriter, Reservation, read_json, read_jsonl, write_json_atomic
-from cli_support import Cli, lead_creates
+from cli_support import SCRIPT, Cli, Run, check, lead_creates
 from conftest import Sandbox
 from disk_support import file_size_limit, fill, small_tmpfs
 from test_worker_support import queue_rows, run_worker, seed_events, worker_env
@@ -76,6 +78,113 @@ def test_an_append_to_a_full_disk_leaves_the_file_as_it_was(small_disk: Path) ->
         filler.unlink()
         log.append({"n": 2, "pad": BIG})
     assert [record["n"] for record in read_jsonl(path)] == [0, 2]
+
+
+#: A second writer of the same file in its own process (a second worker sharing one --sink):
+#: it says "ready" once its writer is open, then on "go" appends and fsyncs one line, saying
+#: "waiting" if it must wait for the file's append lock and "done" once its line is on disk.
+_OTHER_WRITER = """
+import fcntl, sys
+from pathlib import Path
+from b24agent.state import JsonlWriter
+
+real_flock, told = fcntl.flock, []
+
+def telling(fd, operation):
+    try:
+        return real_flock(fd, operation)
+    except BlockingIOError:
+        if not told:
+            told.append(print("waiting", flush=True))
+        raise
+
+fcntl.flock = telling
+with JsonlWriter(Path(sys.argv[1])) as log:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    log.append({"n": "B"}, sync=True)
+print("done", flush=True)
+"""
+
+
+def test_an_undone_append_keeps_the_line_another_process_appended_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review7b M-a. This process (A) appends a line past its file size limit; the moment its
+    write starts, a second process (B) appends and fsyncs its own line to the same file. Old:
+    B's line went down first, and A's undo cut it away with A's torn line: an event B had
+    stored (and would clear at the portal) lost. New: B waits for A's append and its undo
+    ("waiting"), then appends; the file holds both whole lines that were acknowledged."""
+    path = tmp_path / "inbox.jsonl"
+    scripts = Path(state.__file__).parents[1]
+    with JsonlWriter(path) as log:
+        log.append({"n": "first"})
+        other = subprocess.Popen(
+            [sys.executable, "-c", _OTHER_WRITER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(scripts)},
+        )
+        assert other.stdin is not None and other.stdout is not None
+        assert other.stdout.readline() == "ready\n"
+        real_write, said = os.write, []
+
+        def b_writes_meanwhile(fd: int, data: bytes) -> int:
+            if not said and b'"A"' in bytes(data):  # A's write starts: B appends now
+                other.stdin.write("go\n")
+                other.stdin.flush()
+                said.append(other.stdout.readline())  # "done" (old) or "waiting" (new)
+            return real_write(fd, data)
+
+        monkeypatch.setattr(state.os, "write", b_writes_meanwhile)
+        with _capped(path.stat().st_size + 3000), pytest.raises(OSError):
+            log.append({"n": "A", "pad": BIG})
+        monkeypatch.undo()
+    rest = other.communicate(timeout=60)[0]
+    print(f"\nB said {said} while A appended, then {rest!r}")
+    assert other.returncode == 0
+    assert [record["n"] for record in read_jsonl(path)] == ["first", "B"]
+
+
+def test_a_state_file_the_disk_refuses_is_named_in_the_error(tmp_path: Path) -> None:
+    """Review7b L-d: the atomic write (idempotency records, checkpoints) names the file it could
+    not write, as the append does; before, the error said only "File too large"."""
+    path = tmp_path / "record.json"
+    with _capped(4096), pytest.raises(OSError) as refused:
+        write_json_atomic(path, {"pad": BIG})
+    assert refused.value.errno in (errno.EFBIG, errno.ENOSPC)
+    assert refused.value.filename == str(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [(("user.current",), 4), (("crm.lead.add", "--params", '{"fields":{"TITLE":"f"}}'), 7)],
+)
+def test_an_answer_the_full_disk_refuses_says_a_write_may_have_run_only_for_a_write(
+    portal: Sandbox, tmp_path: Path, args: tuple[str, ...], exit_code: int
+) -> None:
+    """Review7b L-f: the answer is printed to a full disk (/dev/full). Old: a read too ended
+    "after a write was sent ... may or may not have happened", exit 7. New: a read is a local
+    failure (exit 4, no write was sent); a write that left is still exit 7."""
+    cli = Cli.on_webhook(portal, tmp_path)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), *args, "--confirm-write"],
+            env=cli.env,
+            cwd=cli.cwd,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    run = Run(done.returncode, "", done.stderr)
+    check(run)
+    print(f"\n{args[0]}: exit {run.code}: {run.error()['message']}")
+    assert run.code == exit_code
+    assert run.error()["code"] == "LOCAL_IO_ERROR"
+    assert ("may or may not" in run.error()["hint"]) == (exit_code == 7)
 
 
 def test_a_reserved_record_cut_by_a_full_disk_is_never_put_in_place(small_disk: Path) -> None:

@@ -532,17 +532,18 @@ def local_failure(exc: BaseException) -> B24Error:
 
     An OSError is a local file that cannot be used (a directory or other non-file where a state
     file should be, permissions, a full disk): the message names the file, never its content.
-    Anything else is a bug of ours, reported as one, with the news that nothing was sent.
+    Anything else is a bug of ours, reported as one, with the news that no write was sent
+    (a read may have been: it changed nothing).
     """
     if isinstance(exc, OSError):
         return ConfigError(
-            f"{_file_trouble(exc)}; nothing was sent to the portal",
+            f"{_file_trouble(exc)}; no write was sent to the portal",
             code="LOCAL_IO_ERROR",
             hint="check that path (a folder or other non-file where a state file should be, "
             "its permissions, free disk space) and B24_STATE_DIR",
         )
     return ConfigError(
-        f"unexpected {type(exc).__name__}: {exc}; nothing was sent to the portal",
+        f"unexpected {type(exc).__name__}: {exc}; no write was sent to the portal",
         code="INTERNAL_ERROR",
         hint="a bug in bitrix24-agent (please report it); no write was sent, so the call is "
         "safe to repeat",

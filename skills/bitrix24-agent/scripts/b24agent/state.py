@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -122,11 +123,19 @@ def _write_temp(path: Path, data: Any, mode: int, durable: bool = True) -> Path:
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        raise
+        raise _naming(exc, path) from None
     return Path(tmp_name)
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """``exc``, naming ``path`` if it is an OSError that names no file (a failed write or
+    fsync does not), so the error says which file to fix; never its content."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        return OSError(exc.errno, exc.strerror, str(path))
+    return exc
 
 
 def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600, durable: bool = True) -> None:
@@ -383,11 +392,12 @@ class JsonlWriter:
         make_folder(path.parent)
         created = not os.path.lexists(path)
         self._fd = open_state_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
-        #: Where a failed append must still cut the file (its undo failed too), else None.
-        self._cut_to: int | None = None
+        #: A failed append whose undo failed too: (its start, the file's length it left).
+        self._torn: tuple[int, int] | None = None
         if created:
             fsync_dir(path.parent)
-        _drop_torn_tail(self._fd)
+        with self._alone():
+            _drop_torn_tail(self._fd)
 
     def append(self, record: Any, *, sync: bool = True) -> None:
         """Write ``record`` as one line; with ``sync`` (default) fsync before returning.
@@ -404,26 +414,53 @@ class JsonlWriter:
         All or nothing: when the disk refuses part of the line (full, or a file size limit) or
         the fsync fails, the file is cut back to its length before and fsynced, then the error
         raised, so no caller counts a cut line as written and the next line starts on its own.
+        The append, its fsync and any undo run under ``_alone``, so the cut never takes a line
+        another process appended to the same file (two workers sharing one --sink).
         """
-        if self._cut_to is not None:  # an earlier failed append could not be undone then
-            self._cut_back(self._cut_to)
-        before = os.lseek(self._fd, 0, os.SEEK_END)  # the length (O_APPEND writes there)
-        try:
-            _write_all(self._fd, (line + "\n").encode("utf-8"))
-            if sync:
-                os.fsync(self._fd)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                self._cut_back(before)
-            if isinstance(exc, OSError) and exc.filename is None:  # say which file refused
-                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
-            raise
+        with self._alone():
+            if self._torn is not None:  # an earlier failed append could not be undone then
+                self._undo()
+            before = os.lseek(self._fd, 0, os.SEEK_END)  # the length (O_APPEND writes there)
+            try:
+                _write_all(self._fd, (line + "\n").encode("utf-8"))
+                if sync:
+                    os.fsync(self._fd)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    self._torn = (before, os.fstat(self._fd).st_size)
+                    self._undo()
+                raise _naming(exc, self.path) from None
 
-    def _cut_back(self, length: int) -> None:
-        self._cut_to = length
-        os.ftruncate(self._fd, length)
+    def _undo(self) -> None:
+        """Cut the failed append ``_torn`` off and fsync. Deferred (its first try failed), the
+        cut is made only if the file still ends where that append left it: lines appended
+        since by another process lie past it, and cutting would take them too."""
+        assert self._torn is not None
+        start, left = self._torn
+        if os.fstat(self._fd).st_size == left:
+            os.ftruncate(self._fd, start)
+            self._torn = (start, start)
         os.fsync(self._fd)
-        self._cut_to = None
+        self._torn = None
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[None]:
+        """Hold this file against other writers (flock, advisory: our own JsonlWriters) while
+        one line is appended, fsynced and maybe undone. Those hold it that briefly, so wait at
+        most LOCK_TIMEOUT_S (polling: a blocking flock could wait for ever), then raise."""
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(errno.EAGAIN, "held by another writer", str(self.path)) from None
+                time.sleep(0.002)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def sync(self) -> None:
         os.fsync(self._fd)

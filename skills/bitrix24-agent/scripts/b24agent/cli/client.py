@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from ..errors import B24Error
     from ..guard.approval import Approver
-    from ..guard.pipeline import CallOutcome, CallRequest, Outcome
+    from ..guard.pipeline import CallOutcome, CallRequest, Outcome, Pipeline
     from ..rest.client import CallResult
     from ..settings import Settings
     from .output import Printer
@@ -274,8 +274,8 @@ class _Cli:
         self.stdout = stdout
         self.stderr = stderr
         self.mask: Callable[[str], str] | None = None
-        #: Set once a request is handed to the pipeline: only from then on may a write have run.
-        self.dispatched = False
+        #: The pipeline running the request: only once it sent a write may that write have run.
+        self.pipeline: Pipeline | None = None
         self.approver = approver
         self.origin = origin
 
@@ -286,7 +286,7 @@ class _Cli:
 
         if quiet_if_reader_left(exc, self.stdout):
             return 0
-        error = as_b24_error(exc, dispatched=self.dispatched)
+        error = as_b24_error(exc, dispatched=self.pipeline is not None and self.pipeline.wrote)
         text = dump_line(error.to_json())
         mask = self.mask or default_mask()
         try:
@@ -353,7 +353,7 @@ class _Cli:
             approver=self.approver,
         ) as pipeline:
             self.mask = pipeline.mask
-            self.dispatched = True
+            self.pipeline = pipeline
             outcome = pipeline.run(request)
             try:
                 return self._render(outcome, args)

@@ -106,8 +106,9 @@ CLI_HINTS = {
 def as_b24_error(exc: BaseException, *, dispatched: bool = True) -> B24Error:
     """Map anything that ends a run to the error taxonomy, so it prints as one JSON line.
 
-    ``dispatched``: a call may have been sent by now. Before that, a bug or an unusable file
-    is a local failure (exit 4); after it, the fail-safe answer is "outcome unknown" (exit 7).
+    ``dispatched``: a write request may have left by now. Until then (reads sent change
+    nothing), a bug or an unusable file is a local failure (exit 4); after it, the fail-safe
+    answer is "outcome unknown" (exit 7).
     """
     from .. import errors
 

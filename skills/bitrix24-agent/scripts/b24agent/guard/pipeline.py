@@ -234,6 +234,7 @@ class Pipeline:
         # not after the write, when its audit line could not be written.
         self._audit_key = audit_key(settings)
         self._client: Bitrix24Client | None = None
+        self._wrote = False  # a write left before the client was closed
         self._redactor = Redactor(settings.secrets())
 
     def mask(self, text: str) -> str:
@@ -248,8 +249,15 @@ class Pipeline:
 
     def close(self) -> None:
         if self._client is not None:
+            self._wrote = self.wrote
             self._client.close()
             self._client = None
+
+    @property
+    def wrote(self) -> bool:
+        """Whether a write request left (it may have run), also once closed: only then may a
+        later failure say that a write may have happened."""
+        return self._wrote or (self._client is not None and self._client.writes_out > 0)
 
     @property
     def requests_sent(self) -> int:
@@ -628,7 +636,7 @@ class Pipeline:
         settled = isinstance(exc, B24Error) and (
             exc.verdict or isinstance(exc, (OutcomeUnknownError, Interrupted))
         )
-        if self._client is None or self._client.writes_out == 0:
+        if not self.wrote:
             return exc if isinstance(exc, B24Error) else local_failure(exc)
         return exc if settled else _unknown_after_write(exc, record)
 

@@ -101,13 +101,17 @@ class ToolBox:
 
     def _run(self, work: Callable[[Pipeline], Any]) -> CallToolResult:
         """Run ``work`` with a fresh pipeline; its document or error becomes the result."""
-        mask = self._mask
+        pipeline: Pipeline | None = None
         try:
-            with Pipeline(self.settings) as pipeline:
-                mask = pipeline.mask
-                return ok_result(work(pipeline), mask)
+            pipeline = Pipeline(self.settings)
+            with pipeline:
+                return ok_result(work(pipeline), pipeline.mask)
         except Exception as exc:
-            return error_result(as_b24_error(exc), mask)
+            # A read's answer that cannot be saved (a full disk) is a local failure, not a
+            # write that may have run.
+            wrote = pipeline is not None and pipeline.wrote
+            mask = pipeline.mask if pipeline is not None else self._mask
+            return error_result(as_b24_error(exc, dispatched=wrote), mask)
 
     def _spill(self, mask: Callable[[str], str]) -> Callable[[Any], dict[str, Any]]:
         """What saves an answer too big to return and says so in the ``truncated`` marker,
