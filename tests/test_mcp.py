@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import Sandbox
+from disk_support import fill, small_tmpfs
 from mcp_support import Host, answering, server_env
 
 TOOLS = {
@@ -410,3 +411,24 @@ def test_the_export_folder_is_never_a_symbolic_link(tmp_path: Path) -> None:
         ExportFolder(link)._ready()
     assert refused.value.code == "EXPORT_DIR_UNUSABLE" and "link" in refused.value.message
     assert list(elsewhere.iterdir()) == []
+
+
+def test_an_export_whose_disk_is_full_is_a_local_failure_not_a_write_that_may_have_run(
+    portal: Sandbox, tmp_path: Path, state: Path
+) -> None:
+    """Review7b L-f: b24_export's rows meet a full export disk. Old: LOCAL_IO_ERROR "after a
+    write was sent ... may or may not have happened" from a tool that cannot write. New: the
+    plain local failure, "no write was sent to the portal"."""
+    portal.rest("crm.lead.add", {"fields": {"TITLE": "full-disk"}})
+    disk = small_tmpfs(tmp_path / "exports", "64k")
+    folder = next(disk)
+    try:
+        fill(folder)
+        host = _host(portal, tmp_path, state, env={"B24_MCP_EXPORT_DIR": str(folder)})
+        failed = host.one("b24_export", {"method": "crm.lead.list", "params": {}})
+    finally:
+        next(disk, None)  # unmounts
+    error = failed.data["error"]
+    print(f"\n{error['code']}: {error['message']} / {error['hint']}")
+    assert failed.error and failed.code == "LOCAL_IO_ERROR"
+    assert "no write was sent" in error["message"] and "may or may not" not in error["hint"]

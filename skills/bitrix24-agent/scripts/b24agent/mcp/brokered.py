@@ -71,13 +71,15 @@ class BrokeredToolBox(ToolBox):
             raise error_from_line(done.returncode, done.stderr)
         return done.stdout or ""
 
-    def _brokered(self, work: Any) -> CallToolResult:
+    def _brokered(self, work: Any, *, writes: bool = False) -> CallToolResult:
+        """``work``'s document or error; a local failure is "a write may have run" only for
+        the tool that ``writes`` (b24_execute_plan): the others cannot write."""
         try:
             return ok_result(work(), self._mask)
         except Exception as exc:
             from ..cli.common import as_b24_error
 
-            return error_result(as_b24_error(exc), self._mask)
+            return error_result(as_b24_error(exc, dispatched=writes), self._mask)
 
     # --- the tools ---------------------------------------------------------------------------
     def call(self, ctx: Context, method: str, params: dict[str, Any], api: Api) -> CallToolResult:
@@ -131,7 +133,7 @@ class BrokeredToolBox(ToolBox):
             body = lines[0] if len(lines) == 1 and "line" not in lines[0] else {"result": lines}
             return {"plan_id": plan_id, "ran": True, **fit_rows(body, 0, self._spill(self._mask))}
 
-        return self._brokered(work)
+        return self._brokered(work, writes=True)
 
     def export(self, ctx: Context, method: str, params: dict[str, Any]) -> CallToolResult:
         def work() -> Any:
