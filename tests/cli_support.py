@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +130,42 @@ def lead_creates(path: Path, prefix: str, count: int) -> Path:
         )
     )
     return path
+
+
+#: An export that fills a stdout pipe nobody reads (with 1,500 leads seeded: 670 KB).
+FULL_EXPORT = ("crm.lead.list", "--all", "--output", "jsonl", "--params", '{"select":["*"]}')
+#: What a pipe holds on Linux before its writer blocks.
+PIPE_CAPACITY = 65536
+
+
+def _unread(proc: subprocess.Popen[str]) -> int:
+    """Bytes ``proc`` wrote to its stdout pipe that nobody read yet."""
+    import fcntl
+    import termios
+
+    held = bytearray(4)
+    fcntl.ioctl(proc.stdout, termios.FIONREAD, held)  # type: ignore[arg-type]
+    return int.from_bytes(held, sys.byteorder)
+
+
+def interrupt_when_stdout_full(proc: subprocess.Popen[str], sig: int, within: float = 20) -> Run:
+    """Wait until ``proc`` blocks on its full stdout, send ``sig`` and, still not reading,
+    wait ``within`` seconds for it to end: its run, asserted to have ended 130 by then
+    (review7b M-b: an interrupted export waited for its stuck printer)."""
+    try:
+        deadline = time.monotonic() + 60
+        while _unread(proc) < PIPE_CAPACITY and proc.poll() is None:
+            assert time.monotonic() < deadline, "the export never filled its stdout"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the printer is now stuck in the full pipe
+        assert proc.poll() is None, "the export ended before the signal"
+        proc.send_signal(sig)
+        code = proc.wait(within)  # stdout still unread
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    assert code == 130, f"{code=} {within} s after signal {sig}: {err=}"
+    return Run(code, out, err)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from broker_support import Accounts, Agent, Broker, can_make_users
-from cli_support import SCRIPT
+from cli_support import FULL_EXPORT, SCRIPT, check, interrupt_when_stdout_full
 from conftest import Sandbox, lock_held_elsewhere, signal_once_answered
 
 pytestmark = pytest.mark.skipif(not can_make_users(), reason="needs root and useradd")
@@ -66,6 +66,19 @@ def test_a_relayed_signal_after_the_write_left_still_leaves_its_audit_line(
     assert lines[0]["outcome"] == "error" and lines[0]["exit_code"] in (7, 130)
     # ... and the caller hears how it ended (exit 130, as after Ctrl-C).
     assert call.returncode == 130 and "Traceback" not in err, (call.returncode, err)
+
+
+def test_a_relayed_sigterm_ends_an_export_whose_stdout_is_full(
+    accounts: Accounts, broker: Broker, portal: Sandbox
+) -> None:
+    """``systemctl stop``'s SIGTERM (here relayed by the agent's b24) while the brokered
+    export's stdout is full and unread. Before, the worker's printer thread sat in the full
+    pipe holding its lock and the interrupted call waited for it until someone read; now the
+    worker ends the call 130 with the one error line (review7b M-b)."""
+    portal.admin("seed", {"crm.lead": 1500})
+    run = interrupt_when_stdout_full(Agent(accounts, broker).popen(*FULL_EXPORT), signal.SIGTERM)
+    check(run)
+    assert run.error()["code"] == "INTERRUPTED" and len(run.err.splitlines()) == 1, run.err
 
 
 #: A caller writing its own frame: crm.lead.add with ``ignored`` of its choosing, then prints how

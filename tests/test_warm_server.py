@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from b24agent.cli.warm import confinement, rehearsal
 from b24agent.cli.warm import wire as warm_wire
-from cli_support import SCRIPT, Cli, Run, check
+from cli_support import FULL_EXPORT, SCRIPT, Cli, Run, check, interrupt_when_stdout_full
 from confine_support import CONFINEMENTS, landlock_works, no_new_privs
 from conftest import Sandbox
 from hypothesis import given
@@ -544,3 +544,22 @@ def test_a_readable_lsm_label_is_part_of_the_description(tmp_path: Path, label: 
     assert with_label is not None and without is not None
     assert label in with_label and "attr/current:none" in without
     assert with_label != without
+
+
+# --- an interruption ends an export whose stdout nobody reads (review7b M-b) ---------------------
+
+
+@pytest.mark.parametrize("server", ["off", "on"])
+def test_ctrl_c_ends_an_export_whose_stdout_is_full(
+    portal: Sandbox, cli: Cli, runtime: Path, server: str
+) -> None:
+    """An export of 1,500 leads fills a stdout pipe nobody reads, then Ctrl-C. Before, the
+    printer's thread sat in the full pipe holding its lock and the interrupted call waited for
+    it: still running 20 s after the signal. Now it ends 130 with the one error line."""
+    portal.admin("seed", {"crm.lead": 1500})
+    if server == "on":
+        _warm(cli, runtime)
+    proc = cli.popen(*FULL_EXPORT, B24_SERVER=server)
+    run = interrupt_when_stdout_full(proc, signal.SIGINT)
+    check(run)
+    assert run.error()["code"] == "INTERRUPTED" and len(run.err.splitlines()) == 1, run.err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import json.encoder
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
@@ -23,6 +24,8 @@ Mask = Callable[[str], str]
 FLUSH_EVERY_S = 0.1
 #: Streamed lines masked and written together (one export page of 2,500 rows is a few blocks).
 LINES_PER_WRITE = 500
+#: Longest a failed or interrupted ``lines`` waits for the rows it received to be written.
+FAILED_FLUSH_S = 1.0
 
 
 def _identity(text: str) -> str:
@@ -97,35 +100,46 @@ class Printer:
         most FLUSH_EVERY_S, also while the next page is slow to come (a thread writes it then),
         and what was received is written before an error or an interruption goes on up, so a
         reader resuming from the last row printed loses nothing (review7 L5).
+
+        A failure or an interruption waits at most FAILED_FLUSH_S for those rows: a stdout
+        nobody reads must not keep Ctrl-C or the broker's SIGTERM from ending the call
+        (review7b M-b). The thread writes to the file descriptor itself, holding no lock of
+        the stream, so the interpreter can end while it still waits on a full pipe.
         """
         count = 0
         block: list[str] = []
-        lock = threading.Lock()
+        held = threading.Lock()  # guards ``block``
+        turn = threading.Lock()  # one writer at a time, so blocks keep their order
         done = threading.Event()
+        trouble: list[Exception] = []
+        write_out = self._block_writer()
 
-        def write_block() -> None:  # with ``lock`` held
-            if block:
-                self._write("\n".join(block) + "\n")
-                block.clear()
-                self._stream.flush()
+        def write_block() -> None:
+            with turn:
+                with held:
+                    text = "\n".join(block) + "\n" if block else ""
+                    block.clear()
+                if text:
+                    write_out(text)
 
         def write_held_blocks() -> None:
-            while not done.wait(FLUSH_EVERY_S):
-                with lock:
-                    try:
-                        write_block()
-                    except Exception:  # stdout gone, an export past its budget
-                        return  # the next write on the main thread meets it and reports it
+            try:
+                while not done.wait(FLUSH_EVERY_S):
+                    write_block()
+                write_block()  # what the last page left, also after a failure
+            except Exception as exc:  # stdout gone, an export past its budget: reported by
+                trouble.append(exc)  # the main thread unless a failure came first
 
         writer = threading.Thread(target=write_held_blocks, name="b24-lines", daemon=True)
         failed = True
         try:
             for item in items:
                 line = dump_line(item)
-                with lock:
+                with held:
                     block.append(line)
-                    if len(block) >= LINES_PER_WRITE:
-                        write_block()
+                    full = len(block) >= LINES_PER_WRITE
+                if full:
+                    write_block()
                 count += 1
                 if count == 1:
                     writer.start()
@@ -133,13 +147,33 @@ class Printer:
         finally:
             done.set()
             if writer.is_alive():
-                writer.join()
-            # After a failure the rows still go out; a stdout that cannot take them (its
-            # reader left) must not hide the failure itself.
-            with lock, contextlib.suppress(*((OSError,) if failed else ())):
-                write_block()
+                writer.join(FAILED_FLUSH_S if failed else None)
+        if trouble:
+            raise trouble[0]
         self._stream.flush()
         return count
+
+    def _block_writer(self) -> Callable[[str], None]:
+        """How ``lines`` writes a masked block: to the stream's file descriptor when it has
+        one (a thread stuck there holds none of the stream's locks), else to the stream."""
+        self._stream.flush()
+        try:
+            fd = self._stream.fileno()
+            encoding = self._stream.encoding
+            errors = self._stream.errors or "strict"
+        except (AttributeError, OSError, ValueError):  # io.StringIO and the like
+            fd = None
+
+        def to_stream(text: str) -> None:
+            self._write(text)
+            self._stream.flush()
+
+        def to_fd(text: str) -> None:
+            data = memoryview(self._mask(text).encode(encoding, errors))
+            while data:
+                data = data[os.write(fd, data) :]
+
+        return to_stream if fd is None else to_fd
 
     def array(self, items: Iterable[Any], *, key: str | None = None) -> int:
         """Stream ``items`` as one JSON array, or as ``{key: [...], "total": n}`` when ``key``.
