@@ -33,9 +33,10 @@ FUSE_TEXT = "hostile portal: fuse blown"
 class HostilePortal:
     """The server; ``webhook_url`` is what B24_WEBHOOK_URL takes, ``requests`` the count."""
 
-    def __init__(self, answer: Answer, fuse: int) -> None:
+    def __init__(self, answer: Answer, fuse: int, content_type: str = "application/json") -> None:
         self.answer = answer
         self.fuse = fuse
+        self.content_type = content_type
         self.requests = 0
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -66,7 +67,7 @@ class HostilePortal:
                 length = int(self.headers.get("Content-Length") or 0)
                 status, out = portal._respond(self.path, self.rfile.read(length))
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", portal.content_type)
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
                 self.wfile.write(out)
@@ -88,8 +89,10 @@ class HostilePortal:
 
 
 @contextmanager
-def hostile(answer: Answer, fuse: int = 40) -> Iterator[HostilePortal]:
-    portal = HostilePortal(answer, fuse).start()
+def hostile(
+    answer: Answer, fuse: int = 40, content_type: str = "application/json"
+) -> Iterator[HostilePortal]:
+    portal = HostilePortal(answer, fuse, content_type).start()
     try:
         yield portal
     finally:
@@ -101,7 +104,11 @@ def always(status: int, body: bytes) -> Answer:
     return lambda _path, _body: (status, body)
 
 
-def pages(rows: Callable[[int], list[Any]], following: Callable[[int], int | None]) -> Answer:
+def pages(
+    rows: Callable[[int], list[Any]],
+    following: Callable[[int], int | None],
+    total: int = 10**6,
+) -> Answer:
     """A list method paging by offset, batch included: the page at ``start`` holds
     ``rows(start)`` and says ``next: following(start)``, with a constant ``total``."""
 
@@ -115,13 +122,13 @@ def pages(rows: Callable[[int], list[Any]], following: Callable[[int], int | Non
             result = {
                 "result": {name: got[0] for name, got in found.items()},
                 "result_error": [],
-                "result_total": {name: 10**6 for name in found},
+                "result_total": {name: total for name in found},
                 "result_next": {n: got[1] for n, got in found.items() if got[1] is not None},
                 "result_time": {},
             }
             return 200, json.dumps({"result": result, "time": {}}).encode()
         listed, nxt = page(int(body.get("start") or 0))
-        document: dict[str, Any] = {"result": listed, "total": 10**6, "time": {}}
+        document: dict[str, Any] = {"result": listed, "total": total, "time": {}}
         if nxt is not None:
             document["next"] = nxt
         return 200, json.dumps(document).encode()

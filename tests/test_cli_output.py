@@ -73,7 +73,7 @@ def test_progress_is_silent_off_a_terminal() -> None:
     assert not progress.enabled and err.getvalue() == ""
 
 
-def test_a_stream_failing_later_still_parses_and_says_it_is_incomplete() -> None:
+def test_a_keyed_stream_failing_later_still_parses_and_says_it_is_incomplete() -> None:
     def failing() -> Iterator[Any]:
         yield {"ID": "1"}
         raise RuntimeError("portal gone")
@@ -115,6 +115,22 @@ def test_rows_received_before_an_export_fails_are_printed_first(
     portal.admin("faults", _then({"error": "ACCESS_DENIED", "status": 403}))
     document = json.loads(json_run("crm.lead.list", "--all", "--output", "json").out)
     assert len(document["result"]) == 50 and document["incomplete"] is True
+
+
+def test_a_failed_bare_array_export_does_not_parse_as_whole(
+    portal: Sandbox, tmp_path: Path
+) -> None:
+    """``--output result`` has no room for an ``incomplete`` marker. Before, a failed export
+    closed its array anyway: ``> leads.json; jq length`` took 50 of 120 leads for all of
+    them. Now the array stays open and fails to parse; the 50 rows are there, the error line
+    and the exit code as before (review7b L-e)."""
+    portal.admin("seed", {"crm.lead": 120})
+    portal.admin("faults", _then({"error": "ACCESS_DENIED", "status": 403}))
+    run = Cli.on_webhook(portal, tmp_path)("crm.lead.list", "--all", "--output", "result")
+    assert run.code == 1 and run.error()["code"] == "ACCESS_DENIED", run.err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(run.out)
+    assert json.loads(run.out.rstrip() + "]")[-1]["ID"] == "50"
 
 
 def test_rows_of_a_page_reach_the_pipe_while_the_next_page_is_slow() -> None:

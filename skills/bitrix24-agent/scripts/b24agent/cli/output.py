@@ -180,9 +180,11 @@ class Printer:
 
         The document is written piece by piece, so memory stays flat however many items come.
         Nothing is written before the first item (or the end) arrives, so a stream that fails
-        at once leaves stdout empty rather than holding half a document; one that fails later
-        closes the document it started, so stdout still parses (``"incomplete": true`` in the
-        ``key`` form; the error on stderr and the exit code say what is missing).
+        at once leaves stdout empty rather than holding half a document. One that fails later
+        must not pass for whole: the ``key`` form closes its document with ``"incomplete":
+        true``; the bare array has no room for that marker, so it stays open and fails to
+        parse, as a cut export should (review7b L-e). The error line on stderr and the exit
+        code say what is missing in both.
         """
         compact = self._compact
         pad = "" if compact else "  " * (2 if key else 1)
@@ -200,8 +202,9 @@ class Printer:
                 count += 1
         except BaseException:
             if count:
+                ending = self._closing(count, key, incomplete=True) if key else ""
                 with contextlib.suppress(OSError):  # a reader gone must not hide the failure
-                    self._write(self._closing(count, key, incomplete=True) + "\n")
+                    self._write(ending + "\n")
                     self._stream.flush()
             raise
         end = self._closing(count, key, incomplete=False)

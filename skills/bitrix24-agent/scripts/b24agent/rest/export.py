@@ -26,12 +26,17 @@ holes. The id-chained path cannot repeat a row since ids only grow.
 
 A portal (or proxy) that does not let an export advance ends it, never loops it: by offset, a
 ``next`` not past its page's ``start`` (list-methods-pecularities.md: ``next`` is the ``start`` of
-the following page) or a batch of pages with no row not seen before; by id, a batch whose last
-id did not grow, or a page whose ids do not rise (the pages are asked for ``ID ASC``).
+the following page), a ``next`` at or past the portal's own ``total`` (``next`` comes only while
+more rows exist), a batch of pages with no row not seen before, or a page of rows without an id
+that all came before (told apart by a digest of their JSON: an id-less row is never "new" by
+default, or a portal repeating one page with ``next`` moving on loops for ever, review7b L-b);
+by id, a batch whose last id did not grow, or a page whose ids do not rise (the pages are asked
+for ``ID ASC``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -359,15 +364,25 @@ class _Export:
 
     def by_offset(self) -> Iterator[Any]:
         seen: set[int] = set()
+        digests: set[bytes] = set()  # of the rows without an id
 
         def unseen(rows: list[Any]) -> list[Any]:
-            fresh = []
+            """``rows`` less those whose id came before; id-less rows all stay, but a page of
+            only id-less rows that all came before is the portal repeating itself."""
+            fresh, new = [], False
             for row in rows:
                 row_id = _row_id(row)
-                if row_id is None or row_id not in seen:
+                if row_id is None:
                     fresh.append(row)
-                    if row_id is not None:
-                        seen.add(row_id)
+                    digest = _digest(row)
+                    new = new or digest not in digests
+                    digests.add(digest)
+                elif row_id not in seen:
+                    fresh.append(row)
+                    seen.add(row_id)
+                    new = True
+            if fresh and not new:
+                raise _stuck(self.method, "a page repeated rows without an id received before")
             return fresh
 
         shape = shape_of(self.method)
@@ -375,7 +390,8 @@ class _Export:
         first = self.client.call(self.method, {**self.params, start_name: 0})
         yield from self.take(unseen(rows_of(self.method, first.result, shape)))
         self.report()
-        start, total, attempt = _advance(self.method, 0, first.next), first.total, 0
+        total, attempt = first.total, 0
+        start = _advance(self.method, 0, first.next, total)
         while start is not None and not self.done():
             starts = [start + PAGE * k for k in range(self.pages_wanted())]
             starts = [s for s in starts if total is None or s < total] or [start]
@@ -394,7 +410,7 @@ class _Export:
                 rows = unseen(rows_of(self.method, answer.results[name], shape))
                 fresh += len(rows)
                 yield from self.take(rows)
-                start = _advance(self.method, s, answer.nexts.get(name))
+                start = _advance(self.method, s, answer.nexts.get(name), total)
                 if start is None or self.done():
                     break
             self.report()
@@ -522,11 +538,20 @@ def _inconsistent(method: str, what: str) -> ApiError:
     )
 
 
-def _advance(method: str, start: int, following: int | None) -> int | None:
-    """The portal's ``next`` after the page at offset ``start``, which must lie past it."""
+def _advance(method: str, start: int, following: int | None, total: int | None) -> int | None:
+    """The portal's ``next`` after the page at offset ``start``, which must lie past it and,
+    since ``next`` comes only while more rows exist, before the portal's own ``total``."""
     if following is not None and following <= start:
         raise _stuck(method, f"the portal's next ({following}) did not move past start {start}")
+    if following is not None and total is not None and following >= total:
+        raise _stuck(method, f"the portal's next ({following}) is past its own total ({total})")
     return following
+
+
+def _digest(row: Any) -> bytes:
+    """What tells id-less rows apart: a digest of the row's canonical JSON (16 bytes a row)."""
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def _stuck(method: str, what: str) -> B24Error:

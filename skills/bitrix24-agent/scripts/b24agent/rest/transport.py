@@ -39,6 +39,7 @@ uses both to send its next batch the moment the start id is in the bytes, not af
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -415,8 +416,15 @@ def _too_large(reply: requests.Response, cap: int, *, method: str, write: bool) 
     return error
 
 
+#: A Content-Type a message may quote: a plain media type. Anything else is the portal's
+#: free text (a header line may hold 64 KB of it) and is described, not repeated (review7b L-c).
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,40}/[\w.+-]{1,80}")
+
+
 def _describe(reply: requests.Response, size: int) -> str:
     kind = (reply.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    if kind != "no content type" and not _MEDIA_TYPE.fullmatch(kind):
+        kind = f"an unusual content type of {len(kind)} characters"
     return f"HTTP {reply.status_code}, {kind}, {size} bytes"
 
 
