@@ -323,6 +323,9 @@ class WarmServer:
         # for a spare worker, and the spares then finish their own rehearsals.
         subprocess.run(b24_argv("--help"), env=self.env, stdout=subprocess.DEVNULL, check=True)
         self._wait_settled()
+        # A server that bound its socket and then died (a package missing at its start-up)
+        # leaves every call to run cold: measuring those as "warm" would be a lie.
+        assert self.proc.poll() is None, "the warm server exited at start-up"
         return self
 
     def _wait_settled(self) -> None:

@@ -492,6 +492,18 @@ def test_the_warm_server_imports_none_of_the_modules_the_stamp_leaves_out() -> N
     assert done.stdout.strip() == "[]"
 
 
+def test_the_warm_server_starts_where_only_requirements_txt_is_installed() -> None:
+    """A skill folder set up with ``pip install -r requirements.txt`` has no MCP packages
+    (requirements-mcp.txt): the server must still start, or every call runs cold and starts a
+    server that dies again."""
+    code = (
+        "import sys; sys.modules.update(mcp=None, pydantic=None); "
+        "from b24agent.cli.warm import server; server.warm_up(); print('warm')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "warm"), done.stderr[-400:]
+
+
 _text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
 
 

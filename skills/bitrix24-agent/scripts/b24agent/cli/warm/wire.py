@@ -62,9 +62,11 @@ DONE = b"D"
 #: extension module loaded (0.3 ms of each call).
 STAMP_MODULUS = 0x7FFFFFFF
 #: Modules no ``b24`` call runs, below the package: the sandbox portal, the offline worker, the
-#: demo, the other front ends and the broker; redis-py is imported only when B24_STATE_BACKEND
-#: names a Redis (and may be absent). The server never imports them (a call that needs one
-#: reads it from disk then), so the stamp leaves them out: half the files, 0.4 ms of each call.
+#: demo, the other front ends (the broker, the MCP server) and the Redis store. redis-py is
+#: imported only when B24_STATE_BACKEND names a Redis, and the MCP server's packages come from
+#: requirements-mcp.txt: a skill folder set up from requirements.txt alone has neither, and a
+#: server importing them died at start-up, so every call ran cold. The server never imports
+#: them (a call that needs one reads it from disk then), so the stamp leaves them out too.
 NOT_SERVED = (
     "sandbox",
     "worker",
@@ -72,6 +74,7 @@ NOT_SERVED = (
     "cli.sandbox",
     "cli.worker",
     "broker",
+    "mcp",
     "backends.redis_store",
 )
 #: Values of B24_SERVER that keep every call in its own process.
