@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,8 +151,9 @@ def _unread(proc: subprocess.Popen[str]) -> int:
 
 def interrupt_when_stdout_full(proc: subprocess.Popen[str], sig: int, within: float = 20) -> Run:
     """Wait until ``proc`` blocks on its full stdout, send ``sig`` and, still not reading,
-    wait ``within`` seconds for it to end: its run, asserted to have ended 130 by then
-    (review7b M-b: an interrupted export waited for its stuck printer)."""
+    wait ``within`` seconds for it to end: its run, asserted to have ended as interrupted by
+    then, 130 (Ctrl-C) or 128 + ``sig`` (review7b M-b: an interrupted export waited for its
+    stuck printer)."""
     try:
         deadline = time.monotonic() + 60
         while _unread(proc) < PIPE_CAPACITY and proc.poll() is None:
@@ -167,5 +169,6 @@ def interrupt_when_stdout_full(proc: subprocess.Popen[str], sig: int, within: fl
         if proc.poll() is None:
             proc.kill()
         out, err = proc.communicate()
-    assert code == 130, f"{code=} {within} s after signal {sig}: {err=}"
+    expected = 130 if sig == signal.SIGINT else 128 + sig
+    assert code == expected, f"{code=} {within} s after signal {sig}: {err=}"
     return Run(code, out, err)

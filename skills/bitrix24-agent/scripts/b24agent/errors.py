@@ -17,7 +17,7 @@
     │   ├── RateLimitError                QUERY_LIMIT_EXCEEDED (request bucket full)
     │   └── OperationTimeLimitError       OPERATION_TIME_LIMIT (method time budget used up)
     ├── OutcomeUnknownError ....... 7  a write was sent and may or may not have happened
-    └── Interrupted ............. 130  stopped by the user
+    └── Interrupted ............. 130  stopped by the user (143 SIGTERM, 129 SIGHUP)
 
 Classification goes by the portal's ``error`` string, never by HTTP status alone: a 200 can carry
 an error body and the same status means different things for different codes. Whether a failure
@@ -227,6 +227,7 @@ def error_from_line(exit_code: int, stderr: str) -> B24Error:
         for cls in (ApiError, UsageError, PolicyError, ConfigError, ConflictError)
     }
     kinds.update({6: TransientError, 7: OutcomeUnknownError, 130: Interrupted})
+    kinds.update({129: Interrupted, 143: Interrupted})  # SIGHUP, SIGTERM (128 + the signal)
     kind = kinds.get(exit_code, B24Error)
     for line in reversed(stderr.splitlines()):
         try:

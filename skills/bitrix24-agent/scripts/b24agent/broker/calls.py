@@ -32,6 +32,7 @@ from ..cli.warm.worker import RELAYED, serve, take_stdio
 from ..errors import B24Error, PolicyError, UsageError
 from ..guard.approval import WaitForDecision
 from ..guard.audit import AuditEvent, write_outside_a_call
+from ..rest.interrupts import interruption
 from ..settings import load_settings
 
 __all__ = ["peer", "peer_ids", "serve_brokered_call"]
@@ -94,10 +95,10 @@ def _take_stdio_interruptible_once(request: wire.Request, fds: list[int]) -> Non
         signal.signal(sig, _interrupt_once)
 
 
-def _interrupt_once(_signum: int, _frame: object) -> None:
+def _interrupt_once(signum: int, _frame: object) -> None:
     for sig in RELAYED:
         signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    raise interruption(signum)  # exit 130, or 143/129 for SIGTERM/SIGHUP as in plain mode
 
 
 def _claimed(text: str | None) -> dict[str, Any]:

@@ -50,7 +50,9 @@ exit codes:
   5    conflict (idempotency key in use or reused with other params; stale or spent plan)
   6    transient error, gave up after retries (QUERY_LIMIT_EXCEEDED, 5xx on a read): retry later
   7    outcome unknown: a write may or may not have happened; check before repeating it
+  129  interrupted by SIGHUP (128 + the signal, as a shell reports it), handled as Ctrl-C
   130  interrupted (Ctrl-C)
+  143  interrupted by SIGTERM (128 + the signal), handled as Ctrl-C: the audit line is written
 stdout closed early (`| head`): the run stops quietly with exit 0; rows after the last one read
 were not fetched, and --batch-file calls after it may not have been sent.
 On failure stderr carries one line: {"error": {"code", "message", "hint", "retryable"}}.
@@ -605,11 +607,14 @@ def main(
     The broker passes ``approver`` (its channel for a human's approval) and ``origin`` (who
     connected); plain CLI mode has neither.
     """
+    from ..rest.interrupts import terminations_interrupt
+
     cli = _Cli(sys.stdin, sys.stdout, sys.stderr, approver=approver, origin=origin)
-    try:
-        args = build_parser(program("b24")).parse_args(argv)
-        return cli.run(args)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except (Exception, KeyboardInterrupt) as exc:
-        return cli.fail(exc)
+    with terminations_interrupt():  # SIGTERM/SIGHUP: as Ctrl-C, audited (exit 143/129)
+        try:
+            args = build_parser(program("b24")).parse_args(argv)
+            return cli.run(args)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else 0
+        except (Exception, KeyboardInterrupt) as exc:
+            return cli.fail(exc)

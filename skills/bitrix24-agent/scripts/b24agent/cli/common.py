@@ -116,11 +116,16 @@ def as_b24_error(exc: BaseException, *, dispatched: bool = True) -> B24Error:
         exc.hint = CLI_HINTS.get(exc.code, exc.hint)
         return exc
     if isinstance(exc, KeyboardInterrupt):
-        return errors.Interrupted(
-            "interrupted",
+        from ..rest.interrupts import interruption_exit_code
+
+        by = f" by {exc}" if str(exc) else ""  # Terminated names its signal
+        interrupted = errors.Interrupted(
+            f"interrupted{by}",
             code="INTERRUPTED",
             hint="if a write was in flight it may or may not have run; check before repeating it",
         )
+        interrupted.exit_code = interruption_exit_code(exc)  # type: ignore[misc]
+        return interrupted
     if isinstance(exc, ModuleNotFoundError):
         from ..dependencies import missing_dependency
 

@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..redact import Redactor
 from ..rest.idempotency_key import validate_idempotency_key
-from ..rest.interrupts import INTERRUPTS
+from ..rest.interrupts import INTERRUPTS, interruption_exit_code
 from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
 from ..state import LOCK_TIMEOUT_S, check_state_file
@@ -669,8 +669,9 @@ class Pipeline:
             outcome = "refused" if isinstance(exc, (PolicyError, ConflictError)) else "error"
             code, exit_code = exc.code or type(exc).__name__, exc.exit_code
         elif exc is not None:
-            # Interrupted or abandoned (anything else became a B24Error in _as_error): 130.
-            outcome, code, exit_code = "error", type(exc).__name__, 130
+            # Interrupted or abandoned (anything else became a B24Error in _as_error): 130,
+            # or 143/129 for SIGTERM/SIGHUP (``rest.interrupts``).
+            outcome, code, exit_code = "error", type(exc).__name__, interruption_exit_code(exc)
         elif record.outcome == "error":
             code, exit_code = "BATCH_FILE_ERRORS", 1
         settings = self._settings
@@ -692,11 +693,12 @@ class Pipeline:
         )
         try:
             _write_when_free(log, event, record)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interruption:
             if record.audit_started:
                 raise  # the line is on disk: the interruption passes on as it is
             record.audit_started = True  # its line is kept: the interruption needs none
-            raise _interrupted_waiting(log, event, _keep(log, event)) from None
+            kept = _keep(log, event)
+            raise _interrupted_waiting(log, event, kept, interruption) from None
         except OSError as failure:
             reason = failure.strerror or type(failure).__name__
             if not record.audit_started:  # the lock was never free
@@ -751,9 +753,11 @@ def _keep(log: AuditLog, event: AuditEvent) -> str:
     return f"its audit line is kept in {folder} and joins the log at its next write"
 
 
-def _interrupted_waiting(log: AuditLog, event: AuditEvent, kept: str) -> Interrupted:
-    """The error of an interruption that came while another process held the audit log."""
-    return Interrupted(
+def _interrupted_waiting(
+    log: AuditLog, event: AuditEvent, kept: str, interruption: KeyboardInterrupt
+) -> Interrupted:
+    """The error of ``interruption``, come while another process held the audit log."""
+    error = Interrupted(
         f"interrupted while waiting for the audit log {log.path}, which another process "
         f"holds locked; the call itself ended '{event.outcome}' (exit {event.exit_code}), and "
         f"{kept}",
@@ -761,6 +765,8 @@ def _interrupted_waiting(log: AuditLog, event: AuditEvent, kept: str) -> Interru
         hint=f"what holds {log.path}.lock (a stuck b24, or its disk) keeps every call waiting; "
         "if a write was in flight it may or may not have run: check before repeating it",
     )
+    error.exit_code = interruption_exit_code(interruption)  # type: ignore[misc]
+    return error
 
 
 @contextlib.contextmanager

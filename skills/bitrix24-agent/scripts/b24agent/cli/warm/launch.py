@@ -132,7 +132,6 @@ class ServedCall:
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.started = False
         self.pending: list[int] = []
-        self.fatal: int | None = None
         self.failure: OSError | None = None
         self.trusts = trusts
         self.claim = claim
@@ -158,8 +157,6 @@ class ServedCall:
                 _signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        if signum != _signal.SIGINT:
-            self.fatal = signum
         self.pending.append(signum)
         if self.started:
             self._relay()
@@ -222,19 +219,15 @@ class ServedCall:
         return int(buffer[len(wire.EXITED) : -1])
 
     def _cancelled(self) -> int:
-        self._die_of_fatal_signal()
-        return say(CANCELLED, EXIT_INTERRUPTED, self.stdio[2])
+        """Exit as an interruption by the first signal would have in-process: 130 for Ctrl-C,
+        128 + the signal for SIGTERM/SIGHUP (``rest.interrupts``)."""
+        first = self.pending[0]
+        code = EXIT_INTERRUPTED if first == _signal.SIGINT else 128 + first
+        return say(CANCELLED, code, self.stdio[2])
 
     def _lost(self) -> int:
-        self._die_of_fatal_signal()
         lost = BROKER_WORKER_LOST if self.brokered else WORKER_LOST
         return say(lost, EXIT_OUTCOME_UNKNOWN, self.stdio[2])
-
-    def _die_of_fatal_signal(self) -> None:
-        """After a TERM or HUP, end the way this process would have ended without a server."""
-        if self.fatal is not None:
-            _signal.signal(self.fatal, _signal.SIG_DFL)
-            os.kill(os.getpid(), self.fatal)
 
 
 def _peer_uid(sock: _socket.socket) -> int | None:
