@@ -504,6 +504,142 @@ def test_the_warm_server_starts_where_only_requirements_txt_is_installed() -> No
     assert (done.returncode, done.stdout.strip()) == (0, "warm"), done.stderr[-400:]
 
 
+def _blocking(cli: Cli, tmp_path: Path, module: str, error: str) -> tuple[Cli, Path]:
+    """``cli`` whose processes, and the warm server they start (it inherits PYTHONPATH), fail
+    to import ``module`` with ``error`` (an expression), as on a host that lacks it; and the
+    file that gets a line for each attempt, i.e. for each process that tried."""
+    site, tried = tmp_path / "site", tmp_path / "tried.log"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Missing:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {module!r}:\n"
+        f"            with open({str(tried)!r}, 'a') as log:\n"
+        "                log.write('tried\\n')\n"
+        f"            raise {error}\n"
+        "sys.meta_path.insert(0, _Missing())\n"
+    )
+    paths = [str(site), *filter(None, [cli.env.get("PYTHONPATH")])]
+    return cli.with_env(PYTHONPATH=os.pathsep.join(paths)), tried
+
+
+def _servers_running(runtime: Path) -> list[int]:
+    """The warm servers started for ``runtime`` still running (the socket is in their command)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and str(runtime).encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _until_no_server(runtime: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while _servers_running(runtime):
+        assert time.monotonic() < deadline, "a warm server did not end"
+        time.sleep(0.05)
+
+
+def _served(cli: Cli, *args: str) -> Run:
+    """Run ``args`` and check the warm server served it (this process never loaded the CLI)."""
+    run, imported = _imports(cli, *args)
+    assert "b24agent.cli.client" not in imported, run.err
+    return run
+
+
+@needs_scratch
+def test_a_folder_any_user_names_like_a_rehearsal_does_not_stop_the_server(
+    cli: Cli, runtime: Path
+) -> None:
+    """/dev/shm is world-writable. Before, ``mkdir b24-rehearsal-99999999999999999999999-x``
+    by any user made the starting server's sweep raise (OverflowError in os.kill), and every
+    user's server died after binding its socket: every call ran cold."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    planted = [
+        Path(rehearsal.SCRATCH, f"{rehearsal.PREFIX}{'9' * 23}-x"),
+        Path(rehearsal.SCRATCH, f"{rehearsal.PREFIX}{2**22 + 1}-x"),
+    ]
+    others = Path(rehearsal.SCRATCH, f"{rehearsal.PREFIX}{dead.pid}-other")
+    try:
+        for folder in planted:
+            folder.mkdir()
+        others.mkdir()
+        if os.geteuid() == 0:  # as another user's would be: never removed
+            os.chown(planted[0], 65534, 65534)
+            os.chown(others, 65534, 65534)
+        _warm(cli, runtime)
+        assert _served(cli, "user.current").code == 0
+        assert _served(cli, "user.current").code == 0
+        assert all(folder.exists() for folder in planted)
+        assert others.exists() or os.geteuid() != 0
+    finally:
+        for folder in [*planted, others]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_server_that_dies_warming_up_leaves_no_socket_and_is_not_started_again_at_once(
+    cli: Cli, runtime: Path, tmp_path: Path
+) -> None:
+    """Before, the socket stayed bound to nobody: each call was refused, ran cold, and started
+    another server that died the same way (a whole import of the stack, every call). Now the
+    socket is removed and the next start waits wire.RESTART_AFTER_S; calls still run, cold."""
+    broken, tried = _blocking(cli, tmp_path, "b24agent.cli.install", "RuntimeError('broken')")
+    assert broken("user.current").code == 0  # cold; starts a server
+    deadline = time.monotonic() + SERVER_START_S
+    while not tried.exists() or _servers_running(runtime):
+        assert time.monotonic() < deadline, "the server neither died nor served"
+        time.sleep(0.05)
+    assert _sockets(runtime) == []
+    for _ in range(3):
+        run = broken("user.current")
+        assert run.code == 0, run.err
+    _until_no_server(runtime)  # any started by those calls (each one's start precedes its run)
+    assert tried.read_text().splitlines() == ["tried"]
+
+
+def test_a_python_without_ctypes_is_served_warm_and_installs_the_skill(
+    cli: Cli, runtime: Path, tmp_path: Path
+) -> None:
+    """A Python built without libffi (pyenv on a host lacking libffi-dev) has no _ctypes.
+    Before, the warm server died importing cli/install.py (every call cold), and
+    ``--install-skill`` ended in INTERNAL_ERROR, "a bug"; without renameat2 it now swaps an
+    earlier copy by two renames."""
+    plain, _ = _blocking(
+        cli, tmp_path, "_ctypes", "ModuleNotFoundError(\"No module named '_ctypes'\")"
+    )
+    _warm(plain, runtime)
+    assert _served(plain, "user.current").code == 0
+    skills = tmp_path / "skills"
+    for _ in range(2):  # a first copy, then one over it
+        run = plain("--install-skill", str(skills))
+        assert run.code == 0, run.err
+        assert (skills / "bitrix24-agent" / "SKILL.md").is_file()
+    assert sorted(p.name for p in skills.iterdir()) == ["bitrix24-agent"]
+
+
+def test_a_package_missing_is_reported_by_a_served_call_as_in_process(
+    cli: Cli, runtime: Path, tmp_path: Path
+) -> None:
+    """A module whose import fails for want of a package is left out of the warm-up (before,
+    the server died on it); a call that needs it imports it from disk and gets the documented
+    one-line error, exit 4, word for word as in-process."""
+    lacking, _ = _blocking(cli, tmp_path, "jsonschema", "ModuleNotFoundError(name='jsonschema')")
+    alone = lacking("user.current", B24_SERVER="off")
+    assert alone.code == 4 and alone.error()["code"] == "DEPENDENCY_MISSING", alone.err
+    assert lacking("user.current").code == 4  # cold; starts a server
+    deadline = time.monotonic() + SERVER_START_S
+    while not _sockets(runtime):
+        assert time.monotonic() < deadline, "the warm server did not start"
+        time.sleep(0.05)
+    served = _served(lacking, "user.current")
+    assert (served.code, served.out, served.err) == (alone.code, alone.out, alone.err)
+
+
 _text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
 
 

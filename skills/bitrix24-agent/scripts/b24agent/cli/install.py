@@ -19,7 +19,6 @@ alone and refused. Settings and state live outside the skill folder, so a reinst
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import shutil
@@ -96,10 +95,15 @@ def _put_in_place(new: Path, target: Path) -> None:
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE; the standard library has no
-    call for it); False where that is not available, OSError when it fails otherwise."""
+    call for it); False where that is not available, OSError when it fails otherwise.
+
+    ctypes is imported here, not with the module: a Python built without libffi has none, and
+    the warm server imports this module with every other."""
     try:
+        import ctypes
+
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return False
     renameat2.argtypes = [
         ctypes.c_int,

@@ -265,9 +265,26 @@ def _start_server(where: str, through: str) -> None:
 
     Not where it could not bind: a sandbox that forbids writing the folder (Landlock, a
     read-only mount) would see a server started, and failing, on every call. The server's lock
-    file is made here first, as the server makes it, through the checked folder."""
+    file is made here first, as the server makes it, through the checked folder. Nor within
+    RESTART_AFTER_S of a start whose server never answered (its ``.starting`` stamp is still
+    there): one that died warming up would die again, and every call would pay for it."""
+    stamp = through + wire.STARTING
+    try:
+        started = os.lstat(stamp).st_mtime
+    except OSError:
+        started = None
+    if started is not None:
+        import time
+
+        if 0 <= time.time() - started < wire.RESTART_AFTER_S:
+            return
     try:
         os.close(os.open(through + ".lock", LOCK_FLAGS, 0o600))
+        made = os.open(stamp, LOCK_FLAGS, 0o600)
+        try:
+            os.utime(made)  # now, also when an old stamp was there
+        finally:
+            os.close(made)
     except OSError:
         return
     import subprocess

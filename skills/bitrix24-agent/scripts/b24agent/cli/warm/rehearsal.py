@@ -46,6 +46,9 @@ SCRATCH = "/dev/shm"
 #: The start of a throwaway folder's name; the rehearsing process's pid follows.
 PREFIX = "b24-rehearsal-"
 _NAMED = re.compile(re.escape(PREFIX) + r"([0-9]+)-")
+#: The largest pid Linux can give (PID_MAX_LIMIT, 2**22 on 64-bit): a larger number in a
+#: folder's name was not made by a rehearsal.
+PID_MAX = 2**22
 
 
 class _StubPortal(http.server.BaseHTTPRequestHandler):
@@ -105,7 +108,12 @@ def rehearse(calls: int = 2) -> None:
 
 def sweep(pid: int | None = None) -> None:
     """Remove this user's throwaway folders left by process ``pid`` (a child just found dead,
-    not yet reaped), or with None by any process that no longer exists."""
+    not yet reaped), or with None by any process that no longer exists.
+
+    The scratch folder is world-writable: any user may make a folder there with any name. So
+    the owner is checked first (``lstat``, never through a link), and a name whose number could
+    not be a pid is skipped; before, ``mkdir b24-rehearsal-99999999999999999999999-x`` by any
+    user made ``os.kill`` raise, and every user's server died starting."""
     where = _scratch() or tempfile.gettempdir()
     try:
         names = os.listdir(where)
@@ -115,16 +123,17 @@ def sweep(pid: int | None = None) -> None:
         named = _NAMED.match(name)
         if named is None:
             continue
-        owner = int(named.group(1))
-        left = owner == pid if pid is not None else not _exists(owner)
-        if not left:
-            continue
         path = os.path.join(where, name)
         try:
             info = os.lstat(path)
         except OSError:
             continue
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            continue
+        owner = int(named.group(1))
+        if not 0 < owner <= PID_MAX:
+            continue
+        if owner == pid if pid is not None else not _exists(owner):
             shutil.rmtree(path, ignore_errors=True)
 
 

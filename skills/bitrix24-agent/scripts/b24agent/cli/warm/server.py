@@ -17,6 +17,12 @@ The parent only forks: a new spare for each one taken. After ``B24_SERVER_IDLE_S
 300) without a call it removes the socket and tells the spares to leave; a connection that was
 still queued then sees the socket close before any worker took it, and its caller runs the call
 itself. Started by ``b24`` (``launch.py``), detached, with no B24_* values in its environment.
+
+It binds the socket first, under the lock, and warms up after: callers that come meanwhile
+queue on it (a worker takes them once it is forked) rather than start servers of their own.
+A warm-up that fails removes the socket again, so callers run cold instead of being refused;
+the ``.starting`` stamp launch.py made stays, and no caller starts another server until it is
+RESTART_AFTER_S old (each doomed start imports the whole stack).
 """
 
 from __future__ import annotations
@@ -59,11 +65,34 @@ def main(argv: list[str] | None = None) -> int:
         idle_s = DEFAULT_IDLE_S
     listener = _listen(args[0])
     if listener is None:
+        _started(args[0])
         return 0  # another server answers on this socket
-    warm_up()
-    own_confinement()  # read once here, so that no worker reads it on a call
+    try:
+        warm_up()
+        own_confinement()  # read once here, so that no worker reads it on a call
+    except BaseException:
+        # Left bound, the socket would refuse every caller (ECONNREFUSED), and each would
+        # start another server doomed the same way; launch.py's stamp spaces those out.
+        _unlisten(args[0], listener)
+        raise
+    _started(args[0])
     _Server(args[0], listener, idle_s).run()
     return 0
+
+
+def _started(address: str) -> None:
+    """A server answers on ``address``: the next one that finds none may start another at once
+    (launch.py waits wire.RESTART_AFTER_S after a start that never got this far)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address + wire.STARTING)
+
+
+def _unlisten(address: str, listener: socket.socket) -> None:
+    """Remove the socket this server bound, then close it. While it is open no other server
+    replaces the file (they find it answering), so the file unlinked is this server's."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)
+    listener.close()
 
 
 def _listen(address: str) -> socket.socket | None:
@@ -106,11 +135,19 @@ def warm_up() -> None:
 
 def _import_tree(path: list[str], prefix: str) -> None:
     """Import every module below ``path`` except those in NOT_FOR_CALLS (not even packages'
-    ``__init__``, which ``pkgutil.walk_packages`` would import to look inside)."""
+    ``__init__``, which ``pkgutil.walk_packages`` would import to look inside); one whose
+    import fails for want of a module is left out, with what is below it."""
     for module in pkgutil.iter_modules(path, prefix):
         if module.name.startswith(NOT_FOR_CALLS):
             continue
-        imported = importlib.import_module(module.name)
+        try:
+            imported = importlib.import_module(module.name)
+        except ImportError as exc:
+            # Something it needs is missing (a package, or ``_ctypes`` in a Python built
+            # without libffi): serve the rest warm. A call that needs this module imports it
+            # from disk and fails as it would in-process (DEPENDENCY_MISSING, exit 4).
+            print(f"b24 server: {module.name} not preloaded: {exc}", file=sys.stderr)
+            continue
         if module.ispkg:
             _import_tree(imported.__path__, module.name + ".")
 

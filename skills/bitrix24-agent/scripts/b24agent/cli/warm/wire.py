@@ -28,6 +28,8 @@ __all__ = [
     "GO",
     "MAGIC",
     "READY",
+    "RESTART_AFTER_S",
+    "STARTING",
     "TAKEN",
     "Request",
     "address",
@@ -77,6 +79,11 @@ NOT_SERVED = (
     "mcp",
     "backends.redis_store",
 )
+#: Next to the socket, made by the caller that starts a server and removed by the server once it
+#: answers: while this is younger than RESTART_AFTER_S, no caller starts another (one that died
+#: starting, e.g. a package missing, would die again, each start costing a whole import).
+STARTING = ".starting"
+RESTART_AFTER_S = 60
 #: Values of B24_SERVER that keep every call in its own process.
 OFF_VALUES = ("off", "0", "no", "false")
 
