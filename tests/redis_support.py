@@ -1,6 +1,7 @@
 """A real redis-server for the fleet tests (no tests here): its own temp folder and free port,
-loopback only, no RDB snapshots (``--save ''``); ``aof=True`` keeps an append-only file fsynced
-on every write, so a server killed and restarted on the same folder comes back with its data.
+loopback only, a password (``requirepass``: the program refuses a Redis that needs none), no
+RDB snapshots (``--save ''``); ``aof=True`` keeps an append-only file fsynced on every write,
+so a server killed and restarted on the same folder comes back with its data.
 
 Three "hosts" of one fleet are three state folders and working folders on this machine, each
 process started with its host's environment and the one Redis URL.
@@ -9,6 +10,7 @@ process started with its host's environment and the one Redis URL.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -45,12 +47,13 @@ class RedisServer:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        self.password = secrets.token_hex(16)
         self.aof = aof
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         args = [
@@ -61,10 +64,11 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.aof else "no",
             "--appendfsync", "always",
+            "--requirepass", self.password,
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -76,7 +80,7 @@ class RedisServer:
                 time.sleep(0.05)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

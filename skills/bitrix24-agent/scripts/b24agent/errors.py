@@ -14,6 +14,8 @@
     │   └── TokenExpiredError             expired_token: refreshed once, then the call repeated
     ├── ConflictError ............. 5  idempotency key in use or reused; stale or spent plan
     ├── TransientError ............ 6  gave up after retries; the call did not happen, retry later
+    │   ├── StoreUnavailableError         the shared state store (Redis) is out of reach or
+    │   │                                 refuses for now: not resent by the portal retry loop
     │   ├── RateLimitError                QUERY_LIMIT_EXCEEDED (request bucket full)
     │   └── OperationTimeLimitError       OPERATION_TIME_LIMIT (method time budget used up)
     ├── OutcomeUnknownError ....... 7  a write was sent and may or may not have happened
@@ -198,6 +200,12 @@ class ConflictError(B24Error):
 class TransientError(B24Error):
     exit_code = 6
     default_retryable = True
+
+
+class StoreUnavailableError(TransientError):
+    """The shared state store did not answer or refuses for now. Retryable later, but it is not
+    a portal that might answer the next attempt: the retry loop does not resend the call (five
+    attempts of a silent Redis are five socket time-outs)."""
 
 
 class RateLimitError(TransientError):

@@ -9,6 +9,7 @@ unreachable shared store is a TransientError, exit 6), never as a silent local f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ __all__ = [
     "TokenHold",
     "TokenStore",
     "WorkerLeases",
+    "digest_of",
+    "succeeds",
 ]
 
 T = TypeVar("T")
@@ -45,6 +48,18 @@ Selector = Callable[[str, float, Callable[[], Any]], bool]
 def never(doc: Any) -> float | None:
     """The default ``Expiry``: documents stay until a step deletes them."""
     return None
+
+
+def digest_of(token: str) -> str:
+    """How the token store remembers a spent token (sha256 hex), never the token itself."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def succeeds(kept: dict[str, Any], stored: dict[str, Any] | None) -> bool:
+    """Whether ``kept``, a pair a refresh had to keep aside because the store would not take it,
+    was refreshed from ``stored`` and so replaces it. A kept pair from before the store was
+    reseeded (the app authorised again), or one already stored, does not."""
+    return stored is None or digest_of(stored["refresh_token"]) in kept["spent"]
 
 
 @dataclass(frozen=True)

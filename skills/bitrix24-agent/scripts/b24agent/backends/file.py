@@ -10,7 +10,6 @@ worker per state folder (worker/lock.py), adoption takes every reservation it do
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 from .. import state
 from ..errors import ConfigError
-from .base import Change, Expiry, Schema, Selector, Step, never
+from .base import Change, Expiry, Schema, Selector, Step, never, succeeds
 from .bucket import BucketModel, DictBucket, FileStore
 
 __all__ = ["FileBackend", "FileDocuments", "FileTokens", "LocalLeases"]
@@ -91,7 +90,7 @@ class FileTokens:
         pending = state.Reservation.leftover(self.path, schema=self._schema)
         if pending is None:
             return stored
-        if stored is None or digest_of(stored["refresh_token"]) in pending["spent"]:
+        if succeeds(pending, stored):
             state.Reservation.adopt(self.path)
             return pending
         state.Reservation.discard(self.path)  # from before the store was reseeded
@@ -126,11 +125,6 @@ class FileTokens:
             code="TOKEN_STORE_LOST",
             hint="authorise the app again and set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
         )
-
-
-def digest_of(token: str) -> str:
-    """How the token store remembers a spent token (sha256 hex), never the token itself."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 class FileDocuments:

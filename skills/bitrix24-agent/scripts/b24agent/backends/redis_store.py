@@ -5,9 +5,10 @@ Every step is atomic on the server: the limiter's bucket and method budgets are 
 skewed clocks share one bucket; documents are created with SET NX and changed in WATCH/MULTI
 transactions; the token store's refresh runs under a lease whose fencing token the write
 checks, so a holder whose lease lapsed cannot overwrite a newer pair. Keys live under
-``b24:<portal>:``. Redis being unreachable is a TransientError (exit 6; after a write was sent
-the pipeline makes it exit 7); there is no fall back to per-host files, which would split the
-fleet's state silently. A key holding what we cannot read (another type, a non-number) is
+``b24:<portal>:``. Redis being unreachable, or refusing writes for now (OOM, READONLY after a
+failover), is a StoreUnavailableError (exit 6, not resent by the portal retry loop; after a write
+was sent the pipeline makes it exit 7); there is no fall back to per-host files, which would
+split the fleet's state silently. A key holding what we cannot read (another type, a non-number) is
 STATE_CORRUPT (exit 4) naming the key: retrying would never help.
 
 Redis must keep its data (``appendonly yes``): the token pair lives only here.
@@ -29,9 +30,10 @@ import redis
 from jsonschema import ValidationError as SchemaError
 from jsonschema.validators import validator_for
 
-from ..errors import ConfigError, TransientError
+from .. import state
+from ..errors import ConfigError, StoreUnavailableError, TransientError
 from . import redis_scripts as scripts
-from .base import Change, Expiry, Schema, Selector, Slot, Step, never
+from .base import Change, Expiry, Schema, Selector, Slot, Step, never, succeeds
 from .bucket import (
     FORGET_AFTER_S,
     MAX_BACKLOG_S,
@@ -47,6 +49,8 @@ log = logging.getLogger("b24agent.backends")
 
 #: How long a token refresh may hold its lease (the token server call is capped at 30 s).
 TOKEN_LEASE_S = 60.0
+#: Bytes reserved beyond the current pair's record for its successor (two new hashes).
+UNSAVED_MARGIN = 4096
 TOKEN_WAIT_S = 90.0
 POLL_S = 0.05
 #: Who owns a worker reservation is remembered this long (the portal purges rows after 30 days).
@@ -57,7 +61,7 @@ TRANSACTION_TRIES = 50
 def _unreachable(url: str, exc: Exception) -> TransientError:
     # Not "nothing was sent": a store lost after a write was sent is settled by the caller
     # (guard/pipeline.py makes it "outcome unknown"); this layer cannot know.
-    return TransientError(
+    return StoreUnavailableError(
         f"the shared state store {url} is unreachable ({type(exc).__name__})",
         code="STATE_BACKEND_UNREACHABLE",
         hint="retry once Redis is back; B24_STATE_BACKEND names it",
@@ -76,10 +80,19 @@ def _corrupt(where: str, what: str) -> ConfigError:
 
 def _damaged(exc: redis.ResponseError) -> bool:
     """Whether Redis refused because of what a key holds: the wrong type (WRONGTYPE), a number
-    that is not one, or one of our scripts failing, which happens only on values it cannot read
-    (its arguments are always well-formed)."""
-    text = str(exc)
-    return text.startswith("WRONGTYPE") or "user_script" in text or "not an integer" in text
+    that is not one, or one of our scripts failing in Lua, which happens only on values it
+    cannot read (its arguments are always well-formed).
+
+    Judged by the error's first word, never by "user_script" anywhere in the text: Redis adds
+    "script: ..., on @user_script:N" to every error raised inside a script, a full Redis (OOM)
+    or a replica after a failover (READONLY) included, and those are transient. redis-py turns
+    the codes it knows (OOM, READONLY, LOADING, NOSCRIPT, MASTERDOWN, CLUSTERDOWN, TRYAGAIN...)
+    into subclasses and cuts the word off, so only a plain ResponseError can be damage; BUSY,
+    MISCONF and NOREPLICAS stay plain ResponseErrors and are transient too."""
+    if type(exc) is not redis.ResponseError:
+        return False
+    text = str(exc).removeprefix("ERR ")  # redis-py cuts "ERR" off; be sure
+    return text.startswith(("WRONGTYPE ", "user_script:", "value is not an integer"))
 
 
 class _Guard:
@@ -108,7 +121,7 @@ class _Guard:
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
             raise _unreachable(self.url, exc) from None
         if isinstance(exc, redis.RedisError):
-            raise TransientError(
+            raise StoreUnavailableError(
                 f"the shared state store {self.url} failed: {type(exc).__name__}",
                 code="STATE_BACKEND_ERROR",
                 hint="retry; if it persists, check the Redis server's log",
@@ -195,11 +208,18 @@ def _text(value: Any) -> str:
 
 class RedisTokens:
     """One OAuth app's pair: a JSON document, the fencing counter, the refresh lease, and the
-    fence the stored pair was written under."""
+    fence the stored pair was written under.
 
-    def __init__(self, keys: _Keys, name: str, schema: Mapping[str, Any]) -> None:
+    A refresh whose new pair Redis would not take (full, read-only after a failover, gone) keeps
+    it in ``<token path>.unsaved`` on this host (0600, room reserved before the refresh token
+    is spent, as the file backend does); every process on this host that reads the pair puts it
+    into Redis first. Until one does, the other hosts hold a spent pair.
+    """
+
+    def __init__(self, keys: _Keys, name: str, schema: Mapping[str, Any], path: Path) -> None:
         self._keys = keys
         self._schema = schema
+        self.unsaved = path.with_name(path.name + ".unsaved")
         self._doc = keys.key("tokens", name)
         self._fence = keys.key("tokens", name, "fence")
         self._lease = keys.key("tokens", name, "lease")
@@ -209,16 +229,23 @@ class RedisTokens:
         self._replace = keys.client.register_script(scripts.TOKENS_REPLACE)
 
     def read(self) -> dict[str, Any] | None:
+        if self.unsaved.exists():
+            return self.update(lambda stored: stored)
         with self._keys.guard(self._doc):
             raw = self._keys.client.get(self._doc)
         return _loads(raw, self._schema, self._doc)
 
     def update(self, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        kept = state.read_json(self.unsaved, default=None, schema=self._schema)
+
         def step(current: Any) -> tuple[Any, dict[str, Any]]:
-            new = change(current)
+            new = change(kept if kept is not None and succeeds(kept, current) else current)
             return (Change.KEEP if new == current else new), new
 
-        return _transact(self._keys, self._doc, step, self._schema, lambda doc: None)
+        stored = _transact(self._keys, self._doc, step, self._schema, lambda doc: None)
+        if kept is not None:
+            self.unsaved.unlink(missing_ok=True)  # in Redis now, or older than what is there
+        return stored
 
     def stamp(self) -> object:
         return object()  # one GET per call is what a stamp would cost too
@@ -234,7 +261,7 @@ class RedisTokens:
             if fence:
                 break
             if time.monotonic() > deadline:
-                raise TransientError(
+                raise StoreUnavailableError(
                     "another host has been refreshing the OAuth tokens for too long",
                     code="TOKEN_STORE_BUSY",
                     hint="retry; the lease lapses by itself if its holder died",
@@ -247,6 +274,8 @@ class RedisTokens:
                 self._release(keys=[self._lease], args=[fence])
 
     def replace(self, fence: int, expected_access: str, record: dict[str, Any]) -> bool:
+        """Store ``record`` in place of the pair whose access token was ``expected_access``,
+        unless a holder with a newer fence wrote (False)."""
         with self._keys.guard(self._doc, self._written):
             return bool(
                 self._replace(
@@ -269,23 +298,60 @@ class RedisTokenHold:
     def rotate(
         self, stored: dict[str, Any], successor: Callable[[], dict[str, Any]]
     ) -> tuple[dict[str, Any], bool]:
-        self._tokens.read()  # Redis answers: the successor can be kept
-        record = successor()
-        deadline = time.monotonic() + TOKEN_WAIT_S
-        while True:
-            try:
-                ours = self._tokens.replace(self.fence, stored["access_token"], record)
-                break
-            except TransientError:
-                # The refresh token is spent: the new pair exists only here. Keep trying until
-                # Redis is back rather than drop it.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        """Redis took a write a moment ago (the lease script's INCR and SET), and room for the
+        successor is reserved on this host; once the refresh token is spent, the successor is
+        stored in Redis or kept in ``unsaved``, never dropped."""
+        room = self._reserve(stored)
+        try:
+            record = successor()
+        except BaseException:
+            room.release()
+            raise
+        try:
+            ours = self._tokens.replace(self.fence, stored["access_token"], record)
+        except (TransientError, ConfigError) as exc:
+            raise self._kept(room, record, exc) from None
+        room.release()
         if ours:
             return record, True
         newer = self._tokens.read()
         return (newer if newer is not None else record), False
+
+    def _reserve(self, stored: dict[str, Any]) -> state.Reservation:
+        path = self._tokens.unsaved
+        try:
+            return state.Reservation(path, len(_dumps(stored)) + UNSAVED_MARGIN)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reserve room for the refreshed tokens in {path}: "
+                f"{exc.strerror or type(exc).__name__}; the refresh token was not used",
+                code="TOKEN_STORE_UNWRITABLE",
+                hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
+                "call: the stored refresh token still works",
+            ) from None
+
+    def _kept(self, room: state.Reservation, record: dict[str, Any], exc: Exception) -> Exception:
+        """The error of a refresh whose new pair Redis did not take (``exc``): kept on this host
+        if the disk allows, else lost (the refresh token is spent either way)."""
+        why = getattr(exc, "message", type(exc).__name__)
+        try:
+            room.commit(record)
+        except OSError as failure:
+            if not room.durable:
+                return ConfigError(
+                    f"the refresh token was spent, but neither Redis ({why}) nor this host "
+                    f"({failure.strerror or type(failure).__name__}) kept the new tokens",
+                    code="TOKEN_STORE_LOST",
+                    hint="authorise the app again and set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
+                )
+        where = room.path if room.path.exists() else room.pending
+        return StoreUnavailableError(
+            f"Redis did not take the refreshed OAuth tokens ({why}); they are kept in {where} "
+            "on this host, and other hosts cannot call the portal until they are in Redis",
+            code="TOKEN_STORE_PENDING",
+            hint="make Redis take writes again (memory, a failover) and repeat the call on this "
+            "host: it stores them in Redis; do not delete that file",
+        )
 
 
 def _transact(
@@ -316,7 +382,7 @@ def _transact(
                     return result
                 except redis.WatchError:
                     continue
-        raise TransientError(
+        raise StoreUnavailableError(
             f"the shared state {key} kept changing under us",
             code="STATE_BACKEND_BUSY",
             hint="retry",
@@ -444,7 +510,7 @@ class RedisBackend:
         return RedisBucket(self._keys, interval, tolerance)
 
     def tokens(self, name: str, *, path: Path, schema: Mapping[str, Any]) -> RedisTokens:
-        return RedisTokens(self._keys, name, schema)
+        return RedisTokens(self._keys, name, schema, path)
 
     def documents(self, namespace: str, *, folder: Path) -> RedisDocuments:
         return RedisDocuments(self._keys, namespace)

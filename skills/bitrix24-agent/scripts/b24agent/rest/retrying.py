@@ -9,6 +9,8 @@ Rules:
 * ``expired_token`` is not counted as a failure: the credential source refreshes once
   (single-flight across processes) and the call is repeated at once. A second expiry right after a
   successful refresh is an AuthError, not a loop.
+* A shared state store (Redis) out of reach is not resent: it failed before the portal was
+  asked, and each attempt would wait out the store's socket time-out again.
 * Waits are jittered exponential backoff. The rate limiter paces the resend of a
   QUERY_LIMIT_EXCEEDED or OPERATION_TIME_LIMIT call itself (its bucket is full / the method is
   held until ``operating_reset_at``), so those only add a short jitter here.
@@ -26,7 +28,14 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from ..errors import AuthError, B24Error, OperationTimeLimitError, RateLimitError, TokenExpiredError
+from ..errors import (
+    AuthError,
+    B24Error,
+    OperationTimeLimitError,
+    RateLimitError,
+    StoreUnavailableError,
+    TokenExpiredError,
+)
 from ..settings import Settings
 
 __all__ = ["RetryPolicy"]
@@ -59,6 +68,8 @@ class RetryPolicy:
         """Whether a failed attempt may be sent again now (see the module rules)."""
         if not isinstance(error, B24Error) or not error.retryable:
             return False
+        if isinstance(error, StoreUnavailableError):
+            return False  # the shared state store, not the portal: its own time-outs apply
         if isinstance(error, OperationTimeLimitError):
             # Held for longer than we wait: retryable later, but not by this run.
             reset_at = error.details.get("operating_reset_at")
