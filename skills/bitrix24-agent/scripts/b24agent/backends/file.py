@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from .base import Change, Expiry, Schema, Selector, Step, never, succeeds
 from .bucket import BucketModel, DictBucket, FileStore
 
-__all__ = ["FileBackend", "FileDocuments", "FileTokens", "LocalLeases"]
+__all__ = ["FileBackend", "FileDocuments", "FileTokens", "LocalLeases", "spend_with_room"]
 
 T = TypeVar("T")
 #: Bytes reserved beyond the current token record for its successor (two tokens, two hashes).
@@ -72,12 +72,7 @@ class FileTokens:
         self, stored: dict[str, Any], successor: Callable[[], dict[str, Any]]
     ) -> tuple[dict[str, Any], bool]:
         """Nobody else writes under the lock, so the successor always replaces ``stored``."""
-        room = self._reserve(stored)
-        try:
-            record = successor()
-        except BaseException:
-            room.release()
-            raise
+        room, record = spend_with_room(self.path, stored, successor)
         try:
             room.commit(record)
         except OSError as exc:
@@ -96,20 +91,6 @@ class FileTokens:
         state.Reservation.discard(self.path)  # from before the store was reseeded
         return stored
 
-    def _reserve(self, stored: dict[str, Any]) -> state.Reservation:
-        # The new record differs from the old one by two tokens and two spent hashes.
-        size = len(json.dumps(stored)) + RESERVE_MARGIN
-        try:
-            return state.Reservation(self.path, size)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the token store {self.path}: {exc.strerror or exc}; the access "
-                "token expired, and the refresh token was not used",
-                code="TOKEN_STORE_UNWRITABLE",
-                hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
-                "call: the stored refresh token still works",
-            ) from None
-
     def _unsaved(self, room: state.Reservation, exc: OSError) -> ConfigError:
         reason = exc.strerror or type(exc).__name__
         if room.durable:
@@ -125,6 +106,31 @@ class FileTokens:
             code="TOKEN_STORE_LOST",
             hint="authorise the app again and set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
         )
+
+
+def spend_with_room(
+    path: Path, stored: dict[str, Any], successor: Callable[[], dict[str, Any]]
+) -> tuple[state.Reservation, dict[str, Any]]:
+    """Reserve room on disk at ``path`` for the successor of ``stored``, then call ``successor``
+    (it spends the refresh token): the room to commit the new record to, and that record. A
+    full disk is found while the refresh token still works (TOKEN_STORE_UNWRITABLE)."""
+    # The new record differs from the old one by two tokens and two spent hashes.
+    size = len(json.dumps(stored)) + RESERVE_MARGIN
+    try:
+        room = state.Reservation(path, size)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the token store {path}: {exc.strerror or exc}; the access token "
+            "expired, and the refresh token was not used",
+            code="TOKEN_STORE_UNWRITABLE",
+            hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
+            "call: the stored refresh token still works",
+        ) from None
+    try:
+        return room, successor()
+    except BaseException:
+        room.release()
+        raise
 
 
 class FileDocuments:

@@ -41,6 +41,7 @@ from .bucket import (
     OPERATING_SOFT_SHARE,
     UNKNOWN_RESET_S,
 )
+from .file import spend_with_room
 
 __all__ = ["RedisBackend"]
 
@@ -49,8 +50,6 @@ log = logging.getLogger("b24agent.backends")
 
 #: How long a token refresh may hold its lease (the token server call is capped at 30 s).
 TOKEN_LEASE_S = 60.0
-#: Bytes reserved beyond the current pair's record for its successor (two new hashes).
-UNSAVED_MARGIN = 4096
 TOKEN_WAIT_S = 90.0
 POLL_S = 0.05
 #: Who owns a worker reservation is remembered this long (the portal purges rows after 30 days).
@@ -301,12 +300,7 @@ class RedisTokenHold:
         """Redis took a write a moment ago (the lease script's INCR and SET), and room for the
         successor is reserved on this host; once the refresh token is spent, the successor is
         stored in Redis or kept in ``unsaved``, never dropped."""
-        room = self._reserve(stored)
-        try:
-            record = successor()
-        except BaseException:
-            room.release()
-            raise
+        room, record = spend_with_room(self._tokens.unsaved, stored, successor)
         try:
             ours = self._tokens.replace(self.fence, stored["access_token"], record)
         except (TransientError, ConfigError) as exc:
@@ -316,19 +310,6 @@ class RedisTokenHold:
             return record, True
         newer = self._tokens.read()
         return (newer if newer is not None else record), False
-
-    def _reserve(self, stored: dict[str, Any]) -> state.Reservation:
-        path = self._tokens.unsaved
-        try:
-            return state.Reservation(path, len(_dumps(stored)) + UNSAVED_MARGIN)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot reserve room for the refreshed tokens in {path}: "
-                f"{exc.strerror or type(exc).__name__}; the refresh token was not used",
-                code="TOKEN_STORE_UNWRITABLE",
-                hint="free disk space (or fix the permissions) in B24_STATE_DIR and repeat the "
-                "call: the stored refresh token still works",
-            ) from None
 
     def _kept(self, room: state.Reservation, record: dict[str, Any], exc: Exception) -> Exception:
         """The error of a refresh whose new pair Redis did not take (``exc``): kept on this host
