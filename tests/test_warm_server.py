@@ -81,6 +81,17 @@ def _imports(
     return Run(proc.returncode, proc.stdout, other), {t.rsplit("|", 1)[-1].strip() for t in timings}
 
 
+def test_served_calls_leave_a_whole_anchored_audit_chain(cli: Cli, runtime: Path) -> None:
+    """A worker moves the audit head after it sent the exit code (guard/deferred.py), still
+    under the log's lock: the next call, and --verify-audit, find every head moved."""
+    _warm(cli, runtime)
+    for _ in range(3):
+        assert cli("user.current").code == 0
+    report = cli("--verify-audit").json()
+    assert (report["ok"], report["anchored"], report["lines"]) == (True, True, 4)
+    assert "unanchored" not in report
+
+
 @pytest.mark.parametrize(
     "args", [("--help",), ("--version",), ("--explain", "crm.lead.add"), ("--list-packs",)]
 )

@@ -221,11 +221,16 @@ class AuditLog:
         with self.lock():
             return self.write_locked(event)
 
-    def write_locked(self, event: AuditEvent) -> dict[str, Any]:
+    def write_locked(self, event: AuditEvent, *, anchored: bool = True) -> dict[str, Any]:
         """``write``, for a caller that holds ``lock()``: the lines kept for want of the lock
-        first, then ``event``'s."""
+        first, then ``event``'s. ``anchored=False`` leaves the head one line behind, for the
+        caller to move with ``anchor`` while it still holds the lock (``guard/deferred.py``)."""
         self._append_kept()
-        return self._append(self.entry(event))
+        return self._append(self.entry(event), anchored=anchored)
+
+    def anchor(self, line: Mapping[str, Any]) -> None:
+        """Move the head to ``line``, written by ``write_locked(..., anchored=False)``."""
+        write_head(self.path, line["hash"], self._key)
 
     def keep(self, event: AuditEvent) -> Path:
         """Keep ``event``'s line for the next writer (this one could not take the lock); the
@@ -258,7 +263,7 @@ class AuditLog:
                 self._append(entry)
             path.unlink(missing_ok=True)
 
-    def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def _append(self, entry: dict[str, Any], *, anchored: bool = True) -> dict[str, Any]:
         """Chain ``entry`` after the newest line and append it; the line as written.
 
         Order matters for crash safety: the line is on disk before the head names it, so a
@@ -276,7 +281,8 @@ class AuditLog:
             log.append_text(text)
         finally:
             log.close()
-        write_head(self.path, line["hash"], self._key)
+        if anchored:
+            self.anchor(line)
         return line
 
     def _last_hash(self) -> str:

@@ -27,6 +27,7 @@ at most once. Reads are never idempotency-tracked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from filelock import Timeout
+from filelock import FileLock, Timeout
 
 from ..backends import open_backend
 from ..errors import (
@@ -60,7 +61,7 @@ from ..rest.interrupts import INTERRUPTS, interruption_exit_code
 from ..rest.results import CallResult
 from ..rest.sendable import check_sendable
 from ..state import LOCK_TIMEOUT_S, check_state_file
-from . import approval, drain, policy
+from . import approval, deferred, drain, policy
 from .audit import AuditEvent, AuditLog, audit_key
 from .auditchain import check
 from .batchwrite import BATCH_FILE, LineCall, batch_params, run_batch
@@ -725,6 +726,8 @@ def _write_when_free(log: AuditLog, event: AuditEvent, record: _Record) -> None:
     line is on disk, but not between tries: an interruption while another process holds the
     lock ends the wait at once (KeyboardInterrupt, the line not written) instead of waiting
     for the holder, however long it is stuck."""
+    with _signals_held():
+        deferred.settle()  # an earlier line's head, and the lock it holds
     lock = log.lock()
     deadline = time.monotonic() + LOCK_TIMEOUT_S
     while True:
@@ -734,13 +737,23 @@ def _write_when_free(log: AuditLog, event: AuditEvent, record: _Record) -> None:
             if lock.is_locked:
                 record.audit_started = True
                 try:
-                    log.write_locked(event)
-                finally:
+                    line = log.write_locked(event, anchored=False)
+                except BaseException:
                     lock.release()
+                    raise
+                # The line is on disk: the head may follow once the caller has its answer.
+                deferred.later(functools.partial(_anchor_and_release, log, line, lock))
                 return
         if time.monotonic() >= deadline:
             raise Timeout(lock.lock_file)
         time.sleep(LOCK_POLL_S)
+
+
+def _anchor_and_release(log: AuditLog, line: dict[str, Any], lock: FileLock) -> None:
+    try:
+        log.anchor(line)
+    finally:
+        lock.release()
 
 
 def _keep(log: AuditLog, event: AuditEvent) -> str:

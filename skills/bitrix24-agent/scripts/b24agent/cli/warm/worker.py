@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ...guard import deferred
 from ..client import main as run_call
 from ..common import as_b24_error
 from ..output import dump_line
@@ -101,15 +102,30 @@ def serve(
     conn.settimeout(None)  # the call itself may take as long as it takes
     become(request, fds)
     threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
-    try:
-        code = run(request)
-    except KeyboardInterrupt as exc:  # relayed before the call's own handling was in place
-        sys.stderr.write(dump_line(as_b24_error(exc).to_json()) + "\n")
-        code = as_b24_error(exc).exit_code
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError):  # e.g. stdout's reader left; the call reported it
-            stream.flush()
-    conn.sendall(EXITED + b"%d\n" % code)
+    with deferred.deferring():  # the audit head moves once the caller has its exit code
+        try:
+            code = run(request)
+        except KeyboardInterrupt as exc:  # relayed before the call's own handling was in place
+            sys.stderr.write(dump_line(as_b24_error(exc).to_json()) + "\n")
+            code = as_b24_error(exc).exit_code
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # e.g. stdout's reader left; the call reported it
+                stream.flush()
+        # The call is over: a signal now (the caller leaving once it has the code is one)
+        # would only cut the head's move short.
+        for sig in RELAYED:
+            signal.signal(sig, signal.SIG_IGN)
+        conn.sendall(EXITED + b"%d\n" % code)
+        _let_go_of_stdio()
+
+
+def _let_go_of_stdio() -> None:
+    """Point 0, 1 and 2 at /dev/null, so that a reader of the caller's output (``$(b24 ...)``)
+    sees its end now, not when this worker exits."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def take_stdio(request: wire.Request, fds: list[int]) -> None:
