@@ -255,7 +255,8 @@ def test_the_human_reads_the_whole_plan_or_is_not_asked(
 ) -> None:
     """An agent hiding one harmful line behind 300 harmless ones (or behind a long param) gets it
     shown: nothing of a plan is cut from the question; a plan too long to show whole is refused
-    before anyone is asked. A right-to-left override in a title reaches the human escaped."""
+    when it is made (review8 M3: before, it was stored and refused only when run), so nobody is
+    asked. A right-to-left override in a title reaches the human escaped."""
     lead = portal.rest("crm.lead.add", {"fields": {"TITLE": "kept"}}).json()["result"]
     asked: list[str] = []
     host = _host(portal, tmp_path, state, elicit=answering("accept", asked=asked))
@@ -269,10 +270,9 @@ def test_the_human_reads_the_whole_plan_or_is_not_asked(
 
     async def work(client: Any) -> Any:
         bulk = await host.call(client, "b24_plan_batch", {"calls": calls})
-        long = await host.call(client, "b24_plan", {"method": "crm.lead.add", "params": huge})
-        assert not bulk.error and not long.error, (bulk.text, long.text)
+        refused = await host.call(client, "b24_plan", {"method": "crm.lead.add", "params": huge})
+        assert not bulk.error, bulk.text[:300]
         ran = await host.call(client, "b24_execute_plan", {"plan_id": bulk.data["plan_id"]})
-        refused = await host.call(client, "b24_execute_plan", {"plan_id": long.data["plan_id"]})
         return ran, refused
 
     ran, refused = host.session(work)

@@ -29,6 +29,8 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_ALLOW_FLAGS         widening flags the operator allows by name (WIDENING_FLAGS); none if unset
   B24_AUDIT_FILE  B24_AUDIT_PARAMS (digest|full)  B24_AUDIT_MAX_BYTES (rotate past this size)
   B24_PLAN_FILE (folder of plans)  B24_PLAN_TTL_SEC (at most a week)
+  B24_PLANS_MAX_MB        the most the stored plans hold (default 100): past it, new plans are
+                          refused (PLAN_STORE_FULL) until older ones run or expire
   B24_APPROVAL_WAIT_SEC   how long --execute-plan waits for a person's approval (broker; a day)
   B24_AUDIT_KEY_FILE      HMAC key of a keyed audit chain (the broker's; readable by it only)
   B24_PLAN_KEY_FILE       key that signs plans and approvals (the broker's; default: in the store)
@@ -162,6 +164,8 @@ class Settings:
     audit_max_bytes: int = 10 * 1024 * 1024
     plan_dir: Path = Path("plans")
     plan_ttl_s: int = 600
+    #: The most the plan store holds; a plan that would pass it is refused (guard/plans.py).
+    plans_max_mb: int = 100
     #: Writes a person must approve: off, destructive (deletes) or writes (every write); None
     #: when the operator did not say (``approval_level`` gives each mode's default).
     approval: str | None = None
@@ -706,6 +710,7 @@ def load_settings(
         audit_max_bytes=env.integer("B24_AUDIT_MAX_BYTES", 10 * 1024 * 1024, minimum=4096),
         plan_dir=env.path("B24_PLAN_FILE", state_dir / "plans", home),
         plan_ttl_s=env.integer("B24_PLAN_TTL_SEC", 600, minimum=1, maximum=MAX_PLAN_TTL_S),
+        plans_max_mb=env.integer("B24_PLANS_MAX_MB", 100, minimum=1),
         approval_wait_s=env.number("B24_APPROVAL_WAIT_SEC", 120.0, maximum=MAX_APPROVAL_WAIT_S),
         broker_drainers=env.names("B24_BROKER_DRAINERS", ()),
         audit_key_file=env.optional_path("B24_AUDIT_KEY_FILE", home),

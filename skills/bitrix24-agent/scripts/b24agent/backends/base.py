@@ -133,6 +133,10 @@ class Documents(Protocol):
         """The names of the documents stored now (in no particular order)."""
         ...
 
+    def usage(self) -> int:
+        """Bytes the documents stored now take, as stored: what a budget counts."""
+        ...
+
     def transact(
         self, name: str, step: Step[T], *, schema: Schema | None = None, expires_at: Expiry = never
     ) -> T:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -156,6 +157,18 @@ class FileDocuments:
         if not self.folder.is_dir():
             return []
         return [path.name for path in self.folder.iterdir()]
+
+    def usage(self) -> int:
+        """The regular files' sizes (links and other kinds are not documents of ours)."""
+        if not self.folder.is_dir():
+            return 0
+        used = 0
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # removed while we looked
+                    if entry.is_file(follow_symlinks=False):
+                        used += entry.stat(follow_symlinks=False).st_size
+        return used
 
     def delete(self, name: str) -> None:
         (self.folder / name).unlink(missing_ok=True)

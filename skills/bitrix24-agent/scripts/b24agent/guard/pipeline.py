@@ -66,7 +66,7 @@ from .audit import AuditEvent, AuditLog, audit_key
 from .auditchain import check
 from .batchwrite import BATCH_FILE, LineCall, batch_params, run_batch
 from .idempotency import IdempotencyStore, auto_key
-from .plans import Context, Plan, PlanStore
+from .plans import Context, Plan, PlanStore, Review
 from .safewrite import Send, WriteOutcome, run_write
 
 if TYPE_CHECKING:
@@ -120,6 +120,9 @@ class Guards:
     approved_plan: str | None = None
     #: Only reads may run (MCP ``b24_call``): a write is refused here, so its line is audited.
     reads_only: bool = False
+    #: With ``plan_only``: checks the new plan before it is stored and raises to refuse it (MCP:
+    #: a plan whose approval question could not be shown whole is never stored).
+    review: Review | None = None
 
 
 @dataclass(frozen=True)
@@ -410,6 +413,7 @@ class Pipeline:
                 read_many=self._read_many,
                 mask=mask,
                 context=context,
+                review=request.guards.review,
             )
         else:
             call = request.calls[0]
@@ -421,6 +425,7 @@ class Pipeline:
                 read=self._read,
                 mask=mask,
                 context=context,
+                review=request.guards.review,
             )
         record.outcome, record.plan_id = "planned", plan.id
         document = {"plan": plan.summary(), "execute": plan.command(_program())}

@@ -24,6 +24,14 @@ result line per line, idempotent as a whole); its records are not read again bef
 because that would double its requests: the per-line previews are its review.
 
 The id comes from ``secrets.token_urlsafe``: knowing one plan's id tells nothing about another's.
+
+The store shares its disk (or Redis) with the tokens and the audit chain, and an agent decides
+how many plans it makes and how long their params are, so it has a budget (``B24_PLANS_MAX_MB``,
+review8 M3): a plan that would pass it is refused (PLAN_STORE_FULL) and nothing is stored;
+plans leave the store an hour after they expire. Two plans made at the same instant may both fit
+the last room: the budget can be passed by one plan per racing caller, never without bound.
+A caller may also ``review`` a plan before it is stored (the MCP server: can its approval
+question be shown whole?) and refuse it there.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from .keyfile import create_key, load_key
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Context", "Plan", "PlanStore", "ReadMany"]
+__all__ = ["Context", "Plan", "PlanStore", "ReadMany", "Review"]
 
 #: Reads many calls at once (in batches); a record that does not exist comes back as None.
 ReadMany = Callable[[Sequence[tuple[str, Mapping[str, Any]]]], list[Any]]
@@ -64,6 +72,10 @@ _KEY_SCHEMA = {
 _PLAN_SCHEMA = {"type": "object", "required": ["plan", "signature"]}
 #: Spent and expired plans are removed this long after they expire.
 _KEEP_AFTER_EXPIRY_S = 3600.0
+#: ``B24_PLANS_MAX_MB``'s default: the most the plan store holds (100 MiB).
+DEFAULT_MAX_BYTES = 100 << 20
+#: Checks a plan before it is stored; raises (a B24Error) to refuse it.
+Review = Callable[["Plan"], object]
 
 
 def _new_id() -> str:
@@ -154,12 +166,19 @@ class PlanStore:
     """Plans of one portal: one signed JSON file per plan plus a claim marker once it runs."""
 
     def __init__(
-        self, plans: Documents, *, portal: str, ttl_s: float, key_file: Path | None = None
+        self,
+        plans: Documents,
+        *,
+        portal: str,
+        ttl_s: float,
+        key_file: Path | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.plans = plans
         self.portal = portal
         self.ttl_s = ttl_s
         self.key_file = key_file
+        self.max_bytes = max_bytes
         self._signing_key: bytes | None = None
 
     @classmethod
@@ -171,6 +190,7 @@ class PlanStore:
             portal=settings.portal_key,
             ttl_s=settings.plan_ttl_s,
             key_file=settings.plan_key_file,
+            max_bytes=settings.plans_max_mb << 20,
         )
 
     def ids(self) -> list[str]:
@@ -225,6 +245,7 @@ class PlanStore:
         packs: list[str] | None = None,
         unlisted: bool = False,
         context: Context | None = None,
+        review: Review | None = None,
     ) -> Plan:
         """Store a plan; for a single-record change, read the record (it must exist) first.
 
@@ -232,6 +253,7 @@ class PlanStore:
         the call), and the stored preview is masked. ``context``: how it was made (``packs`` and
         ``unlisted`` are shorthands of it); ``unlisted`` means the call is outside the packs and
         allowlist, so running it needs the operator's consent to that again (B24_ALLOW_FLAGS).
+        ``review`` checks the finished plan before it is stored (``_store``).
         """
         context = context or Context(api=api, packs=tuple(packs or ("core",)), unlisted=unlisted)
         plan = self._new(method, params, risk, mask, context)
@@ -247,7 +269,7 @@ class PlanStore:
             plan.target = {ref.get_method: ref.get_params}
             plan.record_fingerprint = record_fingerprint(record)
             plan.preview = mask(preview(ref, record))
-        return self._store(plan)
+        return self._store(plan, review)
 
     def create_bulk(
         self,
@@ -258,6 +280,7 @@ class PlanStore:
         read_many: ReadMany,
         mask: Callable[[Any], Any],
         context: Context,
+        review: Review | None = None,
     ) -> Plan:
         """Store one plan for every ``(method, params, line)`` of a batch file, with a preview
         per line; the records the lines change are read in batches and must all exist."""
@@ -285,7 +308,7 @@ class PlanStore:
             )
         plan.lines = [line for _, _, line in calls]
         plan.previews = previews
-        return self._store(plan)
+        return self._store(plan, review)
 
     def _new(
         self,
@@ -321,15 +344,29 @@ class PlanStore:
             made_by=context.made_by,
         )
 
-    def _store(self, plan: Plan) -> Plan:
+    def _store(self, plan: Plan, review: Review | None) -> Plan:
+        if review is not None:
+            review(plan)
         self.sweep(plan.created_at)
         body = asdict(plan)
-        self.plans.create(
-            self._name(plan.id),
-            {"plan": body, "signature": self.sign(body)},
-            expires_at=self.kept_until(plan),
-        )
+        stored = {"plan": body, "signature": self.sign(body)}
+        self._check_room(len(canonical_json(stored).encode("utf-8")))
+        self.plans.create(self._name(plan.id), stored, expires_at=self.kept_until(plan))
         return plan
+
+    def _check_room(self, size: int) -> None:
+        """Refuse a plan of ``size`` bytes that the store's budget has no room for."""
+        used = self.plans.usage()
+        if used + size <= self.max_bytes:
+            return
+        raise UsageError(
+            f"the plan store is full: its plans hold {used / 2**20:.1f} MB, this plan is "
+            f"{size / 2**20:.1f} MB and the budget is {self.max_bytes / 2**20:g} MB "
+            "(B24_PLANS_MAX_MB); nothing was stored",
+            code="PLAN_STORE_FULL",
+            hint="run or abandon the plans made already (each leaves the store an hour after "
+            "it expires), or make a smaller plan",
+        )
 
     # --- phase 2 -----------------------------------------------------------------------------
     def load(self, plan_id: str) -> Plan:

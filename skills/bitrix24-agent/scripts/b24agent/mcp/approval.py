@@ -23,9 +23,10 @@ from pydantic import BaseModel, Field
 
 from ..display import for_a_person
 from ..errors import B24Error, PolicyError
-from ..guard.plans import Plan
+from ..guard.approval import needs_approval
+from ..guard.plans import Plan, Review
 
-__all__ = ["Approve", "Seen", "can_elicit", "declined", "question", "unavailable"]
+__all__ = ["Approve", "Seen", "can_elicit", "declined", "question", "shown_whole", "unavailable"]
 
 #: Longest question a human is asked: past it a plan is refused, never shown in part, because a
 #: "yes" approves the whole plan and what was cut is what an injected agent would hide there.
@@ -58,10 +59,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
-def question(plan: Plan) -> str:
+def _text(plan: Plan) -> str:
     """What the human reads, whole: the call, its risk and target, the record as it is now and
-    every param (a bulk plan: one line per call). Raises PolicyError when that does not fit in
-    QUESTION_MAX_CHARS: a plan is never approved on a part of it."""
+    every param (a bulk plan: one line per call)."""
     expires = time.strftime("%H:%M:%S UTC", time.gmtime(plan.expires_at))
     lines = [
         f"Run this {plan.risk} call on the Bitrix24 portal {plan.portal}?",
@@ -80,15 +80,41 @@ def question(plan: Plan) -> str:
     if plan.preview:
         lines.append(f"preview: {json.dumps(plan.preview, ensure_ascii=False, indent=1)}")
     lines.append(f"plan {plan.id} · expires {expires} · digest {plan.digest()[:16]}")
-    text = for_a_person("\n".join(lines))
+    return for_a_person("\n".join(lines))
+
+
+def _too_long(what: str, length: int, then: str) -> PolicyError:
+    return PolicyError(
+        f"{what} is too long to show a human whole ({length:,} characters, at most "
+        f"{QUESTION_MAX_CHARS:,}); {then}",
+        code="APPROVAL_TOO_LARGE",
+        hint="make smaller plans (fewer calls, shorter params) so each can be read whole",
+    )
+
+
+def question(plan: Plan) -> str:
+    """The question, whole. Raises PolicyError when it does not fit in QUESTION_MAX_CHARS: a
+    plan is never approved on a part of it."""
+    text = _text(plan)
     if len(text) > QUESTION_MAX_CHARS:
-        raise PolicyError(
-            f"plan {plan.id} is too long to show a human whole ({len(text):,} characters, at "
-            f"most {QUESTION_MAX_CHARS:,}); nobody was asked and nothing was sent",
-            code="APPROVAL_TOO_LARGE",
-            hint="make smaller plans (fewer calls, shorter params) so each can be read whole",
-        )
+        raise _too_long(f"plan {plan.id}", len(text), "nobody was asked and nothing was sent")
     return text
+
+
+def shown_whole(level: str) -> Review:
+    """b24_plan's check of a new plan (review8 M3): one a human must approve under
+    ``B24_APPROVAL=level`` whose question could not be shown whole could never run, so it is
+    refused before it is stored rather than kept on the state disk until it expires."""
+
+    def review(plan: Plan) -> None:
+        if needs_approval(plan.risk, level) and len(text := _text(plan)) > QUESTION_MAX_CHARS:
+            raise _too_long(
+                "this plan",
+                len(text),
+                f"B24_APPROVAL={level} needs one to approve it, so it was not stored",
+            )
+
+    return review
 
 
 def declined(plan_id: str, action: Literal["decline", "cancel", "no"]) -> PolicyError:

@@ -32,7 +32,7 @@ from ..guard.pipeline import Call, Mode
 from ..settings import Settings
 from .approval import Approve, Seen
 from .shaping import error_result, fit_rows, ok_result
-from .tools import NOT_NEEDED, Api, ToolBox, reads_only
+from .tools import NOT_NEEDED, Api, ToolBox, plan_answer, reads_only
 
 __all__ = ["BrokeredToolBox"]
 
@@ -75,7 +75,7 @@ class BrokeredToolBox(ToolBox):
         """``work``'s document or error; a local failure is "a write may have run" only for
         the tool that ``writes`` (b24_execute_plan): the others cannot write."""
         try:
-            return ok_result(work(), self._mask)
+            return ok_result(work(), self._mask, self._spill(self._mask))
         except Exception as exc:
             from ..cli.common import as_b24_error
 
@@ -107,13 +107,12 @@ class BrokeredToolBox(ToolBox):
                 args = [call.method, "--params", "-", "--plan-only", *flags]
                 out = self._b24(args, json.dumps(dict(call.params)), self._env(tool, ctx))
             summary = json.loads(out)["plan"]
-            return {
-                "plan_id": summary["id"],
-                "plan": summary,
-                "approval": "a person approves it through the broker (b24-broker approve) "
-                "when B24_APPROVAL of the broker requires; b24_execute_plan waits for that",
-                "next": {"tool": "b24_execute_plan", "arguments": {"plan_id": summary["id"]}},
-            }
+            approval = (
+                "a person approves it through the broker (b24-broker approve) when "
+                "B24_APPROVAL of the broker requires; b24_execute_plan waits for that"
+            )
+            whole = f"the broker's approvers read it whole with b24-broker show {summary['id']}"
+            return plan_answer(summary, approval, whole)
 
         return self._brokered(work)
 

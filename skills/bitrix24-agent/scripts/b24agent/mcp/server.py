@@ -49,6 +49,8 @@ PlanId = Annotated[
     str, Field(description="the plan_id b24_plan returned", min_length=1, max_length=100)
 ]
 _READ = ToolAnnotations(read_only_hint=True, open_world_hint=True)
+#: Most methods one b24_explain takes: 100 explanations stay well under the result cap.
+MAX_EXPLAIN = 100
 
 
 def build_server(
@@ -139,7 +141,10 @@ def build_server(
         annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
     )
     def b24_explain(
-        methods: Annotated[list[str], Field(description='e.g. ["crm.lead.add"]', min_length=1)],
+        methods: Annotated[
+            list[Method],
+            Field(description='e.g. ["crm.lead.add"]', min_length=1, max_length=MAX_EXPLAIN),
+        ],
     ) -> CallToolResult:
         return box.explain(methods)
 

@@ -6,7 +6,9 @@ costs at worst, that is under 25,000 tokens; a Cyrillic letter is two bytes, so 
 text is budgeted by what it costs, not by its length in characters). A list answer keeps as
 many whole rows as fit and says so in ``truncated``: how many rows were shown and the ``start``
 that continues after them (or b24_export for every row). An answer with no row list to cut is
-saved whole to a file in the export folder and ``truncated`` names it. Errors become ``isError``
+saved whole to a file in the export folder and ``truncated`` names it; so is any other result
+past the cap (``ok_result`` checks every one). A plan past the cap is answered by its summary
+(``fit_plan``): id, digest, sizes and where it is shown whole. Errors become ``isError``
 results carrying our code, message and hint, the same object the CLI prints on stderr, and
 kept under ``MAX_BYTES`` too.
 """
@@ -21,13 +23,17 @@ from mcp.types import CallToolResult, TextContent
 
 from ..errors import B24Error, clip
 
-__all__ = ["MAX_BYTES", "error_result", "fit_rows", "ok_result", "to_text"]
+__all__ = ["MAX_BYTES", "Spill", "error_result", "fit_plan", "fit_rows", "ok_result", "to_text"]
 
 MAX_BYTES = 60_000
 #: Room kept for the envelope and the ``truncated`` marker around the rows.
 _MARKER_ROOM = 1_000
 
 Mask = Callable[[str], str]
+#: Saves a whole answer to a file; returns what the ``truncated`` marker says about it.
+Spill = Callable[[Any], Mapping[str, Any]]
+#: What a plan's summary keeps when the plan is past the cap.
+_PLAN_HEAD = ("id", "method", "api", "risk", "portal", "params_digest", "created_at", "expires_at")
 
 
 def to_text(document: Any) -> str:
@@ -39,9 +45,38 @@ def _size(document: Any) -> int:
     return len(to_text(document).encode("utf-8"))
 
 
-def ok_result(document: Any, mask: Mask) -> CallToolResult:
-    """A successful result: the document as compact JSON text, masked."""
-    return CallToolResult(content=[TextContent(type="text", text=mask(to_text(document)))])
+def ok_result(document: Any, mask: Mask, spill: Spill) -> CallToolResult:
+    """A successful result: the document as compact JSON text, masked; one still past
+    ``MAX_BYTES`` (the tools shape theirs first) is saved whole with ``spill`` and named."""
+    text = mask(to_text(document))
+    size = len(text.encode("utf-8"))
+    if size > MAX_BYTES:
+        marker = {"reason": f"the answer is {size} bytes", **spill(document)}
+        text = mask(to_text({"truncated": marker}))
+    return CallToolResult(content=[TextContent(type="text", text=text)])
+
+
+def fit_plan(answer: Mapping[str, Any], whole: str) -> dict[str, Any]:
+    """A plan tool's ``answer`` itself when it fits, else with the plan cut to its summary: id,
+    digest, call count and the size of what was left out; ``whole`` says where it is shown
+    whole. The plan is not saved again to a file: it is stored already, and what runs is that."""
+    document = dict(answer)
+    size = _size(document)
+    if size <= MAX_BYTES:
+        return document
+    plan = document["plan"]
+    left_out = ("params", "preview", "previews")
+    document["plan"] = {
+        **{key: plan[key] for key in _PLAN_HEAD if key in plan},
+        "calls": len(plan.get("lines") or ()) or 1,
+        "bytes_left_out": {key: _size(plan[key]) for key in left_out if plan.get(key)},
+    }
+    document["shown"] = {
+        "reason": f"the plan is {size} bytes, past this tool's {MAX_BYTES}-byte result cap: "
+        "its params and previews are left out here",
+        "whole": whole,
+    }
+    return document
 
 
 def error_result(error: B24Error, mask: Mask) -> CallToolResult:
@@ -69,9 +104,7 @@ def _rows_at(body: Mapping[str, Any]) -> tuple[list[Any], str | None] | None:
     return None
 
 
-def fit_rows(
-    body: Mapping[str, Any], start: int, spill: Callable[[Any], Mapping[str, Any]]
-) -> dict[str, Any]:
+def fit_rows(body: Mapping[str, Any], start: int, spill: Spill) -> dict[str, Any]:
     """``body`` itself when it fits, else the rows that fit plus a ``truncated`` marker.
 
     ``start`` is the offset the call asked for; ``spill`` saves a whole answer that has no rows

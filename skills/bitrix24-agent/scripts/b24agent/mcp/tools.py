@@ -27,11 +27,11 @@ from ..guard.pipeline import Call, CallOutcome, CallRequest, Guards, Mode, Pipel
 from ..guard.plans import Plan, PlanStore
 from ..redact import Redactor
 from ..settings import Settings
-from .approval import Approve, Seen, can_elicit, declined, question, unavailable
+from .approval import Approve, Seen, can_elicit, declined, question, shown_whole, unavailable
 from .exports import ExportFolder
-from .shaping import error_result, fit_rows, ok_result, to_text
+from .shaping import error_result, fit_plan, fit_rows, ok_result, to_text
 
-__all__ = ["CANNOT_ASK", "NOT_NEEDED", "ToolBox"]
+__all__ = ["CANNOT_ASK", "NOT_NEEDED", "ToolBox", "plan_answer"]
 
 Api = Literal["v2", "v3"]
 #: What the approval resolver answers when it asks nobody.
@@ -65,6 +65,18 @@ def _per_call(outcomes: Iterable[CallOutcome]) -> dict[str, Any]:
     return {"result": rows, "failed": sum(1 for row in rows if "error" in row)}
 
 
+def plan_answer(summary: Mapping[str, Any], approval: str, whole: str) -> dict[str, Any]:
+    """What b24_plan and b24_plan_batch answer: the plan (its summary past the size cap, with
+    ``whole`` saying where it is shown whole), who approves it and the call that runs it."""
+    answer = {
+        "plan_id": summary["id"],
+        "plan": summary,
+        "approval": approval,
+        "next": {"tool": "b24_execute_plan", "arguments": {"plan_id": summary["id"]}},
+    }
+    return fit_plan(answer, whole)
+
+
 def _batch_lines(calls: list[dict[str, Any]]) -> tuple[Call, ...]:
     """``calls`` as a bulk plan's lines, each checked as a ``--batch-file`` line is (a method
     name, params an object); UsageError naming the call otherwise."""
@@ -89,6 +101,7 @@ class ToolBox:
         self.settings = settings
         self.transport = transport
         self.folder = ExportFolder(settings.mcp_export_dir, settings.mcp_export_max_mb << 20)
+        self.folder.tidy()  # what servers killed mid-export left must not eat the budget
         self._mask = Redactor(settings.secrets()).mask
 
     # --- the frame every tool runs in ----------------------------------------------------------
@@ -105,7 +118,7 @@ class ToolBox:
         try:
             pipeline = Pipeline(self.settings)
             with pipeline:
-                return ok_result(work(pipeline), pipeline.mask)
+                return ok_result(work(pipeline), pipeline.mask, self._spill(pipeline.mask))
         except Exception as exc:
             # A read's answer that cannot be saved (a full disk) is a local failure, not a
             # write that may have run.
@@ -180,23 +193,35 @@ class ToolBox:
     def _plan(
         self, ctx: Context, tool: str, mode: Mode, calls: tuple[Call, ...], api: str
     ) -> CallToolResult:
+        level = self.settings.approval_level(enforced=True)
+
         def work(pipeline: Pipeline) -> Any:
-            guards = Guards(plan_only=True)
+            # A plan whose approval question could not be shown could never run: not stored.
+            guards = Guards(plan_only=True, review=shown_whole(level))
             request = CallRequest(
                 mode, calls, api=api, guards=guards, origin=self.origin(tool, ctx)
             )
             summary = pipeline.run(request).document["plan"]
-            human = needs_approval(summary["risk"], self.settings.approval_level(enforced=True))
-            return {
-                "plan_id": summary["id"],
-                "plan": summary,
-                "approval": "a human will be asked to approve it"
+            human = needs_approval(summary["risk"], level)
+            approval = (
+                "a human will be asked to approve it"
                 if human
-                else "it runs when you execute it (B24_APPROVAL allows that)",
-                "next": {"tool": "b24_execute_plan", "arguments": {"plan_id": summary["id"]}},
-            }
+                else "it runs when you execute it (B24_APPROVAL allows that)"
+            )
+            return plan_answer(summary, approval, self._whole(summary["id"]))
 
         return self._run(work)
+
+    def _whole(self, plan_id: str) -> str:
+        """Where a plan too big for a result is read whole."""
+        if self.settings.state_backend == "file":
+            stored = str(self.settings.plan_dir / f"{plan_id}.json")
+        else:
+            stored = f"the state store (B24_STATE_BACKEND), as plans:{plan_id}.json"
+        return (
+            "b24_execute_plan shows it whole to the human who approves it (when one must); "
+            f"the operator reads it in {stored}"
+        )
 
     # --- executing a plan, once a human said yes -----------------------------------------------
     def seen(self, plan_id: str) -> Seen:
