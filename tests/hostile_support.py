@@ -107,10 +107,11 @@ def always(status: int, body: bytes) -> Answer:
 def pages(
     rows: Callable[[int], list[Any]],
     following: Callable[[int], int | None],
-    total: int = 10**6,
+    total: int | None = 10**6,
 ) -> Answer:
     """A list method paging by offset, batch included: the page at ``start`` holds
-    ``rows(start)`` and says ``next: following(start)``, with a constant ``total``."""
+    ``rows(start)`` and says ``next: following(start)``, with a constant ``total`` (None:
+    none said)."""
 
     def page(start: int) -> tuple[list[Any], int | None]:
         return rows(start), following(start)
@@ -122,13 +123,15 @@ def pages(
             result = {
                 "result": {name: got[0] for name, got in found.items()},
                 "result_error": [],
-                "result_total": {name: total for name in found},
+                "result_total": {name: total for name in found if total is not None},
                 "result_next": {n: got[1] for n, got in found.items() if got[1] is not None},
                 "result_time": {},
             }
             return 200, json.dumps({"result": result, "time": {}}).encode()
         listed, nxt = page(int(body.get("start") or 0))
-        document: dict[str, Any] = {"result": listed, "total": total, "time": {}}
+        document: dict[str, Any] = {"result": listed, "time": {}}
+        if total is not None:
+            document["total"] = total
         if nxt is not None:
             document["next"] = nxt
         return 200, json.dumps(document).encode()

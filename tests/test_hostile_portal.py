@@ -126,6 +126,7 @@ def test_an_mcp_tool_error_stays_under_the_result_cap(tmp_path: Path) -> None:
 
 # --- M2: an export the portal does not let advance ends --------------------------------------
 
+PAGE = 50
 SAME_ROWS = [{"ID": str(i), "NAME": f"s{i}"} for i in range(1, 51)]
 #: Rows without an ID (review7b L-b: before, they were "new" on every page).
 IDLESS_ROWS = [{"CURRENCY": "USD", "NAME": f"same row {i}"} for i in range(50)]
@@ -158,6 +159,50 @@ def test_an_offset_export_the_portal_does_not_advance_ends(tmp_path: Path, answe
     assert sent <= 3 and FUSE_TEXT not in ended.value.message
     distinct = {json.dumps(row, sort_keys=True) for row in rows}
     assert len(rows) == len(distinct) and 50 <= len(rows) <= 100  # each row once
+
+
+#: 300 rows narrowed by ``select`` to one low-cardinality column, paged as the docs say
+#: (crm.stagehistory.list: ``result.items``, ``next`` while more rows exist, ``total`` 300).
+SELECTED = 300
+COLUMNS = {
+    "three stages": lambda i: {"STAGE_ID": ("NEW", "PREPARATION", "WON")[i % 3]},
+    "one currency": lambda i: {"STAGE_ID": "WON"},
+}
+
+
+def _selected(column: Any) -> Any:
+    def rows(start: int) -> dict[str, list[Any]]:
+        return {"items": [column(start + i) for i in range(min(PAGE, SELECTED - start))]}
+
+    return pages(rows, lambda s: s + PAGE if s + PAGE < SELECTED else None, total=SELECTED)
+
+
+@pytest.mark.parametrize("column", list(COLUMNS.values()), ids=list(COLUMNS))
+def test_an_offset_export_of_a_selected_column_that_repeats_gives_every_row(
+    tmp_path: Path, column: Any
+) -> None:
+    """Before (52c31d5), the page at offset 50 repeated rows "without an id received before"
+    and the export stopped there: rc 6 EXPORT_INCONSISTENT, 50 of 300 rows (review8 M5)."""
+    params = json.dumps({"entityTypeId": 2, "select": ["STAGE_ID"]})
+    with hostile(_selected(column)) as portal:
+        run = _cli(portal, tmp_path).within(
+            60, "crm.stagehistory.list", "--params", params, "--all", "--output", "jsonl"
+        )
+    assert run.code == 0, run.err[:300]
+    got = [json.loads(line) for line in run.out.splitlines()]
+    assert got == [column(i) for i in range(SELECTED)]
+
+
+def test_selected_rows_that_repeat_without_a_total_to_bound_them_end(tmp_path: Path) -> None:
+    """Without the portal's ``total`` nothing bounds narrowed id-less rows but their content,
+    so a page of them all seen before still ends the export (review7b L-b)."""
+    params = {"select": ["CURRENCY"]}
+    answer = pages(lambda s: IDLESS_ROWS, lambda s: s + PAGE, total=None)
+    with hostile(answer) as portal, _client(portal, tmp_path) as client:
+        with pytest.raises(TransientError) as ended:
+            list(client.iter_all("crm.status.list", params))
+        sent = portal.requests
+    assert ended.value.code == "EXPORT_INCONSISTENT" and sent <= 3, ended.value
 
 
 def test_the_cli_and_the_mcp_export_end_when_next_never_moves(tmp_path: Path) -> None:

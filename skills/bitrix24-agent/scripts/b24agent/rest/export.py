@@ -27,11 +27,13 @@ holes. The id-chained path cannot repeat a row since ids only grow.
 A portal (or proxy) that does not let an export advance ends it, never loops it: by offset, a
 ``next`` not past its page's ``start`` (list-methods-pecularities.md: ``next`` is the ``start`` of
 the following page), a ``next`` at or past the portal's own ``total`` (``next`` comes only while
-more rows exist), a batch of pages with no row not seen before, or a page of rows without an id
-that all came before (told apart by a digest of their JSON: an id-less row is never "new" by
-default, or a portal repeating one page with ``next`` moving on loops for ever, review7b L-b);
-by id, a batch whose last id did not grow, or a page whose ids do not rise (the pages are asked
-for ``ID ASC``).
+more rows exist), a batch of pages with no row not seen before, or a page of whole rows without
+an id that all came before (told apart by a digest of their JSON: an id-less row is never "new"
+by default, or a portal repeating one page with ``next`` moving on loops for ever, review7b L-b).
+Rows narrowed by the caller's ``select`` are the exception: a column of stages or currencies
+repeats by nature (review8 M5), so there the portal's own ``total`` is the bound (each page
+starts past the one before and below it). By id, a batch whose last id did not grow, or a page
+whose ids do not rise (the pages are asked for ``ID ASC``), ends the export.
 """
 
 from __future__ import annotations
@@ -365,17 +367,21 @@ class _Export:
     def by_offset(self) -> Iterator[Any]:
         seen: set[int] = set()
         digests: set[bytes] = set()  # of the rows without an id
+        # Rows the caller narrowed with ``select`` repeat by nature (a stage, a currency: review8
+        # M5), so their content tells nothing; the portal's own ``total`` bounds such an export
+        # (``_advance``: every page starts past the one before and below ``total``).
+        repeats_are_data = False  # set once the first page is in
 
         def unseen(rows: list[Any]) -> list[Any]:
             """``rows`` less those whose id came before; id-less rows all stay, but a page of
-            only id-less rows that all came before is the portal repeating itself."""
+            only id-less whole rows that all came before is the portal repeating itself."""
             fresh, new = [], False
             for row in rows:
                 row_id = _row_id(row)
                 if row_id is None:
                     fresh.append(row)
                     digest = _digest(row)
-                    new = new or digest not in digests
+                    new = new or repeats_are_data or digest not in digests
                     digests.add(digest)
                 elif row_id not in seen:
                     fresh.append(row)
@@ -388,6 +394,7 @@ class _Export:
         shape = shape_of(self.method)
         start_name = _key(self.params, "start")
         first = self.client.call(self.method, {**self.params, start_name: 0})
+        repeats_are_data = first.total is not None and _narrowed(self.params)
         yield from self.take(unseen(rows_of(self.method, first.result, shape)))
         self.report()
         total, attempt = first.total, 0
@@ -546,6 +553,16 @@ def _advance(method: str, start: int, following: int | None, total: int | None) 
     if following is not None and total is not None and following >= total:
         raise _stuck(method, f"the portal's next ({following}) is past its own total ({total})")
     return following
+
+
+def _narrowed(params: Mapping[str, Any]) -> bool:
+    """Whether the caller's ``select`` picks some fields only (no ``*``): such rows need not
+    hold anything that tells them apart, so repeating ones are data, not a looping portal."""
+    select = params.get(_key(params, "select"))
+    if not isinstance(select, (list, Mapping)) or not select:
+        return False
+    names = select.values() if isinstance(select, Mapping) else select
+    return "*" not in {str(name).strip() for name in names}
 
 
 def _digest(row: Any) -> bytes:
