@@ -273,6 +273,53 @@ def test_install_skill_copies_the_skill_and_no_env_file_or_state(
     assert leaked == []
 
 
+def test_install_skill_onto_the_folder_it_runs_from_is_refused_and_deletes_nothing(
+    cluttered_copy: Path,
+) -> None:
+    """Before, the folder was swapped with a filtered copy of itself and the original deleted:
+    the env file, the state folder, a person's notes, gone without a word (rc 0)."""
+    (cluttered_copy / "notes").mkdir()
+    (cluttered_copy / "notes" / "mine.txt").write_text("hi\n")
+    before = sorted(p.relative_to(cluttered_copy) for p in cluttered_copy.rglob("*"))
+    done = _install(cluttered_copy, cluttered_copy.parent)
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stderr)["error"]["code"] == "USAGE"
+    assert sorted(p.relative_to(cluttered_copy) for p in cluttered_copy.rglob("*")) == before
+    assert sorted(p.name for p in cluttered_copy.parent.iterdir()) == ["bitrix24-agent"]
+
+
+def test_a_reinstall_keeps_aside_an_earlier_copy_that_holds_files_the_new_one_has_not(
+    tmp_path: Path,
+) -> None:
+    """An operator's env file kept in the installed copy, or an older seed pack of the same
+    name, used to be deleted with the earlier copy. Now that copy is kept beside, hidden, and
+    the answer says where and what only it held; caches alone keep nothing aside."""
+    skills = tmp_path / "skills"
+    installed = skills / "bitrix24-agent"
+    assert _install(SKILL, skills).returncode == 0
+    (installed / "portal.env").write_text(LEFT_BEHIND)
+    (installed / "notes").mkdir()
+    (installed / "notes" / "mine.txt").write_text("hi\n")
+    cache = installed / "scripts" / "b24agent" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "client.cpython-311.pyc").write_bytes(b"cache")
+    done = _install(SKILL, skills)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["only_in_earlier_copy"] == ["notes", "portal.env"]
+    kept = Path(answer["earlier_copy_kept_at"])
+    assert kept.parent == skills and kept.name.startswith(".bitrix24-agent.previous-")
+    assert (kept / "portal.env").read_text() == LEFT_BEHIND
+    assert (kept / "notes" / "mine.txt").read_text() == "hi\n"
+    assert _tracked(installed) == _tracked(SKILL)
+    (cache.parent.parent / "__pycache__").mkdir(exist_ok=True)
+    (cache.parent.parent / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    again = _install(SKILL, skills)
+    assert again.returncode == 0, again.stderr
+    assert "earlier_copy_kept_at" not in json.loads(again.stdout)
+    assert sorted(p.name for p in skills.iterdir()) == [kept.name, "bitrix24-agent"]
+
+
 def _can_trace() -> bool:
     """strace is installed and may trace here (a container may forbid ptrace)."""
     if shutil.which("strace") is None:
