@@ -42,18 +42,19 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server subprocess; ``kill`` (SIGKILL) and ``start`` again keep port and folder."""
 
-    def __init__(self, folder: Path, *, aof: bool = False) -> None:
+    def __init__(self, folder: Path, *, aof: bool = False, requirepass: bool = True) -> None:
         self.binary = require_redis_server()
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
-        self.password = secrets.token_hex(16)
+        #: None: a Redis open to every local user (its URL still names a made-up password).
+        self.password = secrets.token_hex(16) if requirepass else None
         self.aof = aof
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password or 'made-up'}@127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         args = [
@@ -64,7 +65,7 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.aof else "no",
             "--appendfsync", "always",
-            "--requirepass", self.password,
+            *(["--requirepass", self.password] if self.password else []),
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -332,9 +332,9 @@ def test_plain_redis_to_a_remote_host_is_refused(tmp_path: Path, url: str) -> No
     "url",
     [
         "rediss://:pw@redis.internal:6379/0",
-        "redis://127.0.0.1:6379/0",
-        "redis://localhost/1",
-        "redis://[::1]:6379/0",
+        "redis://:pw@127.0.0.1:6379/0",
+        "redis://localhost/1?password=pw",
+        "redis://:pw@[::1]:6379/0",
     ],
 )
 def test_tls_or_loopback_redis_is_accepted(tmp_path: Path, url: str) -> None:

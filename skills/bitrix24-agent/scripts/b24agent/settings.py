@@ -36,7 +36,7 @@ Variables (design.md "Configuration"; secrets marked *):
   B24_PLAN_KEY_FILE       key that signs plans and approvals (the broker's; default: in the store)
   B24_IDEMPOTENCY_FILE (folder of records)  B24_IDEMPOTENCY_TTL_SEC  B24_AUTO_IDEMPOTENCY_WINDOW_SEC
   B24_RATE_LIMITER (file|memory|off)  B24_RATE_LIMITER_FILE  B24_RATE_LIMITER_RATE/_BURST
-  B24_STATE_BACKEND*      file (default) | redis://[:password@]host:port/db (rediss:// for TLS):
+  B24_STATE_BACKEND*      file (default) | redis://:password@host:port/db (rediss:// for TLS):
                           where limiter, tokens, idempotency records, plans and worker leases live
   B24_WORKER_LEASE_SEC    seconds a fleet worker's lease outlives its last renewal (default 30)
   B24_STATE_DIR           root of per-portal state (default $XDG_STATE_HOME/bitrix24-agent)
@@ -81,7 +81,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .envfile import CREDENTIAL_VARIABLES, read_env_file
 from .errors import ConfigError
@@ -225,7 +225,7 @@ class Settings:
             self.client_secret,
             self.application_token,
             self.mcp_token,
-            urlsplit(self.state_backend).password,
+            _store_password(self.state_backend),
         )
         return [v for v in values if v]
 
@@ -568,15 +568,28 @@ def _auth_mode(env: _Env, creds: Mapping[str, Any], require: bool) -> str:
     return mode
 
 
+def _store_password(url: str) -> str | None:
+    """The password a Redis URL carries, in its address or as ``?password=`` (redis-py reads
+    both); None for ``file``."""
+    parts = urlsplit(url)
+    return parts.password or next(iter(parse_qs(parts.query).get("password", [])), None)
+
+
 def _state_backend(env: _Env) -> str:
-    """``file``, or a Redis URL with a host and a numeric database (default 0); TLS
-    (``rediss://``) unless the host is loopback, as for the portal's address."""
+    """``file``, or a Redis URL with a host, a numeric database (default 0) and a password; TLS
+    (``rediss://``) unless the host is loopback, as for the portal's address.
+
+    Every program refuses a Redis without a password (the broker did already): every local user
+    reaches a loopback Redis and would read the OAuth pair and the plan signing key there, so a
+    reviewed plan could be forged or replayed. There is no opt-in: an environment variable that
+    allowed it could be set by the agent in its own command. The server itself is checked at
+    the first call (backends/redis_store.py ``refuse_open``)."""
     value = env.raw("B24_STATE_BACKEND")
     if value is None or value.lower() == "file":
         return "file"
-    expected = "file, or redis://[:password@]host:port/db (rediss:// for TLS)"
-    parts = urlsplit(value)
+    expected = "file, or redis://:password@host:port/db (rediss:// for TLS)"
     try:
+        parts = urlsplit(value)
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError:
         raise env.fail("B24_STATE_BACKEND", expected) from None
@@ -596,7 +609,31 @@ def _state_backend(env: _Env) -> str:
             hint="use rediss:// (TLS); plain redis:// is allowed only for 127.0.0.1, ::1 and "
             "localhost",
         )
+    if not _store_password(value):
+        raise ConfigError(
+            "B24_STATE_BACKEND names a Redis without a password: every local user could read "
+            "the OAuth tokens and the plan signing key in it",
+            code="STATE_STORE_OPEN",
+            hint="give Redis a password (requirepass, or an ACL user) and put it in "
+            "B24_STATE_BACKEND: redis://:PASSWORD@host:port/db",
+        )
+    _redis_options(env, value, expected)
     return value
+
+
+def _redis_options(env: _Env, value: str, expected: str) -> None:
+    """Let redis-py read the URL's options now (``?socket_timeout=``, ``?ssl_cert_reqs=``...),
+    so one it cannot read is CONFIG_INVALID here rather than a crash at the first call. Nothing
+    connects. Without redis-py, backends/ reports DEPENDENCY_MISSING at the first call."""
+    try:
+        from redis.connection import ConnectionPool
+        from redis.exceptions import RedisError
+    except ImportError:
+        return
+    try:
+        ConnectionPool.from_url(value).make_connection()
+    except (ValueError, TypeError, RedisError):
+        raise env.fail("B24_STATE_BACKEND", f"{expected}, with options redis-py reads") from None
 
 
 def _audit_file(env: _Env, home: Path, portal: str) -> Path:

@@ -5,9 +5,10 @@ and the offline worker's leases all go through one ``Backend`` (base.py), so the
 code never knows which one is in use. ``Settings.state_backend`` picks it:
 
     file                          backends/file.py: files under B24_STATE_DIR, file locks
-    redis://[:pw@]host:port/db    backends/redis_store.py: one Redis for every host (rediss://
+    redis://:pw@host:port/db      backends/redis_store.py: one Redis for every host (rediss://
                                   for TLS); an unreachable Redis is a TransientError (exit 6),
-                                  never a silent fall back to per-host files
+                                  never a silent fall back to per-host files; a Redis that
+                                  answers without a password is refused (STATE_STORE_OPEN)
 
 redis-py is imported only when a Redis URL is configured.
 """
@@ -48,5 +49,7 @@ def open_backend(settings: Settings) -> Backend:
                     "B24_STATE_BACKEND=file on a single machine",
                 ) from None
 
-            backend = _OPEN[key] = RedisBackend(spec, portal=settings.portal_key)
+            redis_backend = RedisBackend(spec, portal=settings.portal_key)
+            redis_backend.refuse_open()  # once per process; not kept if it fails
+            backend = _OPEN[key] = redis_backend
         return backend

@@ -510,3 +510,36 @@ class RedisBackend:
 
     def describe(self) -> str:
         return self._shown
+
+    def refuse_open(self) -> None:
+        """Refuse a Redis that answers a connection without credentials (STATE_STORE_OPEN).
+
+        The URL's password proves nothing: redis-py authenticates with ``HELLO 3 AUTH``, which
+        a Redis whose default user needs no password accepts with any password, so a Redis that
+        lost its ``requirepass`` (started without its config file, a new replica) would stay in
+        use with every local user able to read the tokens. A stranger's read of one of our keys
+        must be refused (NOAUTH, or NOPERM from an ACL)."""
+        pool = self._keys.client.connection_pool
+        options = {
+            name: value
+            for name, value in pool.connection_kwargs.items()
+            if name not in ("username", "password", "credential_provider")
+        }
+        stranger = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **options)
+        )
+        try:
+            with self._keys.guard():
+                try:
+                    stranger.get(self._keys.key("tokens", "probe"))
+                except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
+                    return
+        finally:
+            stranger.close()
+        raise ConfigError(
+            f"the shared state store {self._shown} answers without a password: every local "
+            "user could read the OAuth tokens and the plan signing key in it",
+            code="STATE_STORE_OPEN",
+            hint="give Redis a password (requirepass, or an ACL user whose default user is off) "
+            "and put it in B24_STATE_BACKEND",
+        )

@@ -25,7 +25,6 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ..cli.warm.server import warm_up
 from ..errors import ConfigError
@@ -77,7 +76,6 @@ def serve(sockets: Sockets, env_file: str | None) -> int:
     settings = load_settings()
     state_root = settings.state_dir.parent
     _private_folder(state_root)
-    _closed_store(settings.state_backend)
     for variable, key_file in (
         ("B24_AUDIT_KEY_FILE", settings.audit_key_file or state_root / "audit.key"),
         ("B24_PLAN_KEY_FILE", settings.plan_key_file or state_root / "plan.key"),
@@ -113,20 +111,6 @@ def _private_folder(folder: Path) -> None:
             f"other access (mode {info.st_mode & 0o777:o})",
             code="STATE_NOT_PRIVATE",
             hint=f"chmod 700 {folder} (B24_STATE_DIR), or point B24_STATE_DIR at a new folder",
-        )
-
-
-def _closed_store(backend: str) -> None:
-    """Refuse a Redis store that needs no password: any local user reaches a loopback Redis, and
-    whoever reaches the broker's store reads its tokens and idempotency records. (Plans and
-    approvals are signed with a local key, so the store alone cannot approve a plan.)"""
-    if backend != "file" and not urlsplit(backend).password:
-        raise ConfigError(
-            "the broker's B24_STATE_BACKEND has no password: every local user could read the "
-            "broker's tokens in it",
-            code="STATE_STORE_OPEN",
-            hint="give Redis a password (requirepass or an ACL user) that only the broker's env "
-            "file holds, and put it in the URL",
         )
 
 
