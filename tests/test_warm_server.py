@@ -722,3 +722,17 @@ def test_ctrl_c_ends_an_export_whose_stdout_is_full(
     run = interrupt_when_stdout_full(proc, signal.SIGINT)
     check(run)
     assert run.error()["code"] == "INTERRUPTED" and len(run.err.splitlines()) == 1, run.err
+
+
+def test_a_worker_takes_the_callers_environment_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set by difference (worker._take_environment): what only the server had is gone, what
+    differs is the caller's, what the caller adds is there."""
+    from b24agent.cli.warm import worker
+
+    monkeypatch.delenv("ONLY_THE_CALLERS", raising=False)  # put back as absent afterwards
+    monkeypatch.setenv("ONLY_THE_SERVERS", "1")
+    monkeypatch.setenv("BOTH_DIFFER", "server")
+    caller = {**os.environ, "BOTH_DIFFER": "caller", "ONLY_THE_CALLERS": "2"}
+    del caller["ONLY_THE_SERVERS"]
+    worker._take_environment(dict(caller))
+    assert dict(os.environ) == caller

@@ -40,7 +40,7 @@ import time
 from filelock import FileLock
 
 from . import rehearsal, wire
-from .worker import own_confinement, serve_call
+from .worker import SignalRelay, own_confinement, serve_call
 
 __all__ = ["main", "warm_up"]
 
@@ -227,6 +227,7 @@ class _Server:
             # copying the parent's memory pages it writes to (reference counts), the state
             # files' validation among them (0.5 ms when only the parent had run it).
             _rehearse()
+            relay = SignalRelay()
             conn = self._accept()
             if conn is not None:
                 pid = os.getpid().to_bytes(4, "big")
@@ -235,7 +236,7 @@ class _Server:
                 self.listener.close()
                 conn.setblocking(True)
                 try:
-                    serve_call(conn)
+                    serve_call(conn, relay)
                 finally:
                     # The call is over (or never started): the parent may fork this worker's
                     # successor. If this is cut short, the parent finds the worker reaped.

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import os
+import queue
 import signal
 import socket
 import sys
@@ -30,7 +31,14 @@ from ..output import dump_line
 from . import confinement, wire
 from .wire import EXITED, GO, READY
 
-__all__ = ["confined_as_this_server", "own_confinement", "serve", "serve_call", "take_stdio"]
+__all__ = [
+    "SignalRelay",
+    "confined_as_this_server",
+    "own_confinement",
+    "serve",
+    "serve_call",
+    "take_stdio",
+]
 
 #: Longest request accepted: argv plus the environment (a real one is a few KB).
 MAX_REQUEST_BYTES = 1 << 20
@@ -40,13 +48,13 @@ SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def serve_call(conn: socket.socket) -> None:
+def serve_call(conn: socket.socket, relay: SignalRelay | None = None) -> None:
     """Serve the call on ``conn`` if it comes from this user, confined exactly as this server,
     and the caller says go. Otherwise the connection closes before READY, nothing has run, and
-    the caller runs the call itself, inside whatever confines it."""
+    the caller runs the call itself, inside whatever confines it. ``relay``: started ahead."""
     pid, uid = _peer(conn)
     if uid == os.getuid() and confined_as_this_server(conn, pid):
-        serve(conn, _become_the_caller, lambda request: run_call(request.argv[1:]))
+        serve(conn, _become_the_caller, lambda request: run_call(request.argv[1:]), relay)
 
 
 @functools.cache
@@ -85,15 +93,33 @@ def _peer_pidfd(conn: socket.socket) -> int | None:
         return None
 
 
+class SignalRelay:
+    """The thread that raises here each signal the caller relays (``_relay_signals``). A warm
+    spare starts it while it waits for a call, so the call does not wait for a thread to start
+    (0.2 ms after a pause); it reads nothing until it is given the call's connection."""
+
+    def __init__(self) -> None:
+        self._conns: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def watch(self, conn: socket.socket) -> None:
+        """Relay the signals that come on ``conn`` from now on."""
+        self._conns.put(conn)
+
+    def _run(self) -> None:
+        _relay_signals(self._conns.get())
+
+
 def serve(
     conn: socket.socket,
     become: Callable[[wire.Request, list[int]], None],
     run: Callable[[wire.Request], int],
+    relay: SignalRelay | None = None,
 ) -> None:
     """Receive one call, wait for GO, ``become`` the caller, ``run`` it, send the exit code.
 
     Shared by the warm server and the broker, which differ in how much of the caller they take
-    on (everything, or only its stdio) and in what they run.
+    on (everything, or only its stdio) and in what they run; ``relay`` started ahead, if any.
     """
     request, fds = _receive(conn)
     conn.sendall(READY)
@@ -101,7 +127,7 @@ def serve(
         return  # the caller gave up or was interrupted first: it never started, nor will it
     conn.settimeout(None)  # the call itself may take as long as it takes
     become(request, fds)
-    threading.Thread(target=_relay_signals, args=(conn,), daemon=True).start()
+    (relay or SignalRelay()).watch(conn)
     with deferred.deferring():  # the audit head moves once the caller has its exit code
         try:
             code = run(request)
@@ -150,14 +176,24 @@ def _become_the_caller(request: wire.Request, fds: list[int]) -> None:
     this worker fail before it answers."""
     os.chdir(request.cwd)
     os.umask(request.umask)
-    os.environ.clear()
-    os.environ.update(request.env)
+    _take_environment(request.env)
     time.tzset()
     tempfile.tempdir = None  # found again from this environment's TMPDIR
     take_stdio(request, fds)
     for sig in RELAYED:
         if sig in request.ignored:
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _take_environment(env: dict[str, str]) -> None:
+    """Make ``os.environ`` exactly ``env``, by difference: the server's own environment is that
+    of the caller that started it, less B24_* values, so most entries need no putenv (clearing
+    and refilling 60 entries was 0.25 ms after a pause)."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _peer(conn: socket.socket) -> tuple[int, int]:
