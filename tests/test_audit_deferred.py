@@ -14,6 +14,7 @@ import pytest
 from b24agent.guard import deferred
 from b24agent.guard.auditchain import read_head, verify
 from b24agent.guard.pipeline import Call, CallRequest, Pipeline
+from b24agent.settings import Settings
 from b24agent.state import file_lock
 from client_support import settings_for
 from conftest import Sandbox
@@ -38,14 +39,25 @@ def _call(pipeline: Pipeline) -> None:
     pipeline.run(CallRequest("call", (Call("user.current"),)))
 
 
+def _setup(portal: Sandbox, tmp_path: Path) -> tuple[Settings, Path]:
+    settings = settings_for(portal, tmp_path / "state")
+    return settings, Path(settings.audit_file)
+
+
+def _whole_and_anchored(log: Path, lines: int) -> None:
+    report = verify(log)
+    assert report.ok and report.anchored and report.unanchored == 0 and report.lines == lines
+
+
 def test_inside_deferring_the_line_is_on_disk_and_the_head_follows_on_leaving(
     portal: Sandbox, tmp_path: Path
 ) -> None:
-    settings = settings_for(portal, tmp_path / "state")
-    log = Path(settings.audit_file)
+    settings, log = _setup(portal, tmp_path)
     with Pipeline(settings) as pipeline:
-        _call(pipeline)
+        _call(pipeline)  # outside deferring (plain CLI, library): the head moves before it returns
         first = _last_hash(log)
+        assert read_head(log) == first
+        assert not _locked_by_someone(log)
         with deferred.deferring():
             _call(pipeline)
             # The answer may go out now: its line is written, the head one line behind (as a
@@ -55,8 +67,7 @@ def test_inside_deferring_the_line_is_on_disk_and_the_head_follows_on_leaving(
             assert _locked_by_someone(log)
         assert read_head(log) == _last_hash(log)
         assert not _locked_by_someone(log)
-    report = verify(log)
-    assert report.ok and report.anchored and report.unanchored == 0 and report.lines == 2
+    _whole_and_anchored(log, 2)
 
 
 def test_a_second_line_in_one_deferring_block_moves_the_first_ones_head_first(
@@ -64,26 +75,13 @@ def test_a_second_line_in_one_deferring_block_moves_the_first_ones_head_first(
 ) -> None:
     """The block still holds the lock for its first line: the second write settles that
     (head, then release) instead of waiting for a lock its own process holds."""
-    settings = settings_for(portal, tmp_path / "state")
-    log = Path(settings.audit_file)
+    settings, log = _setup(portal, tmp_path)
     with Pipeline(settings) as pipeline, deferred.deferring():
         _call(pipeline)
         first = _last_hash(log)
         _call(pipeline)
         assert read_head(log) == first  # the first line's head, moved before the second line
-    report = verify(log)
-    assert report.ok and report.anchored and report.unanchored == 0 and report.lines == 2
-
-
-def test_outside_deferring_the_head_moves_before_run_returns(
-    portal: Sandbox, tmp_path: Path
-) -> None:
-    settings = settings_for(portal, tmp_path / "state")
-    log = Path(settings.audit_file)
-    with Pipeline(settings) as pipeline:
-        _call(pipeline)
-        assert read_head(log) == _last_hash(log)
-        assert not _locked_by_someone(log)
+    _whole_and_anchored(log, 2)
 
 
 def test_work_put_off_runs_when_the_block_raises() -> None:
